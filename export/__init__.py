@@ -1,0 +1,1 @@
+"""ONNX export and parity checks, TensorRT engine build and runtime."""

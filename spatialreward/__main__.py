@@ -1,0 +1,3 @@
+from spatialreward.cli import main
+
+main()

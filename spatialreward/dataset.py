@@ -1,0 +1,272 @@
+"""Dataset I/O: a dataset is a folder; this module reads and writes it and validates every record.
+
+Layout::
+
+    DIR/
+      samples.jsonl                 one EditSample per line; image paths relative to DIR
+      images/...                    whatever the producer wrote (synthetic sets: images/<group>/...)
+      labels/<teacher>/part-00000.jsonl | .parquet   label shards, one Judgement per line / row
+
+Readers validate each record; a bad one is reported by file and line and skipped, unless ``strict=True``, when
+the first bad record raises `DatasetError`. Shards are written atomically (temp file + rename), so a killed
+writer leaves either a whole shard or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from spatialreward.types import EditSample, Judgement
+
+SAMPLES_FILE = "samples.jsonl"
+LABELS_DIR = "labels"
+ShardFormat = Literal["jsonl", "parquet"]
+_SHARD_RE = re.compile(r"^part-(\d{5,})\.(jsonl|parquet)$")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class DatasetError(ValueError):
+    """A dataset file or record that cannot be used; the message names the file, the line and the reason."""
+
+
+@dataclass
+class RecordError:
+    """One bad record: where it is and why it was refused."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+@dataclass
+class ReadReport:
+    """What a reader kept and what it refused."""
+
+    errors: list[RecordError] = field(default_factory=list)
+    records: int = 0
+
+    @property
+    def bad(self) -> int:
+        return len(self.errors)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e["loc"]) or "record"
+            parts.append(f"{loc}: {e['msg']}")
+        return "; ".join(parts)
+    return str(exc)
+
+
+def read_jsonl(
+    path: str | Path, model: type[M], *, strict: bool = False, report: ReadReport | None = None
+) -> list[M]:
+    """Validate each line of a JSONL file as ``model``. Blank lines are skipped; bad lines go to ``report``."""
+    path = Path(path)
+    report = report if report is not None else ReadReport()
+    out: list[M] = []
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot open ({exc.strerror or exc})") from exc
+    with fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                out.append(model.model_validate(obj))
+                report.records += 1
+            except (ValueError, ValidationError) as exc:
+                err = RecordError(str(path), lineno, _reason(exc))
+                if strict:
+                    raise DatasetError(str(err)) from exc
+                report.errors.append(err)
+    return out
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[BaseModel]) -> Path:
+    """Write pydantic records as JSONL, atomically."""
+    path = Path(path)
+    data = "".join(r.model_dump_json() + "\n" for r in records).encode("utf-8")
+    _atomic_write_bytes(path, data)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Samples
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_samples(root: str | Path, samples: Iterable[EditSample]) -> Path:
+    """Write ``root/samples.jsonl`` atomically; sample ids must be unique."""
+    samples = list(samples)
+    seen: set[str] = set()
+    for s in samples:
+        if s.sample_id in seen:
+            raise DatasetError(f"duplicate sample_id {s.sample_id!r}")
+        seen.add(s.sample_id)
+    return write_jsonl(Path(root) / SAMPLES_FILE, samples)
+
+
+def read_samples(
+    root: str | Path,
+    *,
+    split: str | None = None,
+    strict: bool = False,
+    report: ReadReport | None = None,
+) -> list[EditSample]:
+    """Read ``root/samples.jsonl``; keep only ``split`` when given. Duplicate ids are bad records too."""
+    root = Path(root)
+    path = root / SAMPLES_FILE
+    if not path.exists():
+        raise DatasetError(f"{root}: no {SAMPLES_FILE} (is this a dataset folder? `spatialreward synth` makes one)")
+    report = report if report is not None else ReadReport()
+    samples = read_jsonl(path, EditSample, strict=strict, report=report)
+    seen: set[str] = set()
+    unique = []
+    for s in samples:
+        if s.sample_id in seen:
+            err = RecordError(str(path), 0, f"duplicate sample_id {s.sample_id!r} (kept the first)")
+            if strict:
+                raise DatasetError(str(err))
+            report.errors.append(err)
+            continue
+        seen.add(s.sample_id)
+        unique.append(s)
+    if split is not None:
+        unique = [s for s in unique if s.split == split]
+    return unique
+
+
+def group_samples(samples: Sequence[EditSample]) -> OrderedDict[str, list[EditSample]]:
+    """Samples by ``group_id``, groups in first-seen order, members in file order."""
+    groups: OrderedDict[str, list[EditSample]] = OrderedDict()
+    for s in samples:
+        groups.setdefault(s.group_id, []).append(s)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Label shards
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def teacher_dirname(teacher: str) -> str:
+    """A folder name for a teacher name (``vlm:org/model`` → ``vlm_org_model``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", teacher).strip("._")
+    return name or "teacher"
+
+
+def labels_dir(root: str | Path, teacher: str) -> Path:
+    return Path(root) / LABELS_DIR / teacher_dirname(teacher)
+
+
+def list_shards(directory: str | Path) -> list[Path]:
+    """Label shards in a folder, in shard-number order (temp files of a killed writer are ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    shards = [p for p in directory.iterdir() if _SHARD_RE.match(p.name)]
+    return sorted(shards, key=lambda p: int(_SHARD_RE.match(p.name).group(1)))
+
+
+def next_shard_path(directory: str | Path, fmt: ShardFormat = "jsonl") -> Path:
+    shards = list_shards(directory)
+    n = int(_SHARD_RE.match(shards[-1].name).group(1)) + 1 if shards else 0
+    return Path(directory) / f"part-{n:05d}.{fmt}"
+
+
+def write_label_shard(path: str | Path, judgements: Sequence[Judgement]) -> Path:
+    """Write one shard atomically; the format follows the suffix (``.jsonl`` or ``.parquet``)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return write_jsonl(path, judgements)
+    if path.suffix == ".parquet":
+        import io
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([j.model_dump(mode="json") for j in judgements])
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        _atomic_write_bytes(path, buf.getvalue())
+        return path
+    raise DatasetError(f"{path}: unknown shard format {path.suffix!r} (use .jsonl or .parquet)")
+
+
+def _read_parquet_shard(path: Path, strict: bool, report: ReadReport) -> list[Judgement]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DatasetError(f"{path}: unreadable Parquet shard ({exc})") from exc
+    out = []
+    for i, row in enumerate(rows, start=1):
+        try:
+            out.append(Judgement.model_validate(row))
+            report.records += 1
+        except ValidationError as exc:
+            err = RecordError(str(path), i, _reason(exc))
+            if strict:
+                raise DatasetError(str(err)) from exc
+            report.errors.append(err)
+    return out
+
+
+def read_label_shards(
+    directory: str | Path, *, strict: bool = False, report: ReadReport | None = None
+) -> list[Judgement]:
+    """All judgements in a label folder, shard by shard (JSONL and Parquet may be mixed)."""
+    report = report if report is not None else ReadReport()
+    out: list[Judgement] = []
+    for shard in list_shards(directory):
+        if shard.suffix == ".jsonl":
+            out.extend(read_jsonl(shard, Judgement, strict=strict, report=report))
+        else:
+            out.extend(_read_parquet_shard(shard, strict, report))
+    return out
+
+
+def read_labels(
+    root: str | Path, teacher: str, *, strict: bool = False, report: ReadReport | None = None
+) -> dict[str, Judgement]:
+    """Judgements of one teacher keyed by ``sample_id`` (a later shard wins on a repeated id)."""
+    directory = labels_dir(root, teacher)
+    if not directory.is_dir():
+        raise DatasetError(f"{directory}: no labels for teacher {teacher!r} (run `spatialreward label` first)")
+    return {j.sample_id: j for j in read_label_shards(directory, strict=strict, report=report)}

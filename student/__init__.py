@@ -1,0 +1,1 @@
+"""The dual-stream ViT student, its losses, distillation loop and metrics."""
