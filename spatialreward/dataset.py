@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -64,7 +64,8 @@ class ReadReport:
         return len(self.errors)
 
 
-def _reason(exc: Exception) -> str:
+def validation_reason(exc: Exception) -> str:
+    """A one-line reason for a failed record: field paths and messages for pydantic errors."""
     if isinstance(exc, ValidationError):
         parts = []
         for e in exc.errors():
@@ -74,13 +75,15 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def read_jsonl(
+def iter_jsonl(
     path: str | Path, model: type[M], *, strict: bool = False, report: ReadReport | None = None
-) -> list[M]:
-    """Validate each line of a JSONL file as ``model``. Blank lines are skipped; bad lines go to ``report``."""
+) -> Iterator[tuple[int, M]]:
+    """Yield ``(line_number, record)`` for each line of a JSONL file that validates as ``model``.
+
+    Blank lines are skipped; bad lines go to ``report`` (or raise `DatasetError` when ``strict``).
+    """
     path = Path(path)
     report = report if report is not None else ReadReport()
-    out: list[M] = []
     try:
         fh = open(path, encoding="utf-8")
     except OSError as exc:
@@ -93,14 +96,22 @@ def read_jsonl(
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
                     raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-                out.append(model.model_validate(obj))
-                report.records += 1
+                record = model.model_validate(obj)
             except (ValueError, ValidationError) as exc:
-                err = RecordError(str(path), lineno, _reason(exc))
+                err = RecordError(str(path), lineno, validation_reason(exc))
                 if strict:
                     raise DatasetError(str(err)) from exc
                 report.errors.append(err)
-    return out
+                continue
+            report.records += 1
+            yield lineno, record
+
+
+def read_jsonl(
+    path: str | Path, model: type[M], *, strict: bool = False, report: ReadReport | None = None
+) -> list[M]:
+    """All valid records of a JSONL file (see `iter_jsonl`)."""
+    return [record for _, record in iter_jsonl(path, model, strict=strict, report=report)]
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -241,7 +252,7 @@ def _read_parquet_shard(path: Path, strict: bool, report: ReadReport) -> list[Ju
             out.append(Judgement.model_validate(row))
             report.records += 1
         except ValidationError as exc:
-            err = RecordError(str(path), i, _reason(exc))
+            err = RecordError(str(path), i, validation_reason(exc))
             if strict:
                 raise DatasetError(str(err)) from exc
             report.errors.append(err)

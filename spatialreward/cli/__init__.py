@@ -29,7 +29,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("spatialreward.cli.inspect", "inspect"),
     "distill": ("spatialreward.cli.distill", "distill"),
     "eval": ("spatialreward.cli.evaluate", "evaluate"),
+    "convert": ("spatialreward.cli.convert", "convert"),
 }
+
+
+@app.callback()
+def _root() -> None:
+    """Cheap, spatially grounded rewards for image-editing RL: synthesise, label, distill, evaluate, serve."""
 
 
 def _register() -> None:

@@ -1,0 +1,42 @@
+# The two commands of the README: `make demo` (the embedded default, end to end) and `make test`.
+# Both create .venv/ when it is missing. Knobs: PYTHON, DEMO_GROUPS, DEMO_MINUTES, DATA, RUN.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DATA ?= data/demo
+RUN ?= runs/nano
+DEMO_GROUPS ?= 600
+DEMO_MINUTES ?= 30
+
+.PHONY: install demo test test-slow bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, from its pinned build (a plain `pip install timm` would pull a different CUDA torch).
+	$(BIN)/python -m pip install -q -c constraints.txt torch torchvision
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[all,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/spatialreward synth --out $(DATA) --groups $(DEMO_GROUPS) --seed 0
+	$(BIN)/spatialreward label --teacher oracle --data $(DATA)
+	$(BIN)/spatialreward inspect --data $(DATA) --split heldout --index 0 --out $(DATA)/contact_sheet.png
+	$(BIN)/spatialreward distill --preset nano --data $(DATA) --out $(RUN) --max-minutes $(DEMO_MINUTES)
+	$(BIN)/spatialreward eval --model $(RUN) --data $(DATA) --split heldout
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+bench: install
+	$(BIN)/python bench/student_latency.py
+
+clean:
+	rm -rf $(VENV) data runs .pytest_cache
