@@ -1,0 +1,151 @@
+"""Backend switch for the kernels: Triton where it can run, the plain-PyTorch reference everywhere else.
+
+One global switch, read once from the environment and changed with `set_backend` / `use_backend` (timm keeps its
+`exportable`/`fused_attn` switches the same way, in one small file):
+
+* ``"auto"`` (default): Triton kernels for CUDA tensors when ``triton`` imports, the reference otherwise
+  (CPU tensors, CPU-only installs, or a broken Triton install).
+* ``"triton"``: always Triton. CUDA tensors compile as usual; CPU tensors run through Triton's interpreter (slow,
+  for tests). Raises if ``triton`` is not importable.
+* ``"reference"``: always the plain-PyTorch reference, e.g. to debug a suspected kernel bug.
+  ``SPATIALREWARD_KERNELS=reference`` in the environment does the same without touching code.
+
+When ``triton`` is missing this module also provides tiny stand-ins for ``triton`` / ``triton.language`` so the
+kernel files can still *define* their ``@triton.jit`` functions at import time; they are never launched then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Literal
+
+import torch
+
+Backend = Literal["auto", "triton", "reference"]
+_BACKENDS = ("auto", "triton", "reference")
+_ENV_VAR = "SPATIALREWARD_KERNELS"
+
+try:  # a CPU-only user may not have triton at all; anything failing here means "no triton"
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+    _TRITON_IMPORT_ERROR: str | None = None
+except Exception as exc:  # noqa: BLE001 - ImportError, or a broken driver probe inside triton
+    HAS_TRITON = False
+    _TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+    class _Stub:
+        """Just enough of `triton` / `triton.language` for kernel *definitions* to import."""
+
+        constexpr = object  # annotations only
+        float32 = float16 = bfloat16 = int32 = int64 = None
+
+        @staticmethod
+        def jit(fn=None, **_kw):
+            return fn if fn is not None else (lambda f: f)
+
+        @staticmethod
+        def autotune(*_a, **_kw):
+            return lambda f: f
+
+        @staticmethod
+        def heuristics(*_a, **_kw):
+            return lambda f: f
+
+        @staticmethod
+        def Config(*_a, **_kw):  # noqa: N802 - mirrors triton.Config
+            return None
+
+        @staticmethod
+        def cdiv(a: int, b: int) -> int:
+            return -(-a // b)
+
+        @staticmethod
+        def next_power_of_2(n: int) -> int:
+            return 1 << max(0, int(n) - 1).bit_length()
+
+    triton = _Stub()  # type: ignore[assignment]
+    tl = _Stub()  # type: ignore[assignment]
+
+
+def _backend_from_env() -> str:
+    value = os.environ.get(_ENV_VAR, "auto").strip().lower() or "auto"
+    if value not in _BACKENDS:
+        raise ValueError(f"{_ENV_VAR}={value!r} is not a kernel backend; use one of {', '.join(_BACKENDS)}")
+    return value
+
+
+_backend: str = _backend_from_env()
+
+
+def set_backend(name: Backend) -> None:
+    """Choose the kernel backend for every op in `spatialreward.kernels` (see the module docstring)."""
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"kernel backend {name!r} is unknown; use one of {', '.join(_BACKENDS)}")
+    if name == "triton" and not HAS_TRITON:
+        raise RuntimeError(
+            f"kernel backend 'triton' needs the triton package, which failed to import ({_TRITON_IMPORT_ERROR}); "
+            "install triton or use set_backend('auto') / 'reference'"
+        )
+    _backend = name
+
+
+def get_backend() -> str:
+    """The backend name currently chosen: "auto", "triton" or "reference"."""
+    return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name: Backend) -> Iterator[None]:
+    """``with use_backend("reference"): ...`` runs a block on another backend and restores the previous one."""
+    previous = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether an op on tensor `t` should launch a Triton kernel under the current backend."""
+    if _backend == "reference" or not HAS_TRITON:
+        return False
+    if _backend == "triton":
+        return True
+    return t.is_cuda  # "auto"
+
+
+def launchable(kernel, t: torch.Tensor):
+    """The kernel to launch for tensor `t`: the compiled one on CUDA, an interpreted copy on CPU.
+
+    Triton picks compiled vs interpreted when `@triton.jit` runs, i.e. at import; a CPU tensor under the
+    "triton" backend therefore gets an interpreted twin of the same Python function, built once and cached.
+    `kernel` is a JITFunction or an Autotuner; on CPU the autotuner is bypassed (the caller passes one
+    small config explicitly), because timing configs in the interpreter is meaningless.
+    """
+    if t.is_cuda:
+        return kernel
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    fn = kernel
+    while not isinstance(fn, (JITFunction, InterpretedFunction)):
+        fn = fn.fn  # Autotuner / Heuristics wrap the JITFunction in `.fn`
+    if isinstance(fn, InterpretedFunction):  # TRITON_INTERPRET=1 was set before import
+        return fn
+    raw = fn.fn  # the undecorated Python function behind the JITFunction
+    cached = _INTERPRETED.get(raw)
+    if cached is None:
+        cached = _INTERPRETED[raw] = InterpretedFunction(raw)
+    return cached
+
+
+_INTERPRETED: dict = {}

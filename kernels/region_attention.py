@@ -1,0 +1,526 @@
+"""Region-masked attention: keys restricted to (softly weighted) regions, as a Triton kernel, reference and custom op.
+
+For queries ``q[B, H, Lq, D]``, keys ``k[B, H, Lk, D]``, values ``v[B, H, Lk, Dv]`` and per-sample key weights
+``w = key_mask[B, Lk]`` (bool, or float in [0, 1]; shared by all heads and queries):
+
+    out[b, h, i] = sum_j  w_j exp(s_ij) v_j  /  sum_j w_j exp(s_ij),      s_ij = scale * q_i . k_j
+
+i.e. softmax over keys of ``s_ij + log w_j``. A boolean mask is the weights {0, 1}; a full mask is plain attention;
+a sample whose mask is all zero yields exact zeros (never NaN: plain masked softmax would divide 0 by 0 there).
+Weights <= 0 mean "not in the region". `key_mask` gets no gradient (it routes attention, like a bool mask).
+
+Why a kernel: the student attends from image tokens to the tokens inside an edit region, which is often 5-25%
+of a 14x14 grid. Dense SDPA with a mask pays for all keys. This kernel is FlashAttention (Dao et al. 2022/2023):
+one program owns a block of queries of one (sample, head), streams key tiles with an online softmax in fp32, and
+*skips every key tile whose weights are all zero*, so its cost follows the region, not the grid. The weights enter
+as ``+ log2(w)`` in the exp2 domain. The backward follows FlashAttention-2: recompute P from the saved
+log-sum-exp, one kernel for dK/dV (one program per key tile, skipping tiles outside the region: they get zero
+gradient) and one for dQ, so no atomics are needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._backend import launchable, tl, triton, use_triton
+
+__all__ = ["region_attention", "region_attention_reference"]
+
+_LOG2E = 1.4426950408889634
+
+
+# %%
+# Plain-PyTorch reference: the CPU production path and the test oracle
+# ---------------------------------------------------------------------
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _probabilities(q: Tensor, k: Tensor, key_mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """(P ``[B, H, Lq, Lk]`` with rows summing to 1, or 0 for empty regions; natural-log LSE ``[B, H, Lq]``)."""
+    acc = _acc_dtype(q.dtype)
+    w = key_mask.to(acc)[:, None, None, :]  # [B, 1, 1, Lk], broadcast over heads and queries
+    inside = w > 0
+    s = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * scale  # [B, H, Lq, Lk]
+    logits = torch.where(inside, s + torch.log(torch.where(inside, w, torch.ones_like(w))), float("-inf"))
+    lse = torch.logsumexp(logits, dim=-1)  # -inf where the region is empty
+    finite = torch.isfinite(lse)
+    p = torch.exp(logits - torch.where(finite, lse, torch.zeros_like(lse))[..., None])  # exp(-inf) = 0 when empty
+    return p, lse
+
+
+def region_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """Region attention in plain PyTorch: (out ``[B, H, Lq, Dv]`` in q's dtype, fp32 natural-log LSE ``[B, H, Lq]``)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    p, lse = _probabilities(q, k, key_mask, scale)
+    out = p @ v.to(p.dtype)  # [B, H, Lq, Dv]
+    return out.to(q.dtype), lse.to(torch.float32 if q.dtype != torch.float64 else torch.float64)
+
+
+def region_attention_backward_reference(
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) of `region_attention_reference`'s output, in the inputs' dtypes."""
+    acc = _acc_dtype(q.dtype)
+    p, _ = _probabilities(q, k, key_mask, scale)  # [B, H, Lq, Lk]
+    g = grad.to(acc)
+    out = p @ v.to(acc)
+    dv = p.transpose(-1, -2) @ g  # [B, H, Lk, Dv]
+    dp = g @ v.to(acc).transpose(-1, -2)  # [B, H, Lq, Lk]
+    delta = (g * out).sum(-1, keepdim=True)  # rowsum(dO * O) = rowsum(P * dP)
+    ds = p * (dp - delta)  # softmax Jacobian; zero outside the region and for empty rows
+    dq = (ds @ k.to(acc)) * scale
+    dk = (ds.transpose(-1, -2) @ q.to(acc)) * scale
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+# %%
+# Triton kernels
+# --------------
+
+
+def _fwd_configs() -> list:
+    """Tuning space keyed on (Lq, Lk, D). Small key tiles (32) skip more of a small region; 64 amortise better."""
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=nw, num_stages=ns)
+        for bm, bn, nw, ns in [(64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 4, 2), (128, 64, 8, 2), (32, 32, 2, 1)]
+    ]
+
+
+def _bwd_configs() -> list:
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=nw, num_stages=ns)
+        for bm, bn, nw, ns in [(32, 32, 4, 1), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2)]
+    ]
+
+
+_CPU_META = {"BLOCK_M": 16, "BLOCK_N": 16}  # one cheap config for the interpreter
+_NO_SPECIALIZE = ["NUM_HEADS", "LQ", "LK"]  # sizes may be 1; keep them runtime values
+
+
+@triton.autotune(configs=_fwd_configs(), key=["LQ", "LK", "BLOCK_D", "BLOCK_DV"])
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _region_attn_fwd_kernel(
+    # pointers
+    q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, lse_ptr,
+    # sizes
+    NUM_HEADS, LQ, LK, HEAD_DIM, HEAD_DIM_V,
+    # strides: elements to skip to move one step along (batch, head, position, feature)
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_wb, stride_wn,
+    stride_ob, stride_oh, stride_om, stride_od,
+    # softmax scale times log2(e): scores live in the exp2 domain
+    qk_scale,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """out and log2-domain LSE for BLOCK_M queries of one (sample, head); lse is stored [B*H, LQ] contiguous."""
+    # ---- map program ids: (sample, head), query block ----------------------------------------------------------
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    b = (pid_bh // NUM_HEADS).to(tl.int64)
+    h = (pid_bh % NUM_HEADS).to(tl.int64)
+
+    # ---- load the query block once ----------------------------------------------------------------------------
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_m = offs_m < LQ
+    q = tl.load(
+        q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+        mask=mask_m[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0,
+    )
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+
+    # ---- stream key tiles inside the region with an online softmax (fp32) -------------------------------------
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for start_n in range(0, LK, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < LK
+        w = tl.load(w_ptr + b * stride_wb + offs_n * stride_wn, mask=mask_n, other=0.0)
+        if tl.max(w, axis=0) > 0:  # tiles outside the region cost one small load
+            k = tl.load(
+                k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=mask_n[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0,
+            )
+            bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))  # log2 w; -inf outside
+            s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: an active tile has a key with w > 0
+            p = tl.math.exp2(s - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)  # 0 on the first active tile (m_i = -inf)
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(
+                v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                mask=mask_n[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0,
+            )
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+            m_i = m_new
+
+    # ---- normalise; an empty region leaves l_i = 0 and writes zeros ------------------------------------------
+    nonempty = l_i > 0
+    acc = acc / tl.where(nonempty, l_i, 1.0)[:, None]
+    lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))
+    tl.store(
+        o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
+        acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_dv[None, :] < HEAD_DIM_V),
+    )
+    tl.store(lse_ptr + pid_bh.to(tl.int64) * LQ + offs_m, lse, mask=mask_m)
+
+
+@triton.autotune(configs=_bwd_configs(), key=["LQ", "LK", "BLOCK_D", "BLOCK_DV"])
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _region_attn_bwd_dkdv_kernel(
+    # pointers: inputs, incoming gradient, saved log2-LSE and delta = rowsum(dO * O) (both [B*H, LQ] fp32)
+    q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    # sizes
+    NUM_HEADS, LQ, LK, HEAD_DIM, HEAD_DIM_V,
+    # strides; dk/dv share k/v's layout contract ([B, H, Lk, *] with their own strides)
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_wb, stride_wn,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    # scales: qk_scale = scale * log2(e) recomputes P; sm_scale turns dS into dK
+    qk_scale, sm_scale,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """dK, dV for BLOCK_N keys of one (sample, head); key tiles outside the region write zeros and stop."""
+    # ---- map program ids: (sample, head), key block -----------------------------------------------------------
+    pid_bh = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    b = (pid_bh // NUM_HEADS).to(tl.int64)
+    h = (pid_bh % NUM_HEADS).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_n = offs_n < LK
+    mask_kd = mask_n[:, None] & (offs_d[None, :] < HEAD_DIM)
+    mask_vd = mask_n[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
+
+    # ---- accumulate over query blocks if this key tile is in the region ---------------------------------------
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    w = tl.load(w_ptr + b * stride_wb + offs_n * stride_wn, mask=mask_n, other=0.0)
+    if tl.max(w, axis=0) > 0:
+        k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                    mask=mask_kd, other=0.0)
+        v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                    mask=mask_vd, other=0.0)
+        bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))
+        for start_m in range(0, LQ, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            mask_m = offs_m < LQ
+            q = tl.load(
+                q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=mask_m[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0,
+            )
+            do = tl.load(
+                do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                mask=mask_m[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0,
+            )
+            # rows past LQ get lse = +inf so their P is exactly 0
+            lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=float("inf"))
+            delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]  # [M, N]
+            p = tl.math.exp2(s - lse[:, None])
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=INPUT_PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=INPUT_PRECISION)
+        dk = dk * sm_scale
+
+    # ---- write back (zeros outside the region) -----------------------------------------------------------------
+    tl.store(dk_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+             dk.to(dk_ptr.dtype.element_ty), mask=mask_kd)
+    tl.store(dv_ptr + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+             dv.to(dv_ptr.dtype.element_ty), mask=mask_vd)
+
+
+@triton.autotune(configs=_bwd_configs(), key=["LQ", "LK", "BLOCK_D", "BLOCK_DV"])
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _region_attn_bwd_dq_kernel(
+    # pointers
+    q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    # sizes
+    NUM_HEADS, LQ, LK, HEAD_DIM, HEAD_DIM_V,
+    # strides
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_wb, stride_wn,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    # scales
+    qk_scale, sm_scale,
+    # meta-parameters
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """dQ for BLOCK_M queries of one (sample, head), streaming only the key tiles inside the region."""
+    # ---- map program ids and load this query block's q, dO, LSE, delta -----------------------------------------
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    b = (pid_bh // NUM_HEADS).to(tl.int64)
+    h = (pid_bh % NUM_HEADS).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    mask_m = offs_m < LQ
+    mask_qd = mask_m[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=mask_qd, other=0.0)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+                 mask=mask_m[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=float("inf"))
+    delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=0.0)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+
+    # ---- accumulate dS @ K over key tiles in the region ----------------------------------------------------------
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in range(0, LK, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < LK
+        w = tl.load(w_ptr + b * stride_wb + offs_n * stride_wn, mask=mask_n, other=0.0)
+        if tl.max(w, axis=0) > 0:
+            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                        mask=mask_n[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                        mask=mask_n[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+            bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))
+            s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]
+            p = tl.math.exp2(s - lse[:, None])
+            dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
+    dq = dq * sm_scale
+
+    # ---- masked write-back ------------------------------------------------------------------------------------
+    tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             dq.to(dq_ptr.dtype.element_ty), mask=mask_qd)
+
+
+# %%
+# Launchers: check, allocate, launch
+# ----------------------------------
+
+
+def _launch(kernel, probe: Tensor, grid_fn, *args, **kwargs) -> None:
+    """Launch `kernel` autotuned on CUDA, or interpreted with one small config on CPU."""
+    if probe.is_cuda:
+        kernel[grid_fn](*args, **kwargs)
+    else:
+        launchable(kernel, probe)[grid_fn](*args, **kwargs, **_CPU_META)
+
+
+def _meta(q: Tensor, v: Tensor) -> dict:
+    """Padded head dims (tl.dot wants >= 16, powers of 2) and the dot precision: IEEE fp32 for fp32 inputs, so
+    fp32 results match the reference rather than TF32's ~1e-3."""
+    return dict(
+        BLOCK_D=max(16, triton.next_power_of_2(q.shape[-1])),
+        BLOCK_DV=max(16, triton.next_power_of_2(v.shape[-1])),
+        INPUT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+
+
+def _weights(key_mask: Tensor) -> Tensor:
+    return key_mask.to(torch.float32).contiguous()  # [B, Lk]; bool -> {0, 1}
+
+
+def _region_attention_fwd_triton(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: float):
+    B, H, Lq, D = q.shape
+    Lk, Dv = k.shape[2], v.shape[3]
+    out = q.new_empty(B, H, Lq, Dv)
+    lse2 = torch.empty(B, H, Lq, device=q.device, dtype=torch.float32)  # log2 domain, contiguous [B*H, Lq]
+    if B * H * Lq == 0:
+        return out, lse2
+    w = _weights(key_mask)
+    grid = lambda meta: (B * H, triton.cdiv(Lq, meta["BLOCK_M"]))  # noqa: E731
+    _launch(
+        _region_attn_fwd_kernel, q, grid,
+        q, k, v, w, out, lse2, H, Lq, Lk, D, Dv,
+        *q.stride(), *k.stride(), *v.stride(), *w.stride(), *out.stride(),
+        float(scale) * _LOG2E, **_meta(q, v),
+    )
+    return out, lse2
+
+
+def _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale):
+    B, H, Lq, D = q.shape
+    Lk, Dv = k.shape[2], v.shape[3]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if B * H == 0 or Lk == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    w = _weights(key_mask)
+    # preprocess: delta = rowsum(dO * O) (FlashAttention-2), log2-domain LSE, both [B*H, Lq] contiguous fp32
+    delta = (grad.float() * out.float()).sum(-1).contiguous()
+    lse2 = (lse.float() * _LOG2E).contiguous()
+    meta = _meta(q, v)
+    common = (H, Lq, Lk, D, Dv, *q.stride(), *k.stride(), *v.stride(), *w.stride(), *grad.stride())
+    scales = (float(scale) * _LOG2E, float(scale))
+    _launch(
+        _region_attn_bwd_dkdv_kernel, q, lambda m: (B * H, triton.cdiv(Lk, m["BLOCK_N"])),
+        q, k, v, w, grad, lse2, delta, dk, dv, *common, *dk.stride(), *dv.stride(), *scales, **meta,
+    )
+    if Lq > 0:
+        _launch(
+            _region_attn_bwd_dq_kernel, q, lambda m: (B * H, triton.cdiv(Lq, m["BLOCK_M"])),
+            q, k, v, w, grad, lse2, delta, dq, *common, *dq.stride(), *scales, **meta,
+        )
+    return dq, dk, dv
+
+
+# %%
+# Custom ops: dispatch (Triton or reference), fake shapes, autograd
+# -----------------------------------------------------------------
+
+
+@torch.library.custom_op("spatialreward::region_attention", mutates_args=())
+def _region_attention_op(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """Returns (out ``[B, H, Lq, Dv]``, natural-log LSE ``[B, H, Lq]`` fp32, -inf for empty regions)."""
+    if not use_triton(q):
+        return region_attention_reference(q, k, v, key_mask, scale)
+    out, lse2 = _region_attention_fwd_triton(q, k, v, key_mask, scale)
+    return out, lse2 * (1.0 / _LOG2E)
+
+
+@_region_attention_op.register_fake
+def _(q, k, v, key_mask, scale):
+    B, H, Lq, _ = q.shape
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return q.new_empty(B, H, Lq, v.shape[-1]), q.new_empty(B, H, Lq, dtype=lse_dtype)
+
+
+@torch.library.custom_op("spatialreward::region_attention_backward", mutates_args=())
+def _region_attention_backward_op(
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, out: Tensor, lse: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    if not use_triton(q):
+        return region_attention_backward_reference(grad, q, k, v, key_mask, scale)
+    return _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale)
+
+
+@_region_attention_backward_op.register_fake
+def _(grad, q, k, v, key_mask, out, lse, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _region_attention_setup(ctx, inputs, output):
+    q, k, v, key_mask, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, key_mask, out, lse)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _region_attention_grad(ctx, grad_out, _grad_lse):
+    q, k, v, key_mask, out, lse = ctx.saved_tensors
+    dq, dk, dv = torch.ops.spatialreward.region_attention_backward(
+        grad_out.contiguous(), q, k, v, key_mask, out, lse, ctx.scale
+    )
+    return dq, dk, dv, None, None
+
+
+_region_attention_op.register_autograd(_region_attention_grad, setup_context=_region_attention_setup)
+
+
+# %%
+# Public API
+# ----------
+
+
+def region_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: float | None = None) -> Tensor:
+    """Attention of ``q[B, H, Lq, D]`` over the keys ``k, v[B, H, Lk, *]`` that `key_mask[B, Lk]` selects/weights.
+
+    Softmax over keys of ``scale * q.k + log(w)``: bool masks select keys, float weights in [0, 1] down-weight them,
+    an all-zero mask gives zeros. `scale` defaults to ``D ** -0.5``. Differentiable in q, k, v.
+    """
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"q, k, v have shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}; expected [B, H, L, D] each "
+            "(split heads first, e.g. x.view(B, L, H, D).transpose(1, 2))"
+        )
+    B, H, Lq, D = q.shape
+    if k.shape[:2] != (B, H) or v.shape[:3] != k.shape[:3] or k.shape[3] != D:
+        raise ValueError(
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} disagree; need k [B, H, Lk, D] and "
+            "v [B, H, Lk, Dv] with q's B, H, D"
+        )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype}); cast them to one dtype")
+    if key_mask.shape != (B, k.shape[2]):
+        raise ValueError(
+            f"key_mask has shape {tuple(key_mask.shape)}; expected [B, Lk] = [{B}, {k.shape[2]}] (one weight per key, "
+            "shared by heads and queries)"
+        )
+    if key_mask.device != q.device:
+        raise ValueError(f"key_mask is on {key_mask.device} but q is on {q.device}; move it with .to()")
+    scale = D**-0.5 if scale is None else float(scale)
+    out, _ = torch.ops.spatialreward.region_attention(q, k, v, key_mask, scale)
+    return out
+
+
+# %%
+# Benchmark declaration (bench/kernels.py times these; nothing runs here)
+# -------------------------------------------------------------------------
+# Student shapes: 14x14 image tokens attend to the tokens of an edit region (a box covering 5% / 25% / 100% of
+# the grid); C in {192, 384} with head dim 64 -> 3 or 6 heads. Providers: ours, SDPA with a dense boolean mask,
+# FlexAttention with a block mask (its build is timed too, since the region changes every batch).
+
+BENCH_GRID = (14, 14)
+BENCH_HEAD_DIM = 64
+BENCH_SHAPES = [
+    dict(B=B, heads=C // BENCH_HEAD_DIM, Lq=BENCH_GRID[0] * BENCH_GRID[1], region=r)
+    for B in (1, 64, 256) for C in (192, 384) for r in (0.05, 0.25, 1.0)
+]
+BENCH_PROVIDERS = ("triton", "sdpa_dense_mask", "flex_block_mask", "reference")
+
+
+def bench_key_mask(B: int, region: float, grid=BENCH_GRID, device="cpu", seed: int = 0) -> Tensor:
+    """``[B, gh*gw]`` bool masks: the tokens inside a random box covering `region` of the grid."""
+    gh, gw = grid
+    g = torch.Generator().manual_seed(seed)
+    bh = max(1, round(gh * math.sqrt(region)))
+    bw = max(1, round(gw * math.sqrt(region)))
+    y0 = torch.randint(0, gh - bh + 1, (B,), generator=g)
+    x0 = torch.randint(0, gw - bw + 1, (B,), generator=g)
+    ys = torch.arange(gh)[None, :, None]
+    xs = torch.arange(gw)[None, None, :]
+    inside = (ys >= y0[:, None, None]) & (ys < (y0 + bh)[:, None, None])
+    inside = inside & (xs >= x0[:, None, None]) & (xs < (x0 + bw)[:, None, None])
+    return inside.reshape(B, gh * gw).to(device)  # [B, Lk]
+
+
+def bench_flops(B: int, heads: int, Lq: int, region_keys: float, head_dim: int = BENCH_HEAD_DIM,
+                backward: bool = False) -> float:
+    """Useful FLOPs: 2 matmuls of 2*Lq*keys*D each over the region keys; backward is 2.5x (5 matmuls vs 2)."""
+    fwd = 4.0 * B * heads * Lq * region_keys * head_dim
+    return fwd * (3.5 if backward else 1.0)
+
+
+def bench_min_bytes(B: int, heads: int, Lq: int, region_keys: float, Lk: int, head_dim: int = BENCH_HEAD_DIM,
+                    elem: int = 2, backward: bool = False) -> float:
+    """Least bytes: read q and the region's k, v, write out (+ the mask); backward also reads out, dO and writes
+    dq, dk, dv (all keys' dk/dv, zeros outside the region)."""
+    fwd = B * heads * head_dim * elem * (2 * Lq + 2 * region_keys) + B * Lk * 4
+    if not backward:
+        return float(fwd)
+    bwd = B * heads * head_dim * elem * (4 * Lq + 2 * region_keys + 2 * Lk)
+    return float(fwd + bwd)

@@ -1,0 +1,708 @@
+"""RoIAlign for feature maps and ViT tokens: a Triton kernel, its plain-PyTorch reference, and a torch custom op.
+
+Semantics are exactly `torchvision.ops.roi_align` (Mask R-CNN, He et al. 2017), average mode:
+
+* ``boxes[K, 5]`` rows are ``(batch_index, x1, y1, x2, y2)`` in input-pixel units *before* ``spatial_scale``.
+* Each of the ``oh x ow`` output bins averages a ``gh x gw`` grid of bilinear samples. ``sampling_ratio > 0``
+  fixes ``gh = gw = sampling_ratio``; ``<= 0`` is adaptive: ``gh = ceil(roi_h / oh)`` per RoI.
+* ``aligned=True`` shifts the box by -0.5 pixel (pixel centres) and lets a RoI be smaller than a pixel;
+  ``aligned=False`` clamps the RoI size to >= 1 (the legacy Detectron behaviour).
+* A sample outside ``[-1, H] x [-1, W]`` contributes 0 (it still counts in the average); inside, coordinates are
+  clamped to the map and interpolated bilinearly.
+
+Two layouts share one kernel: NCHW feature maps (`roi_align`) and ViT tokens ``[B, N, C]`` on a ``gh x gw`` grid
+with optional prefix (class/register) tokens (`roi_align_tokens`, channels-last output ``[K, oh, ow, C]``; no
+NCHW permute, which costs a full read+write of the map).
+
+Why the reference looks like a matrix product: bilinear weights and the inside-the-map test are *separable* in
+y and x, so for one RoI ``out[c] = Ay @ F[c] @ Ax^T`` with ``Ay[oh, H]`` / ``Ax[ow, W]`` holding the summed,
+averaged sample weights of each output row/column. That is vectorised over RoIs without any Python loop, exact
+(up to float summation order), and its adjoint gives the backward for free.
+
+Why this tiling for the kernel: one program owns one RoI, a block of output bins and a block of channels; it walks
+that RoI's ``gh x gw`` samples with a *runtime* loop bound (adaptive sampling differs per RoI) and gathers four
+corner vectors per sample. Channels are the contiguous axis in the token layout, so each gather is a coalesced
+row of ``BLOCK_C`` values; accumulation is fp32 for every input dtype. The backward walks the same samples and
+scatters ``weight * grad`` into an fp32 ``grad_input`` with atomic adds (RoIs overlap, bins share pixels).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ._backend import launchable, tl, triton, use_triton
+
+__all__ = ["roi_align", "roi_align_tokens", "roi_align_reference", "roi_align_tokens_reference"]
+
+
+# %%
+# Plain-PyTorch reference: the CPU production path and the test oracle
+# ---------------------------------------------------------------------
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulate in fp32, or fp64 when the input is fp64 (gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _axis_weights(
+    lo: Tensor, hi: Tensor, size: int, pooled: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> Tensor:
+    """Averaged bilinear sample weights along one axis: ``[K, pooled, size]``.
+
+    `lo`/`hi` are the box edges along this axis (``[K]``). Row ``p`` of the result holds, for every input
+    row/column, the sum over that bin's samples of its bilinear weight, divided by the sample count on this
+    axis; the op's output is then ``Ay @ F @ Ax^T``. Arithmetic order copies torchvision's kernel so the
+    sample points (and thus the floor/clamp decisions) are the same floats.
+    """
+    K = lo.shape[0]
+    offset = 0.5 if aligned else 0.0
+    start = lo * spatial_scale - offset  # [K]
+    end = hi * spatial_scale - offset
+    length = end - start
+    if not aligned:
+        length = length.clamp(min=1.0)  # legacy: force malformed RoIs to 1x1
+    bin_size = length / pooled  # [K]
+    if sampling_ratio > 0:
+        grid = torch.full_like(start, float(sampling_ratio))
+        G = sampling_ratio
+    else:
+        grid = torch.ceil(length / pooled)  # adaptive: samples per bin differ per RoI
+        G = int(grid.max().item()) if K > 0 else 0
+    weights = lo.new_zeros(K, pooled, size)
+    if G == 0 or size == 0:
+        return weights
+
+    p = torch.arange(pooled, device=lo.device, dtype=lo.dtype)[None, :, None]  # [1, pooled, 1]
+    i = torch.arange(G, device=lo.device, dtype=lo.dtype)[None, None, :]  # [1, 1, G]
+    used = i < grid[:, None, None]  # [K, 1, G]; RoIs with fewer samples than G mask the rest
+    safe_grid = grid.clamp(min=1.0)[:, None, None]
+    coord = start[:, None, None] + p * bin_size[:, None, None] + (i + 0.5) * bin_size[:, None, None] / safe_grid
+    inside = used & (coord >= -1.0) & (coord <= size)  # [K, pooled, G]
+    coord = torch.where(inside, coord, torch.zeros_like(coord)).clamp(min=0.0)
+    low = coord.floor().long()  # coord >= 0, so floor == C++ int truncation
+    at_edge = low >= size - 1
+    low = torch.where(at_edge, torch.full_like(low, size - 1), low)
+    high = torch.where(at_edge, low, low + 1)
+    frac = torch.where(at_edge, torch.zeros_like(coord), coord - low.to(coord.dtype))
+    norm = inside.to(coord.dtype) / safe_grid  # zero weight for unused/outside samples, 1/g for the average
+    weights.scatter_add_(2, low.view(K, pooled, G), ((1.0 - frac) * norm).view(K, pooled, G))
+    weights.scatter_add_(2, high.view(K, pooled, G), (frac * norm).view(K, pooled, G))
+    return weights
+
+
+def _roi_weights(
+    boxes: Tensor, H: int, W: int, oh: int, ow: int, spatial_scale: float, sampling_ratio: int, aligned: bool, acc
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(batch index ``[K]`` int64, ``Ay [K, oh, H]``, ``Ax [K, ow, W]``) for all RoIs at once."""
+    b = boxes.to(acc)
+    idx = b[:, 0].long()  # torchvision truncates the float batch index the same way
+    Ay = _axis_weights(b[:, 2], b[:, 4], H, oh, spatial_scale, sampling_ratio, aligned)
+    Ax = _axis_weights(b[:, 1], b[:, 3], W, ow, spatial_scale, sampling_ratio, aligned)
+    return idx, Ay, Ax
+
+
+def roi_align_reference(
+    input: Tensor, boxes: Tensor, output_size: tuple[int, int], spatial_scale: float = 1.0,
+    sampling_ratio: int = -1, aligned: bool = False,
+) -> Tensor:
+    """RoIAlign on ``input[N, C, H, W]`` in plain PyTorch: ``[K, C, oh, ow]``, same dtype as `input`."""
+    N, C, H, W = input.shape
+    oh, ow = output_size
+    acc = _acc_dtype(input.dtype)
+    idx, Ay, Ax = _roi_weights(boxes, H, W, oh, ow, spatial_scale, sampling_ratio, aligned, acc)
+    feats = input[idx].to(acc)  # [K, C, H, W]; gathers one map per RoI (RoIs of a sample share it)
+    out = Ay[:, None] @ feats @ Ax.transpose(1, 2)[:, None]  # [K,1,oh,H] @ [K,C,H,W] @ [K,1,W,ow] -> [K,C,oh,ow]
+    return out.to(input.dtype)
+
+
+def roi_align_backward_reference(
+    grad: Tensor, boxes: Tensor, input_shape: Sequence[int], spatial_scale: float, sampling_ratio: int, aligned: bool
+) -> Tensor:
+    """Adjoint of `roi_align_reference`: ``grad[K, C, oh, ow]`` -> ``grad_input[N, C, H, W]``."""
+    N, C, H, W = input_shape
+    K, _, oh, ow = grad.shape
+    acc = _acc_dtype(grad.dtype)
+    idx, Ay, Ax = _roi_weights(boxes, H, W, oh, ow, spatial_scale, sampling_ratio, aligned, acc)
+    per_roi = Ay.transpose(1, 2)[:, None] @ grad.to(acc) @ Ax[:, None]  # [K,1,H,oh]@[K,C,oh,ow]@[K,1,ow,W]
+    grad_input = grad.new_zeros(N, C, H, W, dtype=acc).index_add_(0, idx, per_roi)  # RoIs of one sample add up
+    return grad_input.to(grad.dtype)
+
+
+def roi_align_tokens_reference(
+    tokens: Tensor, boxes: Tensor, grid_size: tuple[int, int], output_size: tuple[int, int],
+    spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False, num_prefix_tokens: int = 0,
+) -> Tensor:
+    """RoIAlign on ViT tokens ``[B, N, C]`` in plain PyTorch: ``[K, oh, ow, C]`` (channels last)."""
+    B, N, C = tokens.shape
+    gh, gw = grid_size
+    oh, ow = output_size
+    K = boxes.shape[0]
+    acc = _acc_dtype(tokens.dtype)
+    idx, Ay, Ax = _roi_weights(boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, acc)
+    feats = tokens[:, num_prefix_tokens:].reshape(B, gh, gw, C)[idx].to(acc)  # [K, gh, gw, C]
+    rows = (Ay @ feats.reshape(K, gh, gw * C)).view(K, oh, gw, C)  # [K,oh,gh] @ [K,gh,gw*C]
+    out = Ax[:, None] @ rows  # [K,1,ow,gw] @ [K,oh,gw,C] -> [K,oh,ow,C]
+    return out.to(tokens.dtype)
+
+
+def roi_align_tokens_backward_reference(
+    grad: Tensor, boxes: Tensor, tokens_shape: Sequence[int], grid_size: tuple[int, int], spatial_scale: float,
+    sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
+) -> Tensor:
+    """Adjoint of `roi_align_tokens_reference`: ``grad[K, oh, ow, C]`` -> ``grad_tokens[B, N, C]``."""
+    B, N, C = tokens_shape
+    gh, gw = grid_size
+    K, oh, ow, _ = grad.shape
+    acc = _acc_dtype(grad.dtype)
+    idx, Ay, Ax = _roi_weights(boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, acc)
+    cols = Ax.transpose(1, 2)[:, None] @ grad.to(acc)  # [K,1,gw,ow] @ [K,oh,ow,C] -> [K,oh,gw,C]
+    per_roi = Ay.transpose(1, 2) @ cols.reshape(K, oh, gw * C)  # [K,gh,oh] @ [K,oh,gw*C] -> [K,gh,gw*C]
+    grad_tokens = grad.new_zeros(B, N, C, dtype=acc)  # prefix tokens get zero gradient
+    grad_tokens[:, num_prefix_tokens:].index_add_(0, idx, per_roi.view(K, gh * gw, C))
+    return grad_tokens.to(grad.dtype)
+
+
+# %%
+# Triton kernels
+# --------------
+# Both kernels see the input as a 4-D strided view (n, c, y, x): NCHW maps pass their own strides, tokens pass
+# (B stride, C stride = 1, row stride = gw * token stride, token stride) on the view that skips prefix tokens.
+
+
+def _configs(backward: bool) -> list:
+    """Tuning space as data, keyed on (C, bins): wide channel blocks for big C, fewer warps for tiny maps."""
+    return [
+        triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=nw)
+        for bp, bc, nw in [(16, 64, 2), (16, 128, 4), (32, 64, 4), (32, 128, 4), (64, 64, 4), (8, 256, 4)]
+    ]
+
+
+# Sizes may legitimately be 1 (a 1x1 output, sampling_ratio=1); Triton would turn such ints into constants,
+# which have no `.to()`; keep them runtime values.
+_NO_SPECIALIZE = ["C", "H", "W", "OUT_H", "OUT_W", "sampling_ratio"]
+
+# One small config for the CPU interpreter (few programs, cheap to interpret); also the fallback for tiny C.
+_CPU_META = {"BLOCK_P": 16, "BLOCK_C": 16}
+
+
+@triton.autotune(configs=_configs(backward=False), key=["C", "OUT_H", "OUT_W"])
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _roi_align_fwd_kernel(
+    # pointers
+    x_ptr, boxes_ptr, out_ptr,
+    # sizes: input channels / height / width, output bins
+    C, H, W, OUT_H, OUT_W,
+    # strides: elements to skip to move one step along that axis
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_bk, stride_bf,
+    stride_ok, stride_oc, stride_oh, stride_ow,
+    # RoIAlign parameters
+    spatial_scale, sampling_ratio,
+    # meta-parameters
+    ALIGNED: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """out[k, c, ph, pw] for one RoI `k`, BLOCK_P output bins and BLOCK_C channels."""
+    # ---- map program ids: RoI, bin block, channel block ------------------------------------------------------
+    k = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    pid_c = tl.program_id(2)
+
+    # ---- per-RoI geometry, torchvision's formula (IEEE divisions so sample points match) ---------------------
+    box = boxes_ptr + k * stride_bk
+    n = tl.load(box).to(tl.int64)
+    offset = 0.5 if ALIGNED else 0.0
+    start_w = tl.load(box + 1 * stride_bf).to(tl.float32) * spatial_scale - offset
+    start_h = tl.load(box + 2 * stride_bf).to(tl.float32) * spatial_scale - offset
+    roi_w = (tl.load(box + 3 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_w
+    roi_h = (tl.load(box + 4 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_h
+    if not ALIGNED:
+        roi_w = tl.maximum(roi_w, 1.0)
+        roi_h = tl.maximum(roi_h, 1.0)
+    bin_w = tl.math.div_rn(roi_w, OUT_W.to(tl.float32))
+    bin_h = tl.math.div_rn(roi_h, OUT_H.to(tl.float32))
+    adaptive_h = tl.math.ceil(tl.math.div_rn(roi_h, OUT_H.to(tl.float32))).to(tl.int32)
+    adaptive_w = tl.math.ceil(tl.math.div_rn(roi_w, OUT_W.to(tl.float32))).to(tl.int32)
+    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h)
+    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w)
+    count = tl.maximum(grid_h * grid_w, 1).to(tl.float32)
+
+    # ---- this program's bins and channels ----------------------------------------------------------------------
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < OUT_H * OUT_W
+    ph = (offs_p // OUT_W).to(tl.float32)
+    pw = (offs_p % OUT_W).to(tl.float32)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    x_base = x_ptr + n * stride_xn + offs_c[None, :].to(tl.int64) * stride_xc  # [1, BLOCK_C]
+
+    # ---- accumulate bilinear samples in fp32 ------------------------------------------------------------------
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+    for iy in range(0, grid_h):
+        y = start_h + ph * bin_h + tl.math.div_rn((iy + 0.5) * bin_h, grid_h.to(tl.float32))
+        inside_y = (y >= -1.0) & (y <= H)
+        y = tl.maximum(y, 0.0)
+        y_low = y.to(tl.int32)
+        y_edge = y_low >= H - 1
+        y_low = tl.where(y_edge, H - 1, y_low)
+        y_high = tl.where(y_edge, H - 1, y_low + 1)
+        ly = tl.where(y_edge, 0.0, y - y_low.to(tl.float32))
+        hy = 1.0 - ly
+        for ix in range(0, grid_w):
+            x = start_w + pw * bin_w + tl.math.div_rn((ix + 0.5) * bin_w, grid_w.to(tl.float32))
+            inside = inside_y & (x >= -1.0) & (x <= W) & mask_p
+            x = tl.maximum(x, 0.0)
+            x_low = x.to(tl.int32)
+            x_edge = x_low >= W - 1
+            x_low = tl.where(x_edge, W - 1, x_low)
+            x_high = tl.where(x_edge, W - 1, x_low + 1)
+            lx = tl.where(x_edge, 0.0, x - x_low.to(tl.float32))
+            hx = 1.0 - lx
+            m = inside[:, None] & mask_c[None, :]
+            row_lo = y_low.to(tl.int64) * stride_xh
+            row_hi = y_high.to(tl.int64) * stride_xh
+            col_lo = x_low.to(tl.int64) * stride_xw
+            col_hi = x_high.to(tl.int64) * stride_xw
+            v1 = tl.load(x_base + (row_lo + col_lo)[:, None], mask=m, other=0.0).to(tl.float32)
+            v2 = tl.load(x_base + (row_lo + col_hi)[:, None], mask=m, other=0.0).to(tl.float32)
+            v3 = tl.load(x_base + (row_hi + col_lo)[:, None], mask=m, other=0.0).to(tl.float32)
+            v4 = tl.load(x_base + (row_hi + col_hi)[:, None], mask=m, other=0.0).to(tl.float32)
+            acc += (hy * hx)[:, None] * v1 + (hy * lx)[:, None] * v2 + (ly * hx)[:, None] * v3 + (ly * lx)[:, None] * v4
+    acc = acc / count
+
+    # ---- masked write-back ---------------------------------------------------------------------------------------
+    ph_i = offs_p // OUT_W
+    pw_i = offs_p % OUT_W
+    out_offs = k.to(tl.int64) * stride_ok + (ph_i * stride_oh + pw_i * stride_ow)[:, None] + offs_c[None, :] * stride_oc
+    tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask_p[:, None] & mask_c[None, :])
+
+
+@triton.autotune(configs=_configs(backward=True), key=["C", "OUT_H", "OUT_W"], reset_to_zero=["gx_ptr"])
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _roi_align_bwd_kernel(
+    # pointers: incoming gradient, boxes, fp32 gradient of the input (zeroed, accumulated atomically)
+    g_ptr, boxes_ptr, gx_ptr,
+    # sizes
+    C, H, W, OUT_H, OUT_W,
+    # strides (gx uses the same layout as the forward's input view)
+    stride_gk, stride_gc, stride_gh, stride_gw,
+    stride_bk, stride_bf,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    # RoIAlign parameters
+    spatial_scale, sampling_ratio,
+    # meta-parameters
+    ALIGNED: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Scatter grad[k, c, ph, pw] * bilinear weight / count into gx for one RoI, bin block, channel block."""
+    # ---- map program ids ------------------------------------------------------------------------------------------
+    k = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    pid_c = tl.program_id(2)
+
+    # ---- per-RoI geometry (identical to the forward) ------------------------------------------------------------
+    box = boxes_ptr + k * stride_bk
+    n = tl.load(box).to(tl.int64)
+    offset = 0.5 if ALIGNED else 0.0
+    start_w = tl.load(box + 1 * stride_bf).to(tl.float32) * spatial_scale - offset
+    start_h = tl.load(box + 2 * stride_bf).to(tl.float32) * spatial_scale - offset
+    roi_w = (tl.load(box + 3 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_w
+    roi_h = (tl.load(box + 4 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_h
+    if not ALIGNED:
+        roi_w = tl.maximum(roi_w, 1.0)
+        roi_h = tl.maximum(roi_h, 1.0)
+    bin_w = tl.math.div_rn(roi_w, OUT_W.to(tl.float32))
+    bin_h = tl.math.div_rn(roi_h, OUT_H.to(tl.float32))
+    adaptive_h = tl.math.ceil(tl.math.div_rn(roi_h, OUT_H.to(tl.float32))).to(tl.int32)
+    adaptive_w = tl.math.ceil(tl.math.div_rn(roi_w, OUT_W.to(tl.float32))).to(tl.int32)
+    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h)
+    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w)
+    count = tl.maximum(grid_h * grid_w, 1).to(tl.float32)
+
+    # ---- load this program's gradient tile once, pre-divided by the sample count ----------------------------------
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = offs_p < OUT_H * OUT_W
+    ph_i = offs_p // OUT_W
+    pw_i = offs_p % OUT_W
+    ph = ph_i.to(tl.float32)
+    pw = pw_i.to(tl.float32)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    g_offs = k.to(tl.int64) * stride_gk + (ph_i * stride_gh + pw_i * stride_gw)[:, None] + offs_c[None, :] * stride_gc
+    g = tl.load(g_ptr + g_offs, mask=mask_p[:, None] & mask_c[None, :], other=0.0).to(tl.float32) / count
+    gx_base = gx_ptr + n * stride_xn + offs_c[None, :].to(tl.int64) * stride_xc
+
+    # ---- walk the samples and scatter with atomics (bins and RoIs overlap) ----------------------------------------
+    for iy in range(0, grid_h):
+        y = start_h + ph * bin_h + tl.math.div_rn((iy + 0.5) * bin_h, grid_h.to(tl.float32))
+        inside_y = (y >= -1.0) & (y <= H)
+        y = tl.maximum(y, 0.0)
+        y_low = y.to(tl.int32)
+        y_edge = y_low >= H - 1
+        y_low = tl.where(y_edge, H - 1, y_low)
+        y_high = tl.where(y_edge, H - 1, y_low + 1)
+        ly = tl.where(y_edge, 0.0, y - y_low.to(tl.float32))
+        hy = 1.0 - ly
+        for ix in range(0, grid_w):
+            x = start_w + pw * bin_w + tl.math.div_rn((ix + 0.5) * bin_w, grid_w.to(tl.float32))
+            inside = inside_y & (x >= -1.0) & (x <= W) & mask_p
+            x = tl.maximum(x, 0.0)
+            x_low = x.to(tl.int32)
+            x_edge = x_low >= W - 1
+            x_low = tl.where(x_edge, W - 1, x_low)
+            x_high = tl.where(x_edge, W - 1, x_low + 1)
+            lx = tl.where(x_edge, 0.0, x - x_low.to(tl.float32))
+            hx = 1.0 - lx
+            m = inside[:, None] & mask_c[None, :]
+            row_lo = y_low.to(tl.int64) * stride_xh
+            row_hi = y_high.to(tl.int64) * stride_xh
+            col_lo = x_low.to(tl.int64) * stride_xw
+            col_hi = x_high.to(tl.int64) * stride_xw
+            tl.atomic_add(gx_base + (row_lo + col_lo)[:, None], (hy * hx)[:, None] * g, mask=m, sem="relaxed")
+            tl.atomic_add(gx_base + (row_lo + col_hi)[:, None], (hy * lx)[:, None] * g, mask=m, sem="relaxed")
+            tl.atomic_add(gx_base + (row_hi + col_lo)[:, None], (ly * hx)[:, None] * g, mask=m, sem="relaxed")
+            tl.atomic_add(gx_base + (row_hi + col_hi)[:, None], (ly * lx)[:, None] * g, mask=m, sem="relaxed")
+
+
+# %%
+# Launchers: check, allocate, launch
+# ----------------------------------
+
+
+def _launch(kernel, probe: Tensor, grid_fn, *args, **kwargs) -> None:
+    """Launch `kernel` autotuned on CUDA, or interpreted with one small config on CPU."""
+    if probe.is_cuda:
+        kernel[grid_fn](*args, **kwargs)
+    else:
+        launchable(kernel, probe)[grid_fn](*args, **kwargs, **_CPU_META)
+
+
+def _grid(K: int, P: int, C: int):
+    return lambda meta: (K, triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]))
+
+
+def _roi_align_fwd_triton(
+    x: Tensor, x_strides: Sequence[int], C: int, H: int, W: int, boxes: Tensor, out: Tensor,
+    out_strides: Sequence[int], oh: int, ow: int, spatial_scale: float, sampling_ratio: int, aligned: bool,
+) -> Tensor:
+    """Fill `out` (any layout, given as (k, c, oh, ow) strides) from the 4-D view (n, c, y, x) of `x`."""
+    K = boxes.shape[0]
+    if K == 0 or C == 0 or oh * ow == 0:
+        return out
+    _launch(
+        _roi_align_fwd_kernel, x, _grid(K, oh * ow, C),
+        x, boxes, out, C, H, W, oh, ow, *x_strides, boxes.stride(0), boxes.stride(1), *out_strides,
+        float(spatial_scale), int(sampling_ratio), ALIGNED=bool(aligned),
+    )
+    return out
+
+
+def _roi_align_bwd_triton(
+    grad: Tensor, g_strides: Sequence[int], boxes: Tensor, gx: Tensor, gx_strides: Sequence[int], C: int, H: int,
+    W: int, oh: int, ow: int, spatial_scale: float, sampling_ratio: int, aligned: bool,
+) -> Tensor:
+    """Accumulate into the zeroed fp32 `gx` (4-D view strides (n, c, y, x)) from `grad` ((k, c, oh, ow) strides)."""
+    K = boxes.shape[0]
+    if K == 0 or C == 0 or oh * ow == 0:
+        return gx
+    _launch(
+        _roi_align_bwd_kernel, grad, _grid(K, oh * ow, C),
+        grad, boxes, gx, C, H, W, oh, ow, *g_strides, boxes.stride(0), boxes.stride(1), *gx_strides,
+        float(spatial_scale), int(sampling_ratio), ALIGNED=bool(aligned),
+    )
+    return gx
+
+
+def _token_view_strides(t: Tensor, gw: int) -> tuple[int, int, int, int]:
+    """(n, c, y, x) strides of tokens ``[B, N, C]`` seen as a ``gh x gw`` grid."""
+    return (t.stride(0), t.stride(2), gw * t.stride(1), t.stride(1))
+
+
+def _boxes_for_kernel(boxes: Tensor) -> Tensor:
+    # fp16/bf16 boxes lose pixel precision on big maps; the kernel reads fp32 like the reference computes
+    return boxes if boxes.dtype == torch.float32 else boxes.float()
+
+
+# %%
+# Custom ops: dispatch (Triton or reference), fake shapes, autograd
+# -----------------------------------------------------------------
+
+
+@torch.library.custom_op("spatialreward::roi_align", mutates_args=())
+def _roi_align_op(
+    input: Tensor, boxes: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float,
+    sampling_ratio: int, aligned: bool,
+) -> Tensor:
+    if not use_triton(input):
+        return roi_align_reference(input, boxes, (pooled_height, pooled_width), spatial_scale, sampling_ratio, aligned)
+    N, C, H, W = input.shape
+    out = input.new_empty(boxes.shape[0], C, pooled_height, pooled_width)
+    return _roi_align_fwd_triton(
+        input, input.stride(), C, H, W, _boxes_for_kernel(boxes), out, out.stride(), pooled_height, pooled_width,
+        spatial_scale, sampling_ratio, aligned,
+    )
+
+
+@_roi_align_op.register_fake
+def _(input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned):
+    return input.new_empty(boxes.shape[0], input.shape[1], pooled_height, pooled_width)
+
+
+@torch.library.custom_op("spatialreward::roi_align_backward", mutates_args=())
+def _roi_align_backward_op(
+    grad: Tensor, boxes: Tensor, batch: int, channels: int, height: int, width: int, spatial_scale: float,
+    sampling_ratio: int, aligned: bool,
+) -> Tensor:
+    shape = (batch, channels, height, width)
+    if not use_triton(grad):
+        return roi_align_backward_reference(grad, boxes, shape, spatial_scale, sampling_ratio, aligned)
+    gx = grad.new_zeros(shape, dtype=torch.float32)  # atomics accumulate in fp32, cast once at the end
+    _, _, oh, ow = grad.shape
+    _roi_align_bwd_triton(
+        grad, grad.stride(), _boxes_for_kernel(boxes), gx, gx.stride(), channels, height, width, oh, ow,
+        spatial_scale, sampling_ratio, aligned,
+    )
+    return gx.to(grad.dtype)
+
+
+@_roi_align_backward_op.register_fake
+def _(grad, boxes, batch, channels, height, width, spatial_scale, sampling_ratio, aligned):
+    return grad.new_empty(batch, channels, height, width)
+
+
+def _roi_align_setup(ctx, inputs, output):
+    input, boxes, ph, pw, scale, sr, aligned = inputs
+    ctx.save_for_backward(boxes)
+    ctx.shape = tuple(input.shape)
+    ctx.params = (scale, sr, aligned)
+
+
+def _roi_align_grad(ctx, grad):
+    (boxes,) = ctx.saved_tensors
+    grad_input = torch.ops.spatialreward.roi_align_backward(grad, boxes, *ctx.shape, *ctx.params)
+    return grad_input, None, None, None, None, None, None  # boxes get no gradient, as in torchvision
+
+
+def _roi_align_backward_setup(ctx, inputs, output):
+    grad, boxes, n, c, h, w, scale, sr, aligned = inputs
+    ctx.save_for_backward(boxes)
+    ctx.params = (grad.shape[2], grad.shape[3], scale, sr, aligned)
+
+
+def _roi_align_backward_grad(ctx, gg):
+    # roi_align is linear in its input, so the backward's adjoint is the forward itself (double backward)
+    (boxes,) = ctx.saved_tensors
+    return (torch.ops.spatialreward.roi_align(gg, boxes, *ctx.params),) + (None,) * 8
+
+
+_roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
+_roi_align_backward_op.register_autograd(_roi_align_backward_grad, setup_context=_roi_align_backward_setup)
+
+
+@torch.library.custom_op("spatialreward::roi_align_tokens", mutates_args=())
+def _roi_align_tokens_op(
+    tokens: Tensor, boxes: Tensor, grid_height: int, grid_width: int, pooled_height: int, pooled_width: int,
+    spatial_scale: float, sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
+) -> Tensor:
+    grid_size, output_size = (grid_height, grid_width), (pooled_height, pooled_width)
+    if not use_triton(tokens):
+        return roi_align_tokens_reference(
+            tokens, boxes, grid_size, output_size, spatial_scale, sampling_ratio, aligned, num_prefix_tokens
+        )
+    B, N, C = tokens.shape
+    grid_tokens = tokens[:, num_prefix_tokens:]  # [B, gh*gw, C] view: the kernel never sees prefix tokens
+    out = tokens.new_empty(boxes.shape[0], pooled_height, pooled_width, C)  # [K, oh, ow, C]
+    out_strides = (out.stride(0), out.stride(3), out.stride(1), out.stride(2))  # as (k, c, oh, ow)
+    return _roi_align_fwd_triton(
+        grid_tokens, _token_view_strides(grid_tokens, grid_width), C, grid_height, grid_width,
+        _boxes_for_kernel(boxes), out, out_strides, pooled_height, pooled_width, spatial_scale, sampling_ratio,
+        aligned,
+    )
+
+
+@_roi_align_tokens_op.register_fake
+def _(tokens, boxes, grid_height, grid_width, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
+      num_prefix_tokens):
+    return tokens.new_empty(boxes.shape[0], pooled_height, pooled_width, tokens.shape[2])
+
+
+@torch.library.custom_op("spatialreward::roi_align_tokens_backward", mutates_args=())
+def _roi_align_tokens_backward_op(
+    grad: Tensor, boxes: Tensor, batch: int, num_tokens: int, grid_height: int, grid_width: int,
+    spatial_scale: float, sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
+) -> Tensor:
+    K, oh, ow, C = grad.shape
+    grid_size = (grid_height, grid_width)
+    if not use_triton(grad):
+        return roi_align_tokens_backward_reference(
+            grad, boxes, (batch, num_tokens, C), grid_size, spatial_scale, sampling_ratio, aligned, num_prefix_tokens
+        )
+    gx = grad.new_zeros(batch, num_tokens, C, dtype=torch.float32)
+    gx_grid = gx[:, num_prefix_tokens:]  # [B, gh*gw, C] view into the zeroed buffer
+    g_strides = (grad.stride(0), grad.stride(3), grad.stride(1), grad.stride(2))  # as (k, c, oh, ow)
+    _roi_align_bwd_triton(
+        grad, g_strides, _boxes_for_kernel(boxes), gx_grid, _token_view_strides(gx_grid, grid_width), C,
+        grid_height, grid_width, oh, ow, spatial_scale, sampling_ratio, aligned,
+    )
+    return gx.to(grad.dtype)
+
+
+@_roi_align_tokens_backward_op.register_fake
+def _(grad, boxes, batch, num_tokens, grid_height, grid_width, spatial_scale, sampling_ratio, aligned,
+      num_prefix_tokens):
+    return grad.new_empty(batch, num_tokens, grad.shape[3])
+
+
+def _roi_align_tokens_setup(ctx, inputs, output):
+    tokens, boxes, gh, gw, ph, pw, scale, sr, aligned, prefix = inputs
+    ctx.save_for_backward(boxes)
+    ctx.args = (tokens.shape[0], tokens.shape[1], gh, gw, scale, sr, aligned, prefix)
+
+
+def _roi_align_tokens_grad(ctx, grad):
+    (boxes,) = ctx.saved_tensors
+    grad_tokens = torch.ops.spatialreward.roi_align_tokens_backward(grad, boxes, *ctx.args)
+    return (grad_tokens,) + (None,) * 9
+
+
+def _roi_align_tokens_backward_setup(ctx, inputs, output):
+    grad, boxes, b, n, gh, gw, scale, sr, aligned, prefix = inputs
+    ctx.save_for_backward(boxes)
+    ctx.args = (gh, gw, grad.shape[1], grad.shape[2], scale, sr, aligned, prefix)
+
+
+def _roi_align_tokens_backward_grad(ctx, gg):
+    (boxes,) = ctx.saved_tensors  # linear op: the adjoint of the backward is the forward
+    return (torch.ops.spatialreward.roi_align_tokens(gg, boxes, *ctx.args),) + (None,) * 9
+
+
+_roi_align_tokens_op.register_autograd(_roi_align_tokens_grad, setup_context=_roi_align_tokens_setup)
+_roi_align_tokens_backward_op.register_autograd(
+    _roi_align_tokens_backward_grad, setup_context=_roi_align_tokens_backward_setup
+)
+
+
+# %%
+# Public API
+# ----------
+
+
+def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(output_size, int):
+        return output_size, output_size
+    size = tuple(int(s) for s in output_size)
+    if len(size) != 2:
+        raise ValueError(f"output_size={output_size!r} must be an int or (height, width); e.g. output_size=7")
+    return size  # type: ignore[return-value]
+
+
+def _check_boxes(boxes: Tensor, like: Tensor) -> None:
+    if boxes.dim() != 2 or boxes.shape[1] != 5:
+        raise ValueError(
+            f"boxes has shape {tuple(boxes.shape)}; expected [K, 5] rows of (batch_index, x1, y1, x2, y2) — "
+            "prepend the batch index column, e.g. torch.cat([idx[:, None], xyxy], 1)"
+        )
+    if not boxes.is_floating_point():
+        raise TypeError(f"boxes has dtype {boxes.dtype}; pass floating-point boxes (e.g. boxes.float())")
+    if boxes.device != like.device:
+        raise ValueError(f"boxes are on {boxes.device} but the features are on {like.device}; move them with .to()")
+
+
+def roi_align(
+    input: Tensor, boxes: Tensor, output_size: int | Sequence[int], spatial_scale: float = 1.0,
+    sampling_ratio: int = -1, aligned: bool = False,
+) -> Tensor:
+    """RoIAlign with `torchvision.ops.roi_align` semantics: ``input[N, C, H, W]``, ``boxes[K, 5]`` -> ``[K, C, oh, ow]``.
+
+    Differentiable w.r.t. `input` (boxes get no gradient). Runs the Triton kernel on CUDA (see `set_backend`), the
+    vectorised reference elsewhere; exports to ONNX ``RoiAlign`` via `spatialreward.kernels.onnx`.
+    """
+    if input.dim() != 4:
+        raise ValueError(f"input has shape {tuple(input.shape)}; expected [N, C, H, W] (use roi_align_tokens for [B, N, C])")
+    _check_boxes(boxes, input)
+    oh, ow = _pair(output_size)
+    return torch.ops.spatialreward.roi_align(
+        input, boxes, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned)
+    )
+
+
+def roi_align_tokens(
+    tokens: Tensor, boxes: Tensor, grid_size: Sequence[int], output_size: int | Sequence[int],
+    spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False, num_prefix_tokens: int = 0,
+) -> Tensor:
+    """RoIAlign on ViT tokens ``[B, N, C]`` laid out row-major on ``grid_size = (gh, gw)``: ``[K, oh, ow, C]``.
+
+    The first `num_prefix_tokens` tokens (class/register tokens) are skipped. Equals `roi_align` on
+    ``tokens[:, prefix:].transpose(1, 2).reshape(B, C, gh, gw)`` permuted to channels-last, without that copy.
+    """
+    if tokens.dim() != 3:
+        raise ValueError(f"tokens has shape {tuple(tokens.shape)}; expected [B, N, C]")
+    _check_boxes(boxes, tokens)
+    gh, gw = _pair(grid_size)
+    oh, ow = _pair(output_size)
+    if tokens.shape[1] != num_prefix_tokens + gh * gw:
+        raise ValueError(
+            f"tokens has {tokens.shape[1]} tokens but grid_size={gh}x{gw} plus num_prefix_tokens={num_prefix_tokens} "
+            f"needs {num_prefix_tokens + gh * gw}; fix grid_size or num_prefix_tokens (e.g. 1 for a class token)"
+        )
+    return torch.ops.spatialreward.roi_align_tokens(
+        tokens, boxes, gh, gw, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned), int(num_prefix_tokens)
+    )
+
+
+# %%
+# Benchmark declaration (bench/kernels.py times these; nothing runs here)
+# -------------------------------------------------------------------------
+# Student shapes: 14x14 tokens of a ViT-S/Ti, C in {192, 384}, 1 or 4 boxes per sample, 7x7 output bins,
+# boxes covering 5% / 25% / 100% of the image. Providers: ours (Triton, token layout), torchvision CUDA (on the
+# NCHW permute it needs, which is timed too), and the reference.
+
+BENCH_GRID = (14, 14)
+BENCH_OUTPUT = (7, 7)
+BENCH_SHAPES = [
+    dict(B=B, C=C, boxes_per_sample=k, region=r)
+    for B in (1, 64, 256) for C in (192, 384) for k in (1, 4) for r in (0.05, 0.25, 1.0)
+]
+BENCH_PROVIDERS = ("triton", "torchvision", "reference")
+
+
+def bench_boxes(B: int, boxes_per_sample: int, region: float, grid=BENCH_GRID, device="cpu", seed: int = 0) -> Tensor:
+    """``[B*k, 5]`` boxes covering `region` of a ``gh x gw`` grid (in token units), at random positions."""
+    gh, gw = grid
+    g = torch.Generator().manual_seed(seed)
+    side_h, side_w = gh * math.sqrt(region), gw * math.sqrt(region)
+    K = B * boxes_per_sample
+    y1 = torch.rand(K, generator=g) * (gh - side_h)
+    x1 = torch.rand(K, generator=g) * (gw - side_w)
+    idx = torch.arange(B).repeat_interleave(boxes_per_sample).float()
+    return torch.stack([idx, x1, y1, x1 + side_w, y1 + side_h], 1).to(device)
+
+
+def bench_flops(K: int, C: int, boxes: Tensor, output_size=BENCH_OUTPUT, sampling_ratio: int = -1) -> float:
+    """Forward FLOPs: 8 per (sample, channel) — 4 multiply-adds of the bilinear corners — plus the 1/count scale."""
+    oh, ow = output_size
+    if sampling_ratio > 0:
+        samples = torch.full((K,), float(sampling_ratio**2))
+    else:
+        hw = (boxes[:, 3:5] - boxes[:, 1:3]).clamp(min=1.0).cpu()  # unaligned: size clamped to >= 1
+        samples = torch.ceil(hw[:, 1] / oh) * torch.ceil(hw[:, 0] / ow)
+    return float((samples * oh * ow * C * 8 + oh * ow * C).sum())
+
+
+def bench_min_bytes(C: int, boxes: Tensor, grid=BENCH_GRID, output_size=BENCH_OUTPUT, elem: int = 2,
+                    backward: bool = False) -> float:
+    """Least bytes the op must move: each RoI's touched pixels (box + 1-pixel bilinear border, clipped to the
+    grid) read once, the output written once; the backward reads the gradient and writes the whole input grad."""
+    gh, gw = grid
+    oh, ow = output_size
+    b = boxes.cpu()
+    rows = (b[:, 4].ceil().clamp(max=gh - 1) - b[:, 2].floor().clamp(min=0) + 1).clamp(min=1)
+    cols = (b[:, 3].ceil().clamp(max=gw - 1) - b[:, 1].floor().clamp(min=0) + 1).clamp(min=1)
+    out_bytes = b.shape[0] * oh * ow * C * elem
+    if backward:
+        batch = int(b[:, 0].max().item()) + 1 if b.shape[0] else 0
+        return float(out_bytes + batch * gh * gw * C * elem)
+    return float((rows * cols).sum() * C * elem + out_bytes)
