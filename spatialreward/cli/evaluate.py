@@ -1,0 +1,55 @@
+"""`spatialreward eval`: score a student against a teacher's labels on one split; JSON, markdown table, PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spatialreward.cli._errors import CLIError
+
+EVAL_EXAMPLES = """
+Examples:
+  spatialreward eval --model runs/nano --data data/synth                 # held-out split, oracle labels
+  spatialreward eval --model runs/nano --data data/synth --split train --out runs/nano/eval-train
+"""
+
+
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Student folder written by `spatialreward distill`.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder with labels of --teacher.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate ('all' = every sample).")] = "heldout",
+    teacher: Annotated[str, typer.Option(help="Whose labels are the reference.")] = "oracle",
+    out: Annotated[Path | None, typer.Option(help="Report folder (default MODEL/eval-<split>).")] = None,
+    max_groups: Annotated[int | None, typer.Option(help="Only the first N groups (quick looks).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    json_only: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
+) -> None:
+    """Within-group pairwise accuracy, Spearman/Kendall, group-advantage correlation, sub-score MAE, mask IoU,
+    presence accuracy of a student vs the teacher."""
+    import json
+
+    from rich import print as rprint
+
+    from spatialreward.student.evaluate import evaluate_model_dir, metrics_markdown
+
+    if not (model / "config.json").is_file():
+        raise CLIError(f"--model {model}: no config.json (train one with `spatialreward distill --out {model}`)")
+    if not (data / "samples.jsonl").is_file():
+        raise CLIError(f"--data {data}: no samples.jsonl")
+    try:
+        metrics, paths = evaluate_model_dir(
+            model, data, split=None if split == "all" else split, teacher=teacher, out_dir=out,
+            max_groups=max_groups, device=device, progress=not json_only,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    if json_only:
+        print(json.dumps(metrics, indent=2))
+        return
+    print(metrics_markdown(metrics, f"{model} on {data} ({split})"))
+    rprint(f"wrote {paths['json']}, {paths['markdown']}, {paths['png']}")
+
+
+evaluate.__doc__ = (evaluate.__doc__ or "") + "\n" + EVAL_EXAMPLES

@@ -1,0 +1,329 @@
+"""Training and evaluation data for the student: a dataset folder + one teacher's labels, preloaded into memory.
+
+Decoding PNGs every epoch would cost more than the nano student's forward pass, so a split is decoded once,
+resized to the model's input side and kept as a ``uint8 [M, 3, S, S]`` tensor (a group's source is stored once);
+instructions are embedded once per unique string. Batches are then plain tensor indexing.
+
+What is skipped, and counted (`SkipReport`): samples without a label, labels whose status is not ``ok`` (never a
+training target without an explicit choice), and samples whose images cannot be read (a bad source drops its
+whole group). Each skip keeps its reason; nothing is dropped silently.
+
+`GroupBatchSampler` yields whole GRPO groups, a fixed number of groups per batch, in an order that depends only
+on ``(seed, epoch)``: a resumed run regenerates the same order and skips to its step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from spatialreward.boxes import boxes_to_mask
+from spatialreward.dataset import ReadReport, group_samples, read_labels, read_samples
+from spatialreward.images import ImageLoadError, load_image
+from spatialreward.types import EditSample, Judgement
+
+WHOLE_IMAGE = (0.0, 0.0, 1000.0, 1000.0)
+MASK_CELLS_PER_TOKEN = 4  # mask targets live on a grid 4× finer than the tokens (28×28 for a 7×7 grid)
+
+
+def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
+    """RGB PIL image → ``uint8 [3, size, size]`` (bilinear with antialiasing). The one resize used everywhere:
+    training, evaluation and `RewardModel`, so the student never sees a different resampling at inference."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
+    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)  # [S, S, 3]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def union_box(boxes: list[list[float]]) -> tuple[float, float, float, float]:
+    """The bounding box of all boxes (0–1000); no box → the whole image (the region is then "everything")."""
+    if not boxes:
+        return WHOLE_IMAGE
+    b = np.asarray(boxes, dtype=np.float64)
+    return float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())
+
+
+@dataclass
+class SkipReport:
+    """What loading a split kept and dropped, with reasons."""
+
+    kept: int = 0
+    groups: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason kind -> count
+    examples: list[str] = field(default_factory=list)  # first few "sample_id: reason"
+
+    def skip(self, kind: str, sample_id: str, reason: str, count: int = 1) -> None:
+        self.skipped[kind] += count
+        if len(self.examples) < 20:
+            self.examples.append(f"{sample_id}: {reason}")
+
+    @property
+    def total_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        parts = [f"kept {self.kept} edits in {self.groups} groups"]
+        if self.skipped:
+            parts.append("skipped " + ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items())))
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept": self.kept, "groups": self.groups, "skipped": dict(self.skipped), "examples": self.examples}
+
+
+class EditData(torch.utils.data.Dataset):
+    """A preloaded split. ``self[i]`` is one edit; `collate` builds a batch from a list of indices.
+
+    Tensors: ``images uint8 [M, 3, S, S]``; per edit ``source_index``/``edited_index`` into it, ``text_index`` into
+    ``text [U, D]``, ``subscores [E, 4]``, ``reward [E]``, ``masks uint8 [E, h, w]`` (teacher boxes rasterised on a
+    grid 4× finer than the tokens), ``boxes [E, 4]`` (union box, 0–1000), ``group [E]`` (group number).
+    """
+
+    def __init__(
+        self,
+        *,
+        samples: list[EditSample],
+        judgements: list[Judgement],
+        images: torch.Tensor,
+        source_index: torch.Tensor,
+        edited_index: torch.Tensor,
+        text: torch.Tensor,
+        text_index: torch.Tensor,
+        mask_size: tuple[int, int],
+        report: SkipReport,
+    ):
+        self.samples = samples
+        self.judgements = judgements
+        self.images = images
+        self.source_index = source_index
+        self.edited_index = edited_index
+        self.text = text
+        self.text_index = text_index
+        self.report = report
+        self.subscores = torch.tensor([j.subscores for j in judgements], dtype=torch.float32).reshape(-1, 4)
+        self.reward = torch.tensor([j.reward for j in judgements], dtype=torch.float32)
+        h, w = mask_size
+        self.masks = torch.from_numpy(
+            np.stack([boxes_to_mask(j.boxes, h, w) for j in judgements]).astype(np.uint8)
+            if judgements else np.zeros((0, h, w), np.uint8)
+        )
+        self.boxes = torch.tensor([union_box(j.boxes) for j in judgements], dtype=torch.float32).reshape(-1, 4)
+        self.presence = torch.tensor([1.0 if j.boxes else 0.0 for j in judgements])
+        group_ids = list(dict.fromkeys(s.group_id for s in samples))
+        number = {g: i for i, g in enumerate(group_ids)}
+        self.group_ids = group_ids
+        self.group = torch.tensor([number[s.group_id] for s in samples], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.collate([i])
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_ids)
+
+    def collate(self, indices: list[int] | torch.Tensor, *, hflip: torch.Tensor | None = None) -> dict[str, Any]:
+        """A batch dict for edit ``indices`` (images as float 0–1). ``hflip [B]`` bool mirrors chosen edits
+        (images, masks and boxes together)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        src = self.images[self.source_index[idx]].float().div_(255.0)  # [B, 3, S, S]
+        edt = self.images[self.edited_index[idx]].float().div_(255.0)
+        mask = self.masks[idx].float()  # [B, h, w]
+        boxes = self.boxes[idx].clone()  # [B, 4]
+        if hflip is not None and bool(hflip.any()):
+            f = hflip.view(-1, 1, 1, 1)
+            src = torch.where(f, src.flip(-1), src)
+            edt = torch.where(f, edt.flip(-1), edt)
+            mask = torch.where(f[:, 0], mask.flip(-1), mask)
+            flipped = torch.stack([1000 - boxes[:, 2], boxes[:, 1], 1000 - boxes[:, 0], boxes[:, 3]], dim=1)
+            boxes = torch.where(hflip.view(-1, 1), flipped, boxes)
+        _, groups = torch.unique(self.group[idx], return_inverse=True)
+        return {
+            "index": idx,
+            "source": src,
+            "edited": edt,
+            "text": self.text[self.text_index[idx]],  # [B, D]
+            "subscores": self.subscores[idx],
+            "reward": self.reward[idx],
+            "mask": mask,
+            "presence": self.presence[idx],
+            "region_boxes": boxes,
+            "group_index": groups,  # [B] 0..G-1 within the batch
+        }
+
+
+def token_coverage(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Share of each token cell covered by a ``[B, h, w]`` mask → ``[B, gh, gw]`` (the teacher-forced region)."""
+    return F.adaptive_avg_pool2d(mask.unsqueeze(1), grid)[:, 0]
+
+
+def _load_one(args: tuple[str, Path, int]) -> tuple[str, torch.Tensor | None, str | None]:
+    key, path, size = args
+    try:
+        return key, preprocess_image(load_image(path), size), None
+    except ImageLoadError as exc:
+        return key, None, exc.reason
+    except OSError as exc:
+        return key, None, str(exc)
+
+
+def load_split(
+    root: str | Path,
+    *,
+    split: str | None,
+    teacher: str,
+    img_size: int,
+    mask_size: tuple[int, int],
+    text_encoder,
+    max_groups: int | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> EditData:
+    """Read samples of ``split`` and ``teacher`` labels under ``root``; decode, resize and embed them once.
+
+    ``text_encoder`` has ``encode(list[str]) -> [B, D]`` (`InstructionEncoder`). ``max_groups`` keeps the first
+    groups only (tests, quick looks).
+    """
+    root = Path(root)
+    read_report = ReadReport()
+    samples = read_samples(root, split=split, report=read_report)
+    report = SkipReport()
+    for err in read_report.errors:
+        report.skip("bad sample records", f"{err.path}:{err.line}", err.reason)
+    if not samples:
+        raise ValueError(
+            f"{root}: no samples in split {split!r} (splits present: "
+            f"{sorted({str(s.split) for s in read_samples(root)})})"
+        )
+    labels = read_labels(root, teacher)
+    groups = group_samples(samples)
+    if max_groups is not None:
+        groups = type(groups)(list(groups.items())[:max_groups])
+
+    # Keep labelled, ok edits; the source of a group is decoded once.
+    kept: list[tuple[EditSample, Judgement]] = []
+    for members in groups.values():
+        for s in members:
+            j = labels.get(s.sample_id)
+            if j is None:
+                report.skip("unlabelled", s.sample_id, f"no {teacher!r} label")
+            elif not j.ok:
+                report.skip(f"not ok ({j.status})", s.sample_id, j.error or j.status)
+            else:
+                kept.append((s, j))
+
+    paths: dict[str, Path] = {}
+    for s, _ in kept:
+        paths.setdefault(str(s.source_path(root)), s.source_path(root))
+        paths.setdefault(str(s.edited_path(root)), s.edited_path(root))
+    loaded: dict[str, torch.Tensor] = {}
+    failed: dict[str, str] = {}
+    jobs = [(k, p, img_size) for k, p in paths.items()]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # PIL decodes outside the GIL
+        it = pool.map(_load_one, jobs)
+        if progress:
+            from rich.progress import track
+
+            it = track(it, total=len(jobs), description=f"decoding {split or 'all'} images")
+        for key, tensor, error in it:
+            if tensor is None:
+                failed[key] = error or "unreadable"
+            else:
+                loaded[key] = tensor
+
+    bad_groups = {s.group_id for s, _ in kept if str(s.source_path(root)) in failed}
+    final: list[tuple[EditSample, Judgement]] = []
+    for s, j in kept:
+        src, edt = str(s.source_path(root)), str(s.edited_path(root))
+        if s.group_id in bad_groups:
+            report.skip("unreadable source image", s.sample_id, f"{src}: {failed.get(src, 'group source failed')}")
+        elif edt in failed:
+            report.skip("unreadable edited image", s.sample_id, f"{edt}: {failed[edt]}")
+        else:
+            final.append((s, j))
+    if not final:
+        raise ValueError(f"{root}: nothing usable in split {split!r}: {report.summary()}; e.g. {report.examples[:3]}")
+
+    keys = list(dict.fromkeys(k for s, _ in final for k in (str(s.source_path(root)), str(s.edited_path(root)))))
+    slot = {k: i for i, k in enumerate(keys)}
+    images = torch.stack([loaded[k] for k in keys])  # [M, 3, S, S] uint8
+    instructions = list(dict.fromkeys(s.instruction for s, _ in final))
+    text = text_encoder.encode(instructions).float()  # [U, D]
+    text_slot = {t: i for i, t in enumerate(instructions)}
+    report.kept = len(final)
+    report.groups = len({s.group_id for s, _ in final})
+    return EditData(
+        samples=[s for s, _ in final],
+        judgements=[j for _, j in final],
+        images=images,
+        source_index=torch.tensor([slot[str(s.source_path(root))] for s, _ in final]),
+        edited_index=torch.tensor([slot[str(s.edited_path(root))] for s, _ in final]),
+        text=text,
+        text_index=torch.tensor([text_slot[s.instruction] for s, _ in final]),
+        mask_size=mask_size,
+        report=report,
+    )
+
+
+class GroupBatchSampler:
+    """Batches of whole groups: ``groups_per_batch`` groups each, shuffled per epoch from ``(seed, epoch)``.
+
+    With ``world_size > 1`` (DDP) rank ``r`` takes every ``world_size``-th batch starting at ``r``, so the ranks
+    see disjoint groups and the same number of steps. The last incomplete batch of an epoch is dropped when
+    training (``drop_last``), so every step has the same number of groups.
+    """
+
+    def __init__(
+        self,
+        group: torch.Tensor,
+        groups_per_batch: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        self.members: dict[int, list[int]] = {}
+        for i, g in enumerate(group.tolist()):
+            self.members.setdefault(g, []).append(i)
+        self.group_list = sorted(self.members)
+        self.groups_per_batch = groups_per_batch
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.rank, self.world_size = rank, world_size
+        n = len(self.group_list)
+        total = n // groups_per_batch if drop_last else math.ceil(n / groups_per_batch)
+        self.steps_per_epoch = total // world_size if drop_last else math.ceil(total / world_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{n} groups cannot fill one batch of {groups_per_batch} groups on {world_size} process(es); "
+                f"lower groups_per_batch to at most {max(1, n // world_size)} or add data"
+            )
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = list(self.group_list)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = [order[i] for i in torch.randperm(len(order), generator=gen).tolist()]
+        chunks = [order[i : i + self.groups_per_batch] for i in range(0, len(order), self.groups_per_batch)]
+        if self.drop_last and chunks and len(chunks[-1]) < self.groups_per_batch:
+            chunks.pop()
+        mine = chunks[self.rank :: self.world_size][: self.steps_per_epoch]
+        return [[i for g in chunk for i in self.members[g]] for chunk in mine]
+
+    def __iter__(self):
+        yield from self.epoch_batches(0)

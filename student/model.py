@@ -1,0 +1,509 @@
+"""The dual-stream ViT student: (source, edited, instruction embedding) → sub-scores, reward, edit mask, presence.
+
+It is a compact copy of SpatialReward's (arXiv 2602.07458) "anchored verification": first find *where* the image
+changed, then check the change against the instruction inside that region and check preservation outside it.
+Read top to bottom, nanoGPT-style:
+
+    StreamEncoder        one timm ViT shared by both images, run as one batched pass      [2B, P+N, C]
+    ChangeFeatures       per-token comparison of the streams                                [B, N, C]
+    SegmentationHead     edit-mask logits on the token grid (optionally u×u cells a token)  [B, g·u, g·u]
+    RegionCrossAttention edited tokens + instruction token attend to source tokens, weighted by the region mask
+                         (inside path) or its complement (outside path); `spatialreward.kernels.region_attention`
+    ScoreHead            4 sub-scores bounded to 0–25, each with a log-variance
+    StudentConfig        every knob, with help text
+    Student              forward(), encode_images()/forward_tokens() for cached sources, from_pretrained, ...
+
+Region features are pooled with `spatialreward.kernels.roi_align_tokens` over one box per edit: the bounding box
+of the predicted mask at inference, of the teacher's boxes when the distiller passes them (teacher forcing). The
+reward is the shared formula over the predicted sub-scores (`spatialreward.formula`), so its weights can be
+re-tuned with `set_reward_weights` without retraining. `forward` has no Python branches on tensor values, so the
+whole network traces to ONNX; only `is None` checks on optional arguments pick the graph at trace time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Mlp
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from spatialreward.formula import DEFAULT_WEIGHTS, RewardWeights, reward_from_subscores
+from spatialreward.kernels import get_backend, region_attention, roi_align_tokens
+from spatialreward.types import SCORE_MAX
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_NAME = "spatialreward-student"
+FORMAT_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LAYOUT_CELLS = 3  # instructions point at a 3×3 layout (upper-left … lower-right)
+GEOMETRY_DIM = 4 + LAYOUT_CELLS * LAYOUT_CELLS  # region box (0–1) + mask share per layout cell
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class StreamEncoder(nn.Module):
+    """A timm ViT shared by the source and the edited image. Input: float RGB in 0–1, ``[B, 3, S, S]``."""
+
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.vit = VisionTransformer(
+            img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
+            num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, num_classes=0, global_pool="", class_token=True,
+            drop_path_rate=cfg.drop_path_rate,
+        )
+        self.num_prefix_tokens = self.vit.num_prefix_tokens
+        # Normalisation lives inside the network so exported graphs take plain 0–1 images.
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images - self.mean) / self.std
+        return self.vit.forward_features(x)  # [B, P+N, C], P prefix (class) tokens first
+
+
+class ChangeFeatures(nn.Module):
+    """Per-token comparison of the streams, ``[e, s, e − s, |e − s|] → C``, then a little spatial context.
+
+    Identical regions give identical tokens up to the ViT's global mixing, so ``e − s`` is near zero there; the
+    transformer blocks let a token see its neighbours (an edit is a coherent blob, not salt-and-pepper).
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int):
+        super().__init__()
+        self.fuse = Mlp(4 * dim, hidden_features=2 * dim, out_features=dim)
+        self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio=2.0) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, src: torch.Tensor, edt: torch.Tensor) -> torch.Tensor:  # [B, N, C] each
+        diff = edt - src
+        x = self.fuse(torch.cat([edt, src, diff, diff.abs()], dim=-1))  # [B, N, C]
+        return self.norm(self.blocks(x))
+
+
+class SegmentationHead(nn.Module):
+    """Edit-mask logits on the token grid; each token predicts ``u×u`` sub-cells (pixel-shuffle, as in SETR)."""
+
+    def __init__(self, dim: int, subdivision: int):
+        super().__init__()
+        self.u = subdivision
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, subdivision * subdivision))
+
+    def forward(self, change: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b, (gh, gw), u = change.shape[0], grid, self.u
+        logits = self.mlp(change)  # [B, N, u·u]
+        logits = logits.view(b, gh, gw, u, u).permute(0, 1, 3, 2, 4)  # [B, gh, u, gw, u]
+        return logits.reshape(b, gh * u, gw * u)  # [B, gh·u, gw·u]
+
+
+class RegionCrossAttention(nn.Module):
+    """Queries attend to source tokens with per-key weights in [0, 1] (the region mask or its complement).
+
+    Weights enter as ``w_j · exp(s_j)`` (`spatialreward.kernels.region_attention`), so a soft mask works and an
+    empty region yields exact zeros, i.e. the path contributes only its bias.
+    """
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim={dim} must be divisible by cross_heads={num_heads}")
+        self.num_heads = num_heads
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, hidden_features=2 * dim)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, key_weights: torch.Tensor) -> torch.Tensor:
+        b, lq, c = queries.shape
+        lk, h = keys.shape[1], self.num_heads
+        q = self.q(self.norm_q(queries)).view(b, lq, h, c // h).transpose(1, 2)  # [B, H, Lq, D]
+        kv = self.kv(self.norm_kv(keys)).view(b, lk, 2, h, c // h).permute(2, 0, 3, 1, 4)  # [2, B, H, Lk, D]
+        out = region_attention(q, kv[0], kv[1], key_weights)  # [B, H, Lq, D]
+        x = queries + self.proj(out.transpose(1, 2).reshape(b, lq, c))  # [B, Lq, C]
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class ScoreHead(nn.Module):
+    """Pooled evidence → 4 sub-scores in 0–25 (sigmoid) and 4 log-variances in [logvar_min, logvar_max]."""
+
+    def __init__(self, in_dim: int, hidden: int, logvar_range: tuple[float, float], dropout: float):
+        super().__init__()
+        self.logvar_range = logvar_range
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 8),
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.mlp(x)  # [B, 8]
+        subscores = SCORE_MAX * torch.sigmoid(out[:, :4])  # bounded by construction, never outside 0–25
+        lo, hi = self.logvar_range
+        logvar = lo + (hi - lo) * torch.sigmoid(out[:, 4:])  # log-variance of subscore/25
+        return subscores, logvar
+
+
+def weighted_mean(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``Σ w·x / (Σ w + ε)`` over tokens: ``[B, N, C]``, ``[B, N]`` → ``[B, C]`` (zeros for an empty region)."""
+    return (tokens * weights.unsqueeze(-1)).sum(1) / (weights.sum(1, keepdim=True) + 1e-6)
+
+
+def mask_bounding_box(mask: torch.Tensor) -> torch.Tensor:
+    """Bounding box of a boolean ``[B, h, w]`` mask in 0–1000, as ``[B, 4]``; an empty mask gives the whole image.
+
+    Pure tensor ops (no branches on values), so it traces to ONNX.
+    """
+    b, h, w = mask.shape
+    cols = mask.any(dim=1)  # [B, w]
+    rows = mask.any(dim=2)  # [B, h]
+    xs = torch.arange(w, device=mask.device, dtype=torch.float32).expand(b, w)
+    ys = torch.arange(h, device=mask.device, dtype=torch.float32).expand(b, h)
+    x1 = torch.where(cols, xs, torch.full_like(xs, w)).amin(1)
+    x2 = torch.where(cols, xs + 1, torch.zeros_like(xs)).amax(1)
+    y1 = torch.where(rows, ys, torch.full_like(ys, h)).amin(1)
+    y2 = torch.where(rows, ys + 1, torch.zeros_like(ys)).amax(1)
+    box = torch.stack([x1 / w, y1 / h, x2 / w, y2 / h], dim=1) * 1000.0  # [B, 4]
+    whole = torch.tensor([0.0, 0.0, 1000.0, 1000.0], device=mask.device).expand(b, 4)
+    return torch.where(cols.any(1, keepdim=True), box, whole)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StudentConfig:
+    """Every knob of the student.
+
+    Backbone: ``img_size``, ``patch_size``, ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
+    ``drop_path_rate``. Instruction: ``text_encoder``, ``text_dim``. Change and mask: ``change_depth``,
+    ``mask_subdivision``. Regions: ``cross_heads``, ``roi_size``. Heads: ``head_dim``, ``head_dropout``,
+    ``logvar_min``, ``logvar_max``. Reward: ``reward_weights`` (re-tunable without retraining).
+    """
+
+    img_size: int = field(default=224, metadata={"help": "square input side in pixels (images are resized to it)"})
+    patch_size: int = field(default=16, metadata={"help": "ViT patch side in pixels; token grid = img_size/patch"})
+    embed_dim: int = field(default=192, metadata={"help": "ViT width (192 = ViT-Ti, 384 = ViT-S)"})
+    depth: int = field(default=12, metadata={"help": "ViT blocks in the shared backbone"})
+    num_heads: int = field(default=3, metadata={"help": "attention heads in the backbone"})
+    mlp_ratio: float = field(default=4.0, metadata={"help": "backbone MLP hidden size / width"})
+    drop_path_rate: float = field(default=0.0, metadata={"help": "stochastic depth in the backbone"})
+    text_encoder: str = field(default="all-MiniLM-L6-v2", metadata={"help": "frozen sentence encoder of the instruction"})
+    text_dim: int = field(default=384, metadata={"help": "width of the instruction embedding (MiniLM-L6: 384)"})
+    change_depth: int = field(default=1, metadata={"help": "transformer blocks over the per-token change features"})
+    mask_subdivision: int = field(default=1, metadata={"help": "mask cells per token side (1 = token grid)"})
+    cross_heads: int = field(default=3, metadata={"help": "heads of the region-masked cross-attention"})
+    roi_size: int = field(default=2, metadata={"help": "RoIAlign output side (roi_size² cells per region)"})
+    head_dim: int = field(default=256, metadata={"help": "hidden width of the score head"})
+    head_dropout: float = field(default=0.0, metadata={"help": "dropout inside the score head"})
+    logvar_min: float = field(default=-9.0, metadata={"help": "lowest log-variance of a sub-score/25"})
+    logvar_max: float = field(default=1.0, metadata={"help": "highest log-variance of a sub-score/25"})
+    reward_weights: dict = field(
+        default_factory=lambda: asdict(DEFAULT_WEIGHTS), metadata={"help": "RewardWeights of the formula"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size={self.img_size} is not a multiple of patch_size={self.patch_size}; "
+                f"use img_size={self.img_size // self.patch_size * self.patch_size} or another patch size"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
+        if self.mask_subdivision < 1 or self.patch_size % self.mask_subdivision:
+            raise ValueError(
+                f"mask_subdivision={self.mask_subdivision} must be >= 1 and divide patch_size={self.patch_size}"
+            )
+        if not self.logvar_min < self.logvar_max:
+            raise ValueError(f"logvar_min={self.logvar_min} must be below logvar_max={self.logvar_max}")
+        RewardWeights(**self.reward_weights)  # validates the weights
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Token grid ``(gh, gw)`` of one stream."""
+        side = self.img_size // self.patch_size
+        return side, side
+
+    @property
+    def mask_size(self) -> tuple[int, int]:
+        """Side of the predicted mask logits ``(gh·u, gw·u)``."""
+        gh, gw = self.grid
+        return gh * self.mask_subdivision, gw * self.mask_subdivision
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StudentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown StudentConfig fields {unknown} (written by a newer version?)")
+        return cls(**d)
+
+
+class StudentOutput(NamedTuple):
+    """What the student returns (a tuple, so it traces to ONNX).
+
+    ``subscores [B, 4]`` in 0–25 (order of `SUBSCORE_NAMES`); ``reward [B]`` by the shared formula;
+    ``edit_mask_logits [B, h, w]`` on the (subdivided) token grid; ``presence_logit [B]``; ``subscore_logvar
+    [B, 4]`` (log-variance of subscore/25); ``region_boxes [B, 4]`` the box (0–1000, edited image) RoIAlign used.
+    """
+
+    subscores: torch.Tensor
+    reward: torch.Tensor
+    edit_mask_logits: torch.Tensor
+    presence_logit: torch.Tensor
+    subscore_logvar: torch.Tensor
+    region_boxes: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The student
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Student(nn.Module):
+    """Dual-stream ViT reward model. See the module docstring for the data flow."""
+
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.embed_dim
+        self.encoder = StreamEncoder(cfg)
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, c), nn.LayerNorm(c))
+        self.change = ChangeFeatures(c, cfg.change_depth, cfg.num_heads)
+        self.seg_head = SegmentationHead(c, cfg.mask_subdivision)
+        self.presence_head = Mlp(2 * c + 2, hidden_features=c, out_features=1)
+        self.attend_inside = RegionCrossAttention(c, cfg.cross_heads)
+        self.attend_outside = RegionCrossAttention(c, cfg.cross_heads)
+        roi_cells = cfg.roi_size * cfg.roi_size
+        self.roi_proj = Mlp(3 * c * roi_cells, hidden_features=2 * c, out_features=c)
+        # Instructions name places ("in the upper-left"), so the head sees where the region is: its box and the
+        # predicted mask pooled to a 3×3 layout, projected to C and also multiplied with the instruction.
+        self.geometry_proj = Mlp(GEOMETRY_DIM, hidden_features=c, out_features=c)
+        # evidence: text, change mean/max, roi, text·roi, geometry, text·geometry, inside (text query, region
+        # tokens), outside (same), plus presence logit and mask area
+        self.score_head = ScoreHead(11 * c + 2, cfg.head_dim, (cfg.logvar_min, cfg.logvar_max), cfg.head_dropout)
+        self.reward_weights = RewardWeights(**cfg.reward_weights)
+        # The ops come from spatialreward.kernels (Triton on CUDA when available, the PyTorch reference otherwise);
+        # record which backend this module was built under, as nanoGPT records its attention path.
+        self.kernel_backend = get_backend()
+
+    # -- the forward pass --------------------------------------------------------------------------------------
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone tokens of ``[B, 3, S, S]`` images in 0–1 → ``[B, P+N, C]``. Cache a source's tokens here."""
+        return self.encoder(images)
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        edited: torch.Tensor,
+        text_embedding: torch.Tensor,
+        region_boxes: torch.Tensor | None = None,
+        region_mask: torch.Tensor | None = None,
+    ) -> StudentOutput:
+        """Score ``B`` edits. Images ``[B, 3, S, S]`` float in 0–1; ``text_embedding [B, text_dim]``.
+
+        ``region_boxes [B, 4]`` (0–1000) and ``region_mask [B, gh, gw]`` (token-cell coverage in [0, 1]) replace the
+        predicted region for RoIAlign and the cross-attention (teacher forcing during distillation).
+        """
+        b = source.shape[0]
+        tokens = self.encode_images(torch.cat([source, edited], dim=0))  # one batched pass: [2B, P+N, C]
+        return self.forward_tokens(tokens[:b], tokens[b:], text_embedding, region_boxes, region_mask)
+
+    def forward_tokens(
+        self,
+        source_tokens: torch.Tensor,
+        edited_tokens: torch.Tensor,
+        text_embedding: torch.Tensor,
+        region_boxes: torch.Tensor | None = None,
+        region_mask: torch.Tensor | None = None,
+    ) -> StudentOutput:
+        """The part after the backbone, on ``[B, P+N, C]`` tokens (`encode_images` output)."""
+        cfg, p = self.cfg, self.encoder.num_prefix_tokens
+        gh, gw = cfg.grid
+        u = cfg.mask_subdivision
+        s, e = source_tokens[:, p:], edited_tokens[:, p:]  # [B, N, C] patch tokens only
+        b, n, c = e.shape
+        text = self.text_proj(text_embedding)  # [B, C]
+
+        # Where did it change? Per-token comparison → mask logits and presence.
+        change = self.change(s, e)  # [B, N, C]
+        mask_logits = self.seg_head(change, (gh, gw))  # [B, gh·u, gw·u]
+        mask_prob = torch.sigmoid(mask_logits.detach())  # the region steers attention; the mask loss trains it
+        token_prob = F.avg_pool2d(mask_prob.unsqueeze(1), u).flatten(1)  # [B, N] share of each token predicted
+        area = mask_prob.flatten(1).mean(1, keepdim=True)  # [B, 1]
+        peak = mask_logits.flatten(1).amax(1, keepdim=True)  # [B, 1]
+        presence_logit = self.presence_head(torch.cat([change.mean(1), change.amax(1), peak, area], dim=1))[:, 0]
+
+        # The region: predicted unless the caller forces one.
+        weights = token_prob if region_mask is None else region_mask.reshape(b, n).to(e.dtype)
+        boxes = mask_bounding_box(mask_prob > 0.5) if region_boxes is None else region_boxes.to(e.dtype)
+
+        # RoIAlign over the region box on [edited, source, change] token maps → one region vector.
+        batch_index = torch.arange(b, device=e.device, dtype=e.dtype).unsqueeze(1)
+        rois = torch.cat([batch_index, boxes], dim=1)  # [B, 5] = (b, x1, y1, x2, y2) in 0–1000
+        maps = torch.cat([e, s, change], dim=-1)  # [B, N, 3C]
+        roi = roi_align_tokens(
+            maps, rois, grid_size=(gh, gw), output_size=(cfg.roi_size, cfg.roi_size),
+            spatial_scale=gw / 1000.0, sampling_ratio=2, aligned=True,
+        )  # [B, r, r, 3C]
+        roi = self.roi_proj(roi.reshape(b, -1))  # [B, C]
+        layout = F.adaptive_avg_pool2d(mask_prob.unsqueeze(1), LAYOUT_CELLS).flatten(1)  # [B, 9]
+        geometry = self.geometry_proj(torch.cat([boxes / 1000.0, layout], dim=1))  # [B, C]
+
+        # Anchored verification: inside the region (is the change there, and right?), outside (was the rest kept?).
+        queries = torch.cat([text.unsqueeze(1), e], dim=1)  # [B, 1+N, C]
+        inside = self.attend_inside(queries, s, weights)  # [B, 1+N, C]
+        outside = self.attend_outside(queries, s, 1.0 - weights)
+        evidence = torch.cat(
+            [
+                text, change.mean(1), change.amax(1), roi, text * roi, geometry, text * geometry,
+                inside[:, 0], weighted_mean(inside[:, 1:], weights),
+                outside[:, 0], weighted_mean(outside[:, 1:], 1.0 - weights),
+                presence_logit.unsqueeze(1), area,
+            ],
+            dim=1,
+        )  # [B, 11C + 2]
+        subscores, logvar = self.score_head(evidence)
+        reward = reward_from_subscores(subscores, self.reward_weights)  # [B]
+        return StudentOutput(subscores, reward, mask_logits, presence_logit, logvar, boxes)
+
+    # -- what users call ----------------------------------------------------------------------------------------
+
+    def set_reward_weights(self, weights: RewardWeights) -> None:
+        """Re-tune the reward formula without retraining (sub-scores are what the network predicts)."""
+        self.reward_weights = weights
+        self.cfg.reward_weights = asdict(weights)
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (each file atomically)."""
+        from spatialreward.student.checkpoint import atomic_write_json, save_safetensors
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_safetensors(self.state_dict(), directory / WEIGHTS_FILE)
+        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "student": asdict(self.cfg)}
+        atomic_write_json(directory / CONFIG_FILE, meta)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Student:
+        """Load a directory written by `save_pretrained`; refuses missing, unexpected or mis-shaped weights."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing (is {directory} a student directory from `distill`?)")
+        meta = json.loads(config_path.read_text())
+        if meta.get("format") != FORMAT_NAME:
+            raise ValueError(f"{config_path}: format {meta.get('format')!r} is not {FORMAT_NAME!r}")
+        model = cls(StudentConfig.from_dict(meta["student"]))
+        state = load_file(str(weights_path), device=str(map_location))
+        load_state_checked(model, state, source=str(weights_path))
+        return model.eval()
+
+    def load_pretrained_backbone(self, source: str | Path) -> dict:
+        """Load ViT weights into the shared backbone from a ``.safetensors`` file or a timm model name.
+
+        A timm name needs the Hugging Face hub (``timm.create_model(name, pretrained=True)``); offline, download the
+        weights elsewhere and pass the file. The position embedding is resampled to this grid and the patch
+        embedding to this patch size; the classifier head is dropped. Returns what was loaded, resampled, skipped.
+        """
+        from spatialreward.student.checkpoint import read_backbone_state
+
+        state = read_backbone_state(source)
+        return adapt_and_load_backbone(self.encoder.vit, state, source=str(source))
+
+
+def build_student(cfg: StudentConfig | str, **overrides) -> Student:
+    """The one builder: a config (or a preset name plus overrides) → a `Student` in train mode."""
+    if isinstance(cfg, str):
+        from spatialreward.student.presets import preset_config
+
+        cfg = preset_config(cfg, **overrides)
+    elif overrides:
+        from dataclasses import replace
+
+        cfg = replace(cfg, **overrides)
+    return Student(cfg)
+
+
+def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load ``state`` strictly, naming every missing, unexpected and mis-shaped key in the error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {', '.join(unexpected[:8])}{' …' if len(unexpected) > 8 else ''}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} mis-shaped: {'; '.join(mismatched[:8])}")
+        raise ValueError(f"{source}: weights do not match the model config ({' | '.join(parts)})")
+    model.load_state_dict(state, strict=True)
+
+
+def adapt_and_load_backbone(vit: VisionTransformer, state: dict[str, torch.Tensor], *, source: str) -> dict:
+    """Copy a timm-ViT state dict into ``vit``: resample pos/patch embeddings, drop heads, check the rest."""
+    from timm.layers import resample_abs_pos_embed, resample_patch_embed
+
+    for prefix in ("module.", "backbone.", "encoder.vit.", "vit."):  # wrappers people save models in
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    own = vit.state_dict()
+    report: dict[str, list[str]] = {"loaded": [], "resampled": [], "skipped": [], "missing": []}
+    new_state = {}
+    for key, value in state.items():
+        if key not in own:
+            report["skipped"].append(key)  # classifier heads, fc_norm, register tokens we do not use
+            continue
+        target = own[key]
+        if key == "pos_embed" and value.shape != target.shape:
+            n_prefix = vit.num_prefix_tokens if value.shape[1] - vit.num_prefix_tokens > 0 else 0
+            old_side = int(math.isqrt(value.shape[1] - n_prefix))
+            value = resample_abs_pos_embed(
+                value, new_size=list(vit.patch_embed.grid_size), old_size=[old_side, old_side],
+                num_prefix_tokens=n_prefix,
+            )
+            report["resampled"].append(key)
+        elif key == "patch_embed.proj.weight" and value.shape[-2:] != target.shape[-2:]:
+            value = resample_patch_embed(value, list(target.shape[-2:]))
+            report["resampled"].append(key)
+        if value.shape != target.shape:
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(value.shape)} but this student needs {tuple(target.shape)} "
+                f"(a backbone of width {target.shape[-1] if target.dim() else '?'}; pick the matching preset)"
+            )
+        new_state[key] = value.to(target.dtype)
+        report["loaded"].append(key)
+    report["missing"] = sorted(set(own) - set(new_state))
+    if len(new_state) == 0:
+        raise ValueError(f"{source}: no key matches a timm VisionTransformer (first keys: {list(state)[:5]})")
+    vit.load_state_dict(new_state, strict=False)
+    return report

@@ -1,0 +1,77 @@
+"""Named student sizes, registered like timm's ``@register_model``: a name maps to a function returning a config.
+
+A preset function only returns a `StudentConfig` (caller overrides win); `build_student` in `model.py` is the one
+builder that turns a config into a network. Registering a name twice warns and keeps the newer function, as timm
+does, so a notebook can redefine a preset while experimenting.
+
+    >>> from spatialreward.student import list_presets, preset_config
+    >>> list_presets()
+    ['nano', 'small', 'tiny']
+    >>> preset_config("nano", img_size=96).img_size
+    96
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
+
+from spatialreward.student.model import StudentConfig
+
+PresetFn = Callable[..., StudentConfig]
+_PRESETS: dict[str, PresetFn] = {}
+
+
+def register_preset(fn: PresetFn) -> PresetFn:
+    """Register ``fn`` under its ``__name__``; a duplicate name warns and the newer function wins."""
+    name = fn.__name__
+    if name in _PRESETS:
+        warnings.warn(f"student preset {name!r} is registered twice; the later definition wins", stacklevel=2)
+    _PRESETS[name] = fn
+    return fn
+
+
+def list_presets() -> list[str]:
+    """Registered preset names, sorted."""
+    return sorted(_PRESETS)
+
+
+def preset_config(name: str, **overrides) -> StudentConfig:
+    """The `StudentConfig` of preset ``name`` with ``overrides`` applied."""
+    if name not in _PRESETS:
+        raise KeyError(f"unknown student preset {name!r}; choose one of {', '.join(list_presets())}")
+    return _PRESETS[name](**overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Presets. Widths follow DeiT (ViT-Ti 192, ViT-S 384; Touvron et al. 2021); nano is ours.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@register_preset
+def nano(**overrides) -> StudentConfig:
+    """Smallest student, sized to distil to the targets within 30 minutes on a 2-core CPU.
+
+    112 px with patch 16 gives a 7×7 token grid (49 tokens per stream), so one forward + backward of an 8-edit
+    group costs tens of milliseconds; the mask head subdivides each token 4× to place box edges finer than 16 px.
+    """
+    cfg = StudentConfig(
+        img_size=112, patch_size=16, embed_dim=128, depth=4, num_heads=4, mlp_ratio=3.0,
+        head_dim=192, cross_heads=4, mask_subdivision=4,
+    )
+    return replace(cfg, **overrides)
+
+
+@register_preset
+def tiny(**overrides) -> StudentConfig:
+    """ViT-Ti width (192, depth 12, 3 heads) at 224 px: the size to distil on one GPU."""
+    cfg = StudentConfig(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, head_dim=256, cross_heads=3)
+    return replace(cfg, **overrides)
+
+
+@register_preset
+def small(**overrides) -> StudentConfig:
+    """ViT-S width (384, depth 12, 6 heads) at 224 px: the largest student, for the real teacher's labels."""
+    cfg = StudentConfig(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, head_dim=384, cross_heads=6)
+    return replace(cfg, **overrides)
