@@ -1,0 +1,264 @@
+"""The VLM teacher: the real transformers loading path on tiny random Qwen-VL checkpoints, and the retry / combine
+policy on a scripted backend."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from spatialreward.dataset import labels_dir, read_label_shards
+from spatialreward.formula import reward_from_subscores
+from spatialreward.teacher.pipeline import label_dataset
+from spatialreward.teacher.registry import make_teacher, parse_teacher_spec, resolve_teacher
+from spatialreward.teacher.tiny import build_tiny_vlm, write_tiny_dataset
+from spatialreward.teacher.vlm import (
+    ChatRequest,
+    Completion,
+    TeacherConfig,
+    TeacherLoadError,
+    VLMTeacher,
+    cap_pixels,
+)
+from spatialreward.types import EditSample
+
+# Tiny answers: a random model never stops on its own, so every call costs max_new_tokens decoding steps.
+TINY = dict(max_new_tokens=16, batch_size=4, parse_retries=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen25(tmp_path_factory):
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny25") / "tiny-qwen2_5_vl", "qwen2_5_vl")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    samples = write_tiny_dataset(root, groups=2, edits_per_group=3)
+    return root, samples
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real loading path on tiny checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _accounted(judgements, samples):
+    assert [j.sample_id for j in judgements] == [s.sample_id for s in samples]
+    for j in judgements:
+        assert j.status in ("ok", "parse_error", "failed")
+        extra = j.model_extra
+        if j.status == "ok":
+            assert extra["sc_status"] == extra["pq_status"] == "ok"
+            assert j.reward == pytest.approx(reward_from_subscores(j.subscores))
+        else:
+            assert j.reward is None and j.error
+            assert "ok" != extra["sc_status"] or "ok" != extra["pq_status"]
+        raw = json.loads(j.raw_text)
+        assert set(raw) == {"sc", "pq"}
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_tiny_checkpoint_loads_and_judges(tmp_path, dataset, family):
+    path = build_tiny_vlm(tmp_path / f"tiny-{family}", family)
+    assert (path / "config.json").exists() and (path / "chat_template.jinja").exists()
+    teacher = make_teacher(f"vlm:{path}", TeacherConfig(**TINY))
+    assert isinstance(teacher, VLMTeacher)
+    assert teacher.name == f"vlm:tiny-{family}" and teacher.prompt_version == "sr-v1"
+    root, samples = dataset
+    judgements = teacher.judge_batch(samples[:3], root)
+    _accounted(judgements, samples[:3])
+    for j in judgements:
+        extra = j.model_extra
+        assert extra["prompt_tokens"] > 0
+        # Each attempt decodes at most max_new_tokens; gibberish is re-asked once (parse_retries=1).
+        attempts = extra["sc_attempts"] + extra["pq_attempts"]
+        assert 2 <= attempts <= 4
+        assert 0 < extra["completion_tokens"] <= attempts * TINY["max_new_tokens"]
+
+
+def test_tiny_label_pipeline_accounts_for_every_record(tiny_qwen25, tmp_path):
+    samples = write_tiny_dataset(tmp_path, groups=2, edits_per_group=2)
+    teacher = VLMTeacher.from_pretrained(tiny_qwen25, TeacherConfig(**TINY))
+    report = label_dataset(tmp_path, teacher, shard_size=3, progress=False)
+    records = read_label_shards(labels_dir(tmp_path, teacher.name))
+    assert sorted(j.sample_id for j in records) == sorted(s.sample_id for s in samples)
+    assert report.labelled == len(samples) == sum(report.counts.values())
+    assert Counter(j.status for j in records) == report.counts
+    for call in ("sc", "pq"):
+        assert sum(report.call_counts[call].values()) == len(samples)
+        assert report.call_counts[call] == Counter(j.model_extra[f"{call}_status"] for j in records)
+    assert len(report.shards) == 2  # 4 records at 3 per shard
+    assert all(j.prompt_version == "sr-v1" for j in records)
+
+
+def test_unloadable_image_fails_only_that_sample(tiny_qwen25, dataset, tmp_path):
+    root, samples = dataset
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    bad = EditSample(sample_id="bad", source=str(broken), edited=samples[0].edited, instruction="x", group_id="z")
+    teacher = VLMTeacher.from_pretrained(tiny_qwen25, TeacherConfig(**TINY))
+    judgements = teacher.judge_batch([samples[0], bad, samples[1]], root)
+    assert [j.sample_id for j in judgements] == [samples[0].sample_id, "bad", samples[1].sample_id]
+    failed = judgements[1]
+    assert failed.status == "failed" and failed.reward is None
+    assert "bad: source" in failed.error and str(broken) in failed.error
+    assert failed.model_extra["sc_attempts"] == failed.model_extra["pq_attempts"] == 0
+    assert judgements[0].model_extra["sc_attempts"] >= 1
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(TeacherLoadError, match="cannot load a VLM"):
+        VLMTeacher.from_pretrained(tmp_path / "no-such-model", TeacherConfig(**TINY))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Policy on a scripted backend
+# ---------------------------------------------------------------------------------------------------------------
+
+GOOD_SC = '{"edit_region": [{"id": 0, "label": "patch", "bbox_2d": [100, 100, 400, 500]}], "reasoning": "<|bbox_0|>", "score": [20, 15]}'
+GOOD_PQ = '```json\n{"reasoning": "clean", "score": [22, 18]}\n```'
+
+
+class ScriptedBackend:
+    """Answers from a script: ``script[(call, n)]`` for the n-th request of that call type, else ``script[call]``.
+    An answer that is an Exception instance means "no answer" (the error text is passed on)."""
+
+    name = "scripted"
+    preferred_batch_size = 4
+
+    def __init__(self, script):
+        self.script = script
+        self.requests: list[tuple[ChatRequest, float]] = []
+        self.seen = Counter()
+
+    def complete(self, requests, *, temperature):
+        out = []
+        for r in requests:
+            self.requests.append((r, temperature))
+            call = "sc" if len(r.images) == 2 else "pq"
+            answer = self.script.get((call, self.seen[call]), self.script.get(call))
+            self.seen[call] += 1
+            if isinstance(answer, Exception):
+                out.append(Completion(text=None, error=str(answer)))
+            else:
+                out.append(Completion(text=answer, prompt_tokens=10, completion_tokens=5))
+        return out
+
+
+def _one_sample(tmp_path):
+    samples = write_tiny_dataset(tmp_path, groups=1, edits_per_group=1)
+    return samples[0]
+
+
+def test_ok_judgement_combines_both_calls(tmp_path):
+    sample = _one_sample(tmp_path)
+    teacher = VLMTeacher(ScriptedBackend({"sc": GOOD_SC, "pq": GOOD_PQ}), TeacherConfig())
+    j = teacher.judge(sample, tmp_path)
+    assert j.status == "ok" and j.error is None
+    assert j.subscores == [20, 15, 22, 18]
+    assert j.reward == pytest.approx(0.7353, abs=1e-4)  # the worked example of ARCHITECTURE.md
+    assert j.boxes == [[100, 100, 400, 500]]
+    assert j.model_extra["region_labels"] == ["patch"] and j.reasoning == "<|bbox_0|>"
+    assert j.model_extra["pq_reasoning"] == "clean"
+    assert json.loads(j.raw_text) == {"sc": [GOOD_SC], "pq": [GOOD_PQ]}
+    assert j.model_extra["sc_attempts"] == j.model_extra["pq_attempts"] == 1
+    assert j.model_extra["prompt_tokens"] == 20 and j.model_extra["completion_tokens"] == 10
+
+
+def test_unreadable_answer_is_reasked_with_sampling_then_ok(tmp_path):
+    sample = _one_sample(tmp_path)
+    backend = ScriptedBackend({("sc", 0): "I think it is fine.", ("sc", 1): GOOD_SC, "pq": GOOD_PQ})
+    j = VLMTeacher(backend, TeacherConfig(parse_retries=2, retry_temperature=0.5)).judge(sample, tmp_path)
+    assert j.status == "ok"
+    assert j.model_extra["sc_attempts"] == 2 and j.model_extra["pq_attempts"] == 1
+    temperatures = [t for r, t in backend.requests if len(r.images) == 2]
+    assert temperatures == [0.0, 0.5]
+    seeds = [r.seed for r, _ in backend.requests if len(r.images) == 2]
+    assert seeds[1] == seeds[0] + 1  # each re-ask has its own repeatable seed
+    assert json.loads(j.raw_text)["sc"] == ["I think it is fine.", GOOD_SC]
+
+
+def test_unreadable_after_all_retries_is_parse_error_without_reward(tmp_path):
+    sample = _one_sample(tmp_path)
+    backend = ScriptedBackend({"sc": GOOD_SC, "pq": '{"reasoning": "meh", "score": [12.5]}'})
+    j = VLMTeacher(backend, TeacherConfig(parse_retries=2)).judge(sample, tmp_path)
+    assert j.status == "parse_error" and j.reward is None and j.subscores is None
+    assert j.error.startswith("pq: parse_error after 3 attempts") and "1 values" in j.error
+    assert j.model_extra["sc_status"] == "ok" and j.model_extra["sc_score"] == [20, 15]
+    assert j.boxes == [[100, 100, 400, 500]]  # the readable SC part is kept, but no reward
+    assert j.model_extra["pq_score"] is None
+
+
+def test_no_answer_is_failed_and_not_reasked(tmp_path):
+    sample = _one_sample(tmp_path)
+    backend = ScriptedBackend({"sc": RuntimeError("HTTP 503 (after 5 attempts)"), "pq": "garbage"})
+    j = VLMTeacher(backend, TeacherConfig(parse_retries=1)).judge(sample, tmp_path)
+    assert j.status == "failed" and j.reward is None
+    assert "sc: failed after 1 attempt: HTTP 503" in j.error and "pq: parse_error after 2 attempts" in j.error
+    assert j.model_extra["sc_attempts"] == 1
+
+
+def test_prompt_file_substitutes_wording_and_version(tmp_path):
+    sample = _one_sample(tmp_path)
+    prompt_file = tmp_path / "authors.json"
+    prompt_file.write_text(json.dumps({
+        "version": "authors", "system": "You judge edits.",
+        "sc": 'Edit: {instruction}. Answer {"score": [a, b]}', "pq": "Quality?",
+    }))
+    backend = ScriptedBackend({"sc": GOOD_SC, "pq": GOOD_PQ})
+    teacher = VLMTeacher(backend, TeacherConfig(prompt_file=str(prompt_file)))
+    j = teacher.judge(sample, tmp_path)
+    assert j.prompt_version.startswith("authors@") and len(j.prompt_version) == len("authors@") + 12
+    sc_request = backend.requests[0][0]
+    assert sc_request.text == f'Edit: {sample.instruction}. Answer {{"score": [a, b]}}'
+    assert sc_request.system == "You judge edits."
+    assert backend.requests[1][0].text == "Quality?"
+
+
+def test_prompt_file_without_instruction_slot_is_refused(tmp_path):
+    prompt_file = tmp_path / "bad.json"
+    prompt_file.write_text(json.dumps({"sc": "Judge it.", "pq": "Quality?"}))
+    with pytest.raises(ValueError, match=r"\{instruction\}"):
+        VLMTeacher(ScriptedBackend({}), TeacherConfig(prompt_file=str(prompt_file)))
+
+
+def test_images_are_capped_keeping_aspect():
+    big = Image.new("RGB", (2000, 1000))
+    capped = cap_pixels(big, 512 * 512)
+    assert capped.width * capped.height <= 512 * 512
+    assert abs(capped.width / capped.height - 2.0) < 0.01
+    small = Image.new("RGB", (100, 50))
+    assert cap_pixels(small, 512 * 512) is small
+
+
+def test_requests_carry_capped_images(tmp_path):
+    samples = write_tiny_dataset(tmp_path, groups=1, edits_per_group=1, size=(300, 400))
+    backend = ScriptedBackend({"sc": GOOD_SC, "pq": GOOD_PQ})
+    VLMTeacher(backend, TeacherConfig(max_image_pixels=100 * 100)).judge(samples[0], tmp_path)
+    for request, _ in backend.requests:
+        assert all(im.width * im.height <= 100 * 100 for im in request.images)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(max_new_tokens=0), dict(parse_retries=-1), dict(parse_retries=1, retry_temperature=0.0),
+    dict(max_image_pixels=100), dict(dtype="int8"), dict(timeout_s=0),
+])
+def test_config_rejects_broken_values(bad):
+    with pytest.raises(ValueError):
+        TeacherConfig(**bad)
+
+
+def test_teacher_specs():
+    assert str(parse_teacher_spec("openai:http://h:8000/v1#org/m")) == "openai:http://h:8000/v1#org/m"
+    assert parse_teacher_spec("openai:http://h:8000").model is None
+    assert parse_teacher_spec("vlm:SpatialReward/SpatialReward-8B").target == "SpatialReward/SpatialReward-8B"
+    for bad in ("", "vlm:", "gpt", "openai:#m"):
+        with pytest.raises(TeacherLoadError):
+            parse_teacher_spec(bad)
+    spec, name, version = resolve_teacher("vlm:SpatialReward/SpatialReward-8B")
+    assert name == "vlm:SpatialReward/SpatialReward-8B" and version == "sr-v1"
+    with pytest.raises(TeacherLoadError, match="unknown teacher options"):
+        make_teacher("vlm:x", not_an_option=1)
