@@ -1,0 +1,340 @@
+"""The labeling pipeline: every sample of a dataset → one `Judgement`, in atomic shards, resumable.
+
+Guarantees, in the order the code provides them:
+
+- **One writer per label folder.** A lock file (pid + host) refuses a second concurrent run; a lock left by a
+  killed run (its pid is gone) is taken over.
+- **Resume.** Sample ids already in the folder's shards are skipped, so a run killed at any moment (even
+  ``kill -9``) loses at most the judgements not yet written and never writes one twice. ``redo_failed`` relabels
+  samples whose latest record is ``failed`` (no answer at all); the new record supersedes the old one.
+- **Atomic shards.** Judgements are buffered and written ``shard_size`` at a time through
+  `spatialreward.dataset.write_label_shard` (temp file + rename): a shard exists whole or not at all.
+- **GRPO groups together.** Work runs group by group (`group_samples`), so the edits of one source + instruction
+  reach the teacher back to back (a vLLM server reuses their common prompt prefix).
+- **Every sample accounted for.** A teacher crash on a batch marks that batch ``failed`` with the reason (three
+  crashes in a row stop the run: something is broken, not one sample); the report counts ok / parse_error /
+  failed per judgement and per call (SC, PQ) for VLM teachers.
+
+``limit`` keeps the first N samples in group order *before* skipping labelled ones, so rerunning the same
+command finishes the same N samples instead of labelling N more.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spatialreward.dataset import (
+    DatasetError,
+    ReadReport,
+    ShardFormat,
+    group_samples,
+    labels_dir,
+    next_shard_path,
+    read_label_shards,
+    read_samples,
+    write_label_shard,
+)
+from spatialreward.teacher.base import Teacher
+from spatialreward.types import EditSample, Judgement
+
+LOCK_NAME = ".labeling.lock"
+CRASH_PREFIX = "teacher raised "
+MAX_CONSECUTIVE_CRASHES = 3
+STATUSES = ("ok", "parse_error", "failed")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelReport:
+    """What one labeling run did. ``counts`` and ``call_counts`` cover the judgements written by this run."""
+
+    teacher: str
+    prompt_version: str
+    out_dir: Path
+    samples: int = 0  # in the dataset (after the split filter)
+    selected: int = 0  # after ``limit``
+    already_labelled: int = 0  # skipped: found in existing shards
+    labelled: int = 0  # written by this run
+    counts: Counter = field(default_factory=Counter)
+    call_counts: dict[str, Counter] = field(default_factory=dict)  # "sc"/"pq" → status counts (VLM teachers)
+    shards: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+    unreadable_existing: int = 0  # bad records found in existing shards (their samples are labelled again)
+
+    @property
+    def edits_per_s(self) -> float:
+        return self.labelled / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def parse_failure_rate(self) -> float:
+        return self.counts["parse_error"] / self.labelled if self.labelled else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "teacher": self.teacher, "prompt_version": self.prompt_version, "out_dir": str(self.out_dir),
+            "samples": self.samples, "selected": self.selected, "already_labelled": self.already_labelled,
+            "labelled": self.labelled, "counts": {s: self.counts[s] for s in STATUSES},
+            "call_counts": {c: {s: n[s] for s in STATUSES} for c, n in self.call_counts.items()},
+            "shards": [str(p) for p in self.shards], "seconds": round(self.seconds, 3),
+            "edits_per_s": round(self.edits_per_s, 3), "unreadable_existing": self.unreadable_existing,
+        }
+
+    def table(self):
+        """The counts as a rich table: one row per judgement / call type, one column per status."""
+        from rich.table import Table
+
+        table = Table(title=f"labels by {self.teacher} ({self.prompt_version}) → {self.out_dir}")
+        table.add_column("")
+        for s in STATUSES:
+            table.add_column(s, justify="right")
+        table.add_column("total", justify="right")
+        rows = [("judgement", self.counts)] + [(f"{c} call", n) for c, n in sorted(self.call_counts.items())]
+        for label, counts in rows:
+            table.add_row(label, *(str(counts[s]) for s in STATUSES), str(sum(counts[s] for s in STATUSES)))
+        table.caption = (
+            f"{self.labelled} labelled in {self.seconds:.1f} s ({self.edits_per_s:.2f} edits/s); "
+            f"{self.already_labelled} already labelled; {self.selected} selected of {self.samples}; "
+            f"{len(self.shards)} shard(s) written"
+        )
+        return table
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One run: lock, plan, write, count
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class LabelLock:
+    """Exclusive right to write one label folder; stale locks of dead local processes are taken over."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / LOCK_NAME
+        self.owner = f"{os.getpid()}@{socket.gethostname()}"
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.path.read_text(encoding="utf-8", errors="replace").strip()
+                if _is_stale(holder):
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise DatasetError(
+                    f"{self.path.parent}: another labeling run ({holder}) is writing here; wait for it to finish, "
+                    f"or delete {self.path} if that run is gone"
+                ) from None
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(self.owner)
+            return
+        raise DatasetError(f"{self.path}: could not take the lock (another run keeps replacing it)")
+
+    def release(self) -> None:
+        try:
+            if self.path.read_text(encoding="utf-8").strip() == self.owner:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _is_stale(holder: str) -> bool:
+    """A lock is stale when it names a process on this host that no longer exists."""
+    pid_text, _, host = holder.partition("@")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine's run (shared disk): we cannot tell, so we do not steal it
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class LabelRun:
+    """A labeling run as a context manager; the plain and the Ray pipeline both feed it judgements.
+
+    On enter: take the lock, read samples and existing shards, plan ``todo``. ``record(judgements)`` buffers,
+    writes full shards, counts and updates progress. On exit (also after an error or Ctrl-C): write what is
+    buffered, release the lock, finish ``report``.
+    """
+
+    def __init__(
+        self, data_dir: str | Path, teacher_name: str, prompt_version: str, *, shard_size: int = 256,
+        limit: int | None = None, fmt: ShardFormat = "jsonl", split: str | None = None, redo_failed: bool = False,
+        progress: bool = True,
+    ):
+        if shard_size < 1:
+            raise ValueError(f"shard_size={shard_size} must be >= 1")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit={limit} must be >= 0")
+        if fmt not in ("jsonl", "parquet"):
+            raise ValueError(f"fmt={fmt!r}: use 'jsonl' or 'parquet'")
+        self.root = Path(data_dir)
+        self.out_dir = labels_dir(self.root, teacher_name)
+        self.shard_size, self.limit, self.fmt, self.split = shard_size, limit, fmt, split
+        self.redo_failed, self.show_progress = redo_failed, progress
+        self.report = LabelReport(teacher=teacher_name, prompt_version=prompt_version, out_dir=self.out_dir)
+        self.todo: list[EditSample] = []
+        self._lock = LabelLock(self.out_dir)
+        self._buffer: list[Judgement] = []
+        self._pending_ids: set[str] = set()
+        self._crashes_in_a_row = 0
+        self._progress = None
+        self._started = 0.0
+
+    def __enter__(self) -> LabelRun:
+        samples = read_samples(self.root, split=self.split)  # before the lock: a bad folder leaves no lock behind
+        self._lock.acquire()
+        try:
+            self._plan(samples)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._started = time.perf_counter()
+        if self.show_progress and self.todo:
+            self._start_progress()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self._write(len(self._buffer))
+        finally:
+            self._lock.release()
+            self.report.seconds = time.perf_counter() - self._started
+            if self._progress is not None:
+                self._progress.stop()
+
+    def _plan(self, samples: list[EditSample]) -> None:
+        existing_report = ReadReport()
+        latest = {j.sample_id: j for j in read_label_shards(self.out_dir, report=existing_report)}
+        done = {sid for sid, j in latest.items() if not (self.redo_failed and j.status == "failed")}
+        ordered = [s for group in group_samples(samples).values() for s in group]
+        if self.limit is not None:
+            ordered = ordered[: self.limit]
+        self.todo = [s for s in ordered if s.sample_id not in done]
+        self._pending_ids = {s.sample_id for s in self.todo}
+        self.report.samples = len(samples)
+        self.report.selected = len(ordered)
+        self.report.already_labelled = len(ordered) - len(self.todo)
+        self.report.unreadable_existing = existing_report.bad
+
+    def record(self, judgements: Iterable[Judgement]) -> None:
+        """Take the judgements of one batch: check, buffer, write full shards, count."""
+        judgements = list(judgements)
+        for j in judgements:
+            if j.sample_id not in self._pending_ids:
+                raise RuntimeError(
+                    f"teacher {self.report.teacher!r} returned sample {j.sample_id!r}, which was not asked for "
+                    "or was already answered in this run (a teacher bug; nothing of it was written)"
+                )
+            self._pending_ids.discard(j.sample_id)
+        self._buffer.extend(judgements)
+        while len(self._buffer) >= self.shard_size:
+            self._write(self.shard_size)
+        self._count(judgements)
+        crashed = bool(judgements) and all((j.error or "").startswith(CRASH_PREFIX) for j in judgements)
+        self._crashes_in_a_row = self._crashes_in_a_row + 1 if crashed else 0
+        if self._crashes_in_a_row >= MAX_CONSECUTIVE_CRASHES:
+            raise RuntimeError(
+                f"the teacher crashed on {MAX_CONSECUTIVE_CRASHES} batches in a row; last: {judgements[0].error}. "
+                "Records so far are saved; fix the cause and rerun with --redo-failed"
+            )
+
+    def _write(self, n: int) -> None:
+        if n <= 0:
+            return
+        path = write_label_shard(next_shard_path(self.out_dir, self.fmt), self._buffer[:n])
+        del self._buffer[:n]
+        self.report.shards.append(path)
+
+    def _count(self, judgements: list[Judgement]) -> None:
+        report = self.report
+        for j in judgements:
+            report.counts[j.status] += 1
+            extra = j.model_extra or {}
+            for call in ("sc", "pq"):
+                status = extra.get(f"{call}_status")
+                if status is not None:
+                    report.call_counts.setdefault(call, Counter())[status] += 1
+        report.labelled += len(judgements)
+        if self._progress is not None:
+            elapsed = max(time.perf_counter() - self._started, 1e-9)
+            stats = f"{report.labelled / elapsed:.2f} edits/s · parse-fail {report.parse_failure_rate:.1%}"
+            self._progress.update(self._task, advance=len(judgements), stats=stats)
+
+    def _start_progress(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]label[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+        )
+        self._task = self._progress.add_task(self.report.teacher, total=len(self.todo), stats="")
+        self._progress.start()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The plain (single-process) pipeline
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def judge_safely(teacher: Teacher, samples: Sequence[EditSample], root: str | Path) -> list[Judgement]:
+    """``teacher.judge_batch``, with a crash turned into ``failed`` judgements that say so."""
+    try:
+        judgements = teacher.judge_batch(samples, root)
+    except Exception as exc:  # noqa: BLE001 — a crash fails this batch visibly; LabelRun stops repeated crashes
+        error = f"{CRASH_PREFIX}{type(exc).__name__}: {exc}"
+        return [
+            Judgement.failure(s.sample_id, teacher.name, "failed", error, prompt_version=teacher.prompt_version)
+            for s in samples
+        ]
+    if [j.sample_id for j in judgements] != [s.sample_id for s in samples]:
+        raise RuntimeError(
+            f"teacher {teacher.name!r} returned {len(judgements)} judgements for {len(samples)} samples, or out "
+            "of order; judge_batch must return one per sample, in order"
+        )
+    return judgements
+
+
+def label_dataset(
+    data_dir: str | Path, teacher: Teacher, *, shard_size: int = 256, limit: int | None = None,
+    fmt: ShardFormat = "jsonl", split: str | None = None, batch_size: int | None = None, redo_failed: bool = False,
+    progress: bool = True,
+) -> LabelReport:
+    """Label every sample of ``data_dir`` not yet labelled by ``teacher``; shards go to ``labels/<teacher>/``.
+
+    Arguments:
+        data_dir: dataset folder (``samples.jsonl`` + images).
+        teacher: any `Teacher` (`make_teacher` builds one from a spec).
+        shard_size: judgements per shard file; at most this many are lost to a ``kill -9``.
+        limit: label only the first N samples in group order (see the module docstring).
+        fmt: ``jsonl`` or ``parquet`` shards.
+        split: only samples of this split.
+        batch_size: samples per ``judge_batch`` call (default: the teacher's ``batch_size``, else 16).
+        redo_failed: label again the samples whose latest record is ``failed``.
+        progress: show a progress bar with edits/s and the running parse-failure rate.
+    """
+    batch_size = batch_size or getattr(teacher, "batch_size", None) or 16
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    run = LabelRun(
+        data_dir, teacher.name, teacher.prompt_version, shard_size=shard_size, limit=limit, fmt=fmt, split=split,
+        redo_failed=redo_failed, progress=progress,
+    )
+    with run:
+        for start in range(0, len(run.todo), batch_size):
+            run.record(judge_safely(teacher, run.todo[start : start + batch_size], run.root))
+    return run.report
