@@ -509,18 +509,19 @@ def bench_key_mask(B: int, region: float, grid=BENCH_GRID, device="cpu", seed: i
 
 
 def bench_flops(B: int, heads: int, Lq: int, region_keys: float, head_dim: int = BENCH_HEAD_DIM,
-                backward: bool = False) -> float:
-    """Useful FLOPs: 2 matmuls of 2*Lq*keys*D each over the region keys; backward is 2.5x (5 matmuls vs 2)."""
+                with_backward: bool = False) -> float:
+    """Useful FLOPs over the region's keys only: forward = 2 matmuls of 2*Lq*keys*D; the backward adds 2.5x that
+    (5 matmuls, FlashAttention's convention), so forward+backward = 3.5x."""
     fwd = 4.0 * B * heads * Lq * region_keys * head_dim
-    return fwd * (3.5 if backward else 1.0)
+    return fwd * (3.5 if with_backward else 1.0)
 
 
 def bench_min_bytes(B: int, heads: int, Lq: int, region_keys: float, Lk: int, head_dim: int = BENCH_HEAD_DIM,
-                    elem: int = 2, backward: bool = False) -> float:
-    """Least bytes: read q and the region's k, v, write out (+ the mask); backward also reads out, dO and writes
-    dq, dk, dv (all keys' dk/dv, zeros outside the region)."""
+                    elem: int = 2, with_backward: bool = False) -> float:
+    """Least bytes. Forward: read q and the region's k, v, write out, read the fp32 mask. The backward adds:
+    read q, out, dO and the region's k, v, write dq and every key's dk, dv (zeros outside the region)."""
     fwd = B * heads * head_dim * elem * (2 * Lq + 2 * region_keys) + B * Lk * 4
-    if not backward:
+    if not with_backward:
         return float(fwd)
     bwd = B * heads * head_dim * elem * (4 * Lq + 2 * region_keys + 2 * Lk)
     return float(fwd + bwd)

@@ -694,15 +694,19 @@ def bench_flops(K: int, C: int, boxes: Tensor, output_size=BENCH_OUTPUT, samplin
 
 def bench_min_bytes(C: int, boxes: Tensor, grid=BENCH_GRID, output_size=BENCH_OUTPUT, elem: int = 2,
                     backward: bool = False) -> float:
-    """Least bytes the op must move: each RoI's touched pixels (box + 1-pixel bilinear border, clipped to the
-    grid) read once, the output written once; the backward reads the gradient and writes the whole input grad."""
+    """Least bytes the op must move. Forward: every grid cell some RoI touches (its box plus the 1-cell bilinear
+    border, clipped; RoIs of one sample share cells) read once, the output written once. Backward: the gradient
+    read once and the whole input gradient written (zeros included)."""
     gh, gw = grid
     oh, ow = output_size
-    b = boxes.cpu()
-    rows = (b[:, 4].ceil().clamp(max=gh - 1) - b[:, 2].floor().clamp(min=0) + 1).clamp(min=1)
-    cols = (b[:, 3].ceil().clamp(max=gw - 1) - b[:, 1].floor().clamp(min=0) + 1).clamp(min=1)
-    out_bytes = b.shape[0] * oh * ow * C * elem
+    b = boxes.detach().float().cpu()
+    K = b.shape[0]
+    batch = int(b[:, 0].max().item()) + 1 if K else 0
+    out_bytes = K * oh * ow * C * elem
     if backward:
-        batch = int(b[:, 0].max().item()) + 1 if b.shape[0] else 0
         return float(out_bytes + batch * gh * gw * C * elem)
-    return float((rows * cols).sum() * C * elem + out_bytes)
+    ys, xs = torch.arange(gh), torch.arange(gw)
+    rows = (ys[None] >= b[:, 2:3].floor()) & (ys[None] <= b[:, 4:5].ceil())  # [K, gh]
+    cols = (xs[None] >= b[:, 1:2].floor()) & (xs[None] <= b[:, 3:4].ceil())  # [K, gw]
+    touched = torch.zeros(batch, gh, gw).index_add_(0, b[:, 0].long(), (rows[:, :, None] & cols[:, None, :]).float())
+    return float((touched > 0).sum().item() * C * elem + out_bytes)
