@@ -114,7 +114,9 @@ def main(argv=None) -> Path:
     if args.max_new_tokens is None:
         args.max_new_tokens = 64 if args.model == "tiny" else 512
     with tempfile.TemporaryDirectory(prefix="teacher_cost_") as tmp:
-        model = str(build_tiny_vlm(Path(tmp) / f"tiny-{args.family}", args.family)) if args.model == "tiny" else args.model
+        model = args.model
+        if model == "tiny":
+            model = str(build_tiny_vlm(Path(tmp) / f"tiny-{args.family}", args.family))
         data = Path(tmp) / "data"
         needed = args.edits + max(batch_sizes)
         groups = -(-needed // 4)

@@ -5,4 +5,6 @@ from spatialreward.teacher.pipeline import LabelReport, label_dataset
 from spatialreward.teacher.registry import make_teacher, parse_teacher_spec
 from spatialreward.teacher.vlm import TeacherConfig, VLMTeacher
 
-__all__ = ["LabelReport", "Teacher", "TeacherConfig", "VLMTeacher", "label_dataset", "make_teacher", "parse_teacher_spec"]
+__all__ = [
+    "LabelReport", "Teacher", "TeacherConfig", "VLMTeacher", "label_dataset", "make_teacher", "parse_teacher_spec",
+]

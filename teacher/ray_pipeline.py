@@ -30,10 +30,7 @@ class TeacherActor:
     """One teacher in one Ray actor; ``__call__`` judges a batch of JSON samples into JSON records."""
 
     def __init__(self, spec: str, config: dict[str, Any], root: str):
-        from spatialreward.teacher.registry import parse_teacher_spec
-
-        parsed = parse_teacher_spec(spec)
-        self.teacher = make_teacher(parsed) if parsed.kind == "oracle" else make_teacher(parsed, TeacherConfig(**config))
+        self.teacher = make_teacher(spec, TeacherConfig(**config))
         self.root = root
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -53,8 +53,11 @@ def parse_teacher_spec(spec: str) -> TeacherSpec:
 
 
 def make_teacher(spec: str | TeacherSpec, config: TeacherConfig | None = None, **options: Any) -> Teacher:
-    """Build the teacher a spec names. ``options`` override fields of ``config`` (VLM teachers) or are passed to
-    the oracle teacher's constructor."""
+    """Build the teacher a spec names.
+
+    VLM teachers take ``config`` with ``options`` overriding its fields; the oracle ignores ``config`` and gets
+    ``options`` as constructor arguments.
+    """
     parsed = spec if isinstance(spec, TeacherSpec) else parse_teacher_spec(spec)
     if parsed.kind == "oracle":
         try:

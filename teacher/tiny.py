@@ -7,7 +7,8 @@ a Qwen2-VL image processor, a video processor and a Qwen-style chat template.
 
 Sizes are chosen for a 2-core CPU: ~0.2 M parameters, 64-wide text model, images of a few patches. The answers
 are gibberish — the point is the code path (chat template, image tokens, left-padded batched generation,
-decoding), not the verdicts.
+decoding), not the verdicts. `write_tiny_dataset` writes a few random-noise edits in GRPO groups to run it on.
+Tests and ``bench/teacher_cost.py`` share both.
 """
 
 from __future__ import annotations

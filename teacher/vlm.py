@@ -75,25 +75,33 @@ class TeacherConfig:
         api_key_env: environment variable holding the API key (none sent when unset).
     """
 
-    prompt_file: str | None = field(default=None, metadata={"help": "JSON prompt file replacing the packaged sr-v1 wording."})
-    name: str | None = field(default=None, metadata={"help": "Teacher name for label records and the label folder."})
-    max_image_pixels: int = field(default=TRAINING_PIXELS, metadata={"help": "Downscale images above this many pixels (keeps aspect)."})
+    # Prompts
+    prompt_file: str | None = field(default=None, metadata={"help": "JSON prompts replacing the packaged sr-v1."})
+    name: str | None = field(default=None, metadata={"help": "Teacher name for label records and folder."})
+    # Images
+    max_image_pixels: int = field(default=TRAINING_PIXELS, metadata={"help": "Downscale images above this."})
+    # Generation
     max_new_tokens: int = field(default=512, metadata={"help": "Answer length cap per call."})
-    batch_size: int = field(default=8, metadata={"help": "Requests per generate() call (transformers backend)."})
-    parse_retries: int = field(default=1, metadata={"help": "Re-asks, with sampling, of an answer that cannot be read."})
+    batch_size: int = field(default=8, metadata={"help": "Requests per generate() call (transformers)."})
+    # Parse policy
+    parse_retries: int = field(default=1, metadata={"help": "Re-asks, with sampling, of an unreadable answer."})
     retry_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of those re-asks."})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N (transformers backend)."})
-    dtype: str = field(default="auto", metadata={"help": "auto | bfloat16 | float16 | float32 (transformers backend)."})
+    # Transformers backend
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N."})
+    dtype: str = field(default="auto", metadata={"help": "auto | bfloat16 | float16 | float32."})
+    # HTTP backend
     concurrency: int = field(default=16, metadata={"help": "HTTP requests in flight at once."})
     timeout_s: float = field(default=120.0, metadata={"help": "HTTP timeout per request, seconds."})
-    http_retries: int = field(default=4, metadata={"help": "HTTP retries after a timeout, 429/5xx or malformed body."})
+    http_retries: int = field(default=4, metadata={"help": "Retries after a timeout, 429/5xx or bad body."})
     backoff_s: float = field(default=1.0, metadata={"help": "First HTTP retry delay, doubled each retry."})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Env variable with the HTTP API key."})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Env variable with the API key."})
 
     def __post_init__(self) -> None:
         smallest = 56 * 56  # Qwen processors need at least 2×2 merged patches of 14–16 px
         if self.max_image_pixels < smallest:
-            raise ValueError(f"max_image_pixels={self.max_image_pixels} is below {smallest} (56×56); use >= {smallest}")
+            raise ValueError(
+                f"max_image_pixels={self.max_image_pixels} is below {smallest} (56×56); use >= {smallest}"
+            )
         for name in ("max_new_tokens", "batch_size", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
@@ -273,7 +281,7 @@ class TransformersBackend:
         prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
         return [
             Completion(text=t, prompt_tokens=int(p), completion_tokens=self._answer_length(row.tolist()))
-            for t, p, row in zip(texts, prompt_counts, new_tokens)
+            for t, p, row in zip(texts, prompt_counts, new_tokens, strict=True)
         ]
 
     def _answer_length(self, tokens: list[int]) -> int:
@@ -385,9 +393,9 @@ class VLMTeacher:
             batch = [replace(requests[i], seed=requests[i].seed + attempt) for i in pending]
             completions = self.backend.complete(batch, temperature=temperature)
             if len(completions) != len(batch):
-                raise RuntimeError(f"backend {self.backend.name} returned {len(completions)} answers for {len(batch)}")
+                raise RuntimeError(f"backend {self.backend.name}: {len(completions)} answers for {len(batch)} requests")
             still_unreadable = []
-            for i, done in zip(pending, completions):
+            for i, done in zip(pending, completions, strict=True):
                 outcome = outcomes[i]
                 outcome.attempts += 1
                 outcome.prompt_tokens += done.prompt_tokens
@@ -443,9 +451,8 @@ class VLMTeacher:
             for o in (sc, pq) if o.status != "ok"
         )
         return Judgement.failure(
-            sample.sample_id, self.name, status, error,
-            reasoning=sc.parsed.reasoning if sc_ok else "", pq_reasoning=pq.parsed.reasoning if pq.status == "ok" else "",
-            **regions, **common,
+            sample.sample_id, self.name, status, error, reasoning=sc.parsed.reasoning if sc_ok else "",
+            pq_reasoning=pq.parsed.reasoning if pq.status == "ok" else "", **regions, **common,
         )
 
     def _image_failure(self, sample: EditSample, exc: Exception) -> Judgement:

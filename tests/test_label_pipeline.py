@@ -228,6 +228,17 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_cli_labels_with_a_tiny_vlm_and_reports(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: a second thread only waits on a busy 2-core machine
+    try:
+        _run_cli_on_tiny_vlm(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_cli_on_tiny_vlm(tmp_path):
     model = build_tiny_vlm(tmp_path / "tiny-cli", "qwen2_5_vl")
     data = tmp_path / "data"
     write_tiny_dataset(data, groups=1, edits_per_group=2)

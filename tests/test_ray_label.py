@@ -55,3 +55,20 @@ def test_ray_mode_matches_plain_mode_and_resumes(tmp_path, local_ray):
     assert len(ray_records) == len(samples)
     assert {j.model_dump_json() for j in ray_records} == {j.model_dump_json() for j in plain_records}
     assert [p.name for p in first.shards + rest.shards] == ["part-00000.jsonl", "part-00001.jsonl"]
+
+
+def test_cli_ray_option_runs_the_ray_pipeline(tmp_path, local_ray):
+    from typer.testing import CliRunner
+
+    from spatialreward.cli import app
+
+    model = build_tiny_vlm(tmp_path / "tiny-cli-ray", "qwen2_5_vl")
+    samples = write_tiny_dataset(tmp_path / "data", groups=1, edits_per_group=2)
+    result = CliRunner().invoke(app, [
+        "label", "--data", str(tmp_path / "data"), "--teacher", f"vlm:{model}", "--ray", "local",
+        "--ray-actors", "1", "--max-new-tokens", "4", "--retries", "0", "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    records = read_label_shards(labels_dir(tmp_path / "data", "vlm:tiny-cli-ray"))
+    assert sorted(j.sample_id for j in records) == sorted(s.sample_id for s in samples)
+    assert ray.is_initialized()  # a Ray the pipeline did not start is left running for its owner

@@ -12,6 +12,7 @@ from PIL import Image
 from spatialreward.dataset import labels_dir, read_label_shards
 from spatialreward.formula import reward_from_subscores
 from spatialreward.teacher.pipeline import label_dataset
+from spatialreward.teacher.prompts import load_prompts
 from spatialreward.teacher.registry import make_teacher, parse_teacher_spec, resolve_teacher
 from spatialreward.teacher.tiny import build_tiny_vlm, write_tiny_dataset
 from spatialreward.teacher.vlm import (
@@ -26,6 +27,17 @@ from spatialreward.types import EditSample
 
 # Tiny answers: a random model never stops on its own, so every call costs max_new_tokens decoding steps.
 TINY = dict(max_new_tokens=16, batch_size=4, parse_retries=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model's matrices are too small to split; a second thread only waits on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +130,8 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
 # Policy on a scripted backend
 # ---------------------------------------------------------------------------------------------------------------
 
-GOOD_SC = '{"edit_region": [{"id": 0, "label": "patch", "bbox_2d": [100, 100, 400, 500]}], "reasoning": "<|bbox_0|>", "score": [20, 15]}'
+GOOD_SC = ('{"edit_region": [{"id": 0, "label": "patch", "bbox_2d": [100, 100, 400, 500]}], '
+           '"reasoning": "<|bbox_0|>", "score": [20, 15]}')
 GOOD_PQ = '```json\n{"reasoning": "clean", "score": [22, 18]}\n```'
 
 
@@ -216,6 +229,22 @@ def test_prompt_file_substitutes_wording_and_version(tmp_path):
     assert sc_request.text == f'Edit: {sample.instruction}. Answer {{"score": [a, b]}}'
     assert sc_request.system == "You judge edits."
     assert backend.requests[1][0].text == "Quality?"
+
+
+def test_python_style_prompt_file_renders_like_str_format(tmp_path):
+    """The authors' scorer renders its templates with str.format; "style": "python" reproduces that exactly."""
+    sc = 'Score 0 to {score_range}. Answer {{"score": [...]}}.\nInstruction:\n{instruction}'
+    pq = "Answer:\n{{{{\n\"score\" : [...]\n}}}} on 0 to {score_range}"
+    prompt_file = tmp_path / "python.json"
+    prompt_file.write_text(json.dumps({"style": "python", "score_range": 10, "sc": sc, "pq": pq}))
+    prompts = load_prompts(prompt_file)
+    assert prompts.sc_text("add {a} hat") == sc.format(instruction="add {a} hat", score_range=10)
+    assert prompts.sc_text("x").startswith('Score 0 to 10. Answer {"score": [...]}.')
+    assert prompts.pq_text() == pq.format(score_range=10) and "{{" in prompts.pq_text()
+    assert prompts.version.startswith("file:python.json@")
+    prompt_file.write_text(json.dumps({"style": "python", "sc": 'Answer {"score": 1} for {instruction}', "pq": "q"}))
+    with pytest.raises(ValueError, match="does not render"):
+        load_prompts(prompt_file)
 
 
 def test_prompt_file_without_instruction_slot_is_refused(tmp_path):

@@ -26,8 +26,12 @@ spatialreward label --data data/mine --teacher vlm:/models/sr8b --ray auto   (on
 
 def label(
     data: Annotated[Path, typer.Option("--data", help="Dataset folder (samples.jsonl + images).")],
-    teacher: Annotated[str, typer.Option(help="oracle, vlm:PATH_OR_HUB_ID, openai:URL or openai:URL#MODEL.")] = "oracle",
-    shard_size: Annotated[int, typer.Option(min=1, help="Judgements per shard file (at most this many lost to a crash).")] = 256,
+    teacher: Annotated[
+        str, typer.Option(help="oracle, vlm:PATH_OR_HUB_ID, openai:URL or openai:URL#MODEL.")
+    ] = "oracle",
+    shard_size: Annotated[
+        int, typer.Option(min=1, help="Judgements per shard file (at most this many lost to a crash).")
+    ] = 256,
     limit: Annotated[Optional[int], typer.Option(min=0, help="Label only the first N samples in group order.")] = None,
     format: Annotated[str, typer.Option("--format", help="Shard format: jsonl or parquet.")] = "jsonl",
     split: Annotated[Optional[str], typer.Option(help="Only samples of this split.")] = None,
@@ -38,14 +42,18 @@ def label(
         Optional[str],
         typer.Option(help="Run on Ray: 'local' (private Ray here), 'auto' (this machine's cluster) or an address."),
     ] = None,
-    ray_actors: Annotated[Optional[int], typer.Option(min=1, help="Teachers in the Ray actor pool (default: one per GPU).")] = None,
+    ray_actors: Annotated[
+        Optional[int], typer.Option(min=1, help="Teachers in the Ray actor pool (default: one per GPU).")
+    ] = None,
     ray_cpus: Annotated[int, typer.Option(min=1, help="CPUs of a Ray started here (--ray local).")] = 2,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Samples per teacher call (default: the teacher's).")] = None,
-    retries: Annotated[int, typer.Option(help="Re-asks, with sampling, of an answer that cannot be read.")] = 1,
-    concurrency: Annotated[int, typer.Option(help="HTTP requests in flight (openai: teachers).")] = 16,
+    batch_size: Annotated[
+        Optional[int], typer.Option(min=1, help="Samples per teacher call (default: the teacher's).")
+    ] = None,
+    retries: Annotated[int, typer.Option(min=0, help="Re-asks, with sampling, of an answer that cannot be read.")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, help="HTTP requests in flight (openai: teachers).")] = 16,
     timeout: Annotated[float, typer.Option(help="HTTP timeout per request, seconds (openai: teachers).")] = 120.0,
-    http_retries: Annotated[int, typer.Option(help="HTTP retries after a timeout, 429/5xx or bad body.")] = 4,
-    max_new_tokens: Annotated[int, typer.Option(help="Answer length cap per call (VLM teachers).")] = 512,
+    http_retries: Annotated[int, typer.Option(min=0, help="HTTP retries after a timeout, 429/5xx or bad body.")] = 4,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length cap per call (VLM teachers).")] = 512,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (vlm: teachers).")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32 (vlm: teachers).")] = "auto",
     teacher_name: Annotated[
@@ -86,8 +94,7 @@ def label(
         else:
             from spatialreward.teacher.pipeline import label_dataset
 
-            built = make_teacher(spec) if spec.kind == "oracle" else make_teacher(spec, config)
-            result = label_dataset(data, built, **options)
+            result = label_dataset(data, make_teacher(spec, config), **options)
     except TeacherLoadError as exc:
         raise CLIError(str(exc)) from exc
 
