@@ -149,3 +149,27 @@ def launchable(kernel, t: torch.Tensor):
 
 
 _INTERPRETED: dict = {}
+
+
+def compile_for_gpu(kernel, signature: dict[str, str], constexprs: dict, arch: int = 90, num_warps: int = 4):
+    """Compile `kernel` for an NVIDIA GPU of compute capability `arch` without needing one (PTX -> cubin via the
+    ptxas bundled with triton). A CPU-side check that the kernel lowers (e.g. bf16 paths the interpreter cannot
+    run). `signature` maps every non-constexpr argument to a Triton type ("*bf16", "i32", "fp32").
+
+    Needs a process that imported triton with TRITON_INTERPRET unset/0: with the interpreter on, triton's own
+    `tl.max`/`tl.sum` helpers are interpreted functions and cannot be compiled.
+    """
+    if interpreter_enabled():
+        raise RuntimeError("compile_for_gpu needs TRITON_INTERPRET=0 when triton is imported; run it in a subprocess")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    fn = kernel
+    while not isinstance(fn, (JITFunction, InterpretedFunction)):
+        fn = fn.fn  # unwrap Autotuner / Heuristics
+    jit_fn = JITFunction(fn.fn)  # a compilable twin even when TRITON_INTERPRET=1 made `fn` interpreted
+    full = {name: ("constexpr" if name in constexprs else signature[name]) for name in jit_fn.arg_names}
+    source = ASTSource(jit_fn, full, constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})

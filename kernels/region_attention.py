@@ -87,10 +87,11 @@ def region_attention_backward_reference(
 
 
 def _fwd_configs() -> list:
-    """Tuning space keyed on (Lq, Lk, D). Small key tiles (32) skip more of a small region; 64 amortise better."""
+    """Tuning space keyed on (Lq, Lk, D). Small key tiles (32) skip more of a small region; 64 amortise better.
+    All fit sm_90 registers without spills at D=64 in bf16 (ptxas -v); (128, 32) with 4 warps spilled."""
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=nw, num_stages=ns)
-        for bm, bn, nw, ns in [(64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 4, 2), (128, 64, 8, 2), (32, 32, 2, 1)]
+        for bm, bn, nw, ns in [(64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2), (32, 32, 2, 1)]
     ]
 
 
