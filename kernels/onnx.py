@@ -29,8 +29,15 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from onnxscript import FLOAT, INT64
-from onnxscript import opset18 as op
+
+try:
+    from onnxscript import FLOAT, INT64
+    from onnxscript import opset18 as op
+except ImportError as exc:  # export-only dependency
+    raise ImportError(
+        "spatialreward.kernels.onnx needs onnxscript (and onnx) for torch.onnx.export(dynamo=True); "
+        "install the extras: pip install -e '.[all]'"
+    ) from exc
 
 _INT64_MAX = 0x7FFFFFFFFFFFFFFF
 _FP32_LOWEST = -3.4028234663852886e38  # finfo(float32).min: masks a key without making empty rows NaN

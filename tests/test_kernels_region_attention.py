@@ -28,10 +28,11 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _inputs(B, H, Lq, Lk, D, Dv=None, dtype=torch.float32, device="cpu", seed=0):
+    """q, k, v ``[B, H, L, D]`` as views of ``[B, L, H, D]`` (non-contiguous, like heads split off a projection)."""
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, H, Lq, D, generator=g).to(device, dtype)
-    k = torch.randn(B, H, Lk, D, generator=g).to(device, dtype)
-    v = torch.randn(B, H, Lk, Dv or D, generator=g).to(device, dtype)
+    q = torch.randn(B, Lq, H, D, generator=g).to(device, dtype).transpose(1, 2)
+    k = torch.randn(B, Lk, H, D, generator=g).to(device, dtype).transpose(1, 2)
+    v = torch.randn(B, Lk, H, Dv or D, generator=g).to(device, dtype).transpose(1, 2)
     return q, k, v
 
 

@@ -112,6 +112,8 @@ def test_tokens_equal_nchw_path(backend, num_prefix_tokens):
     torch.manual_seed(3)
     B, gh, gw, C = 2, 10, 12, 9
     tokens = torch.randn(B, num_prefix_tokens + gh * gw, C)
+    if num_prefix_tokens:  # also a non-contiguous token tensor (channel stride != 1)
+        tokens = tokens.transpose(1, 2).contiguous().transpose(1, 2)
     ours = _run(backend, roi_align_tokens, tokens, _boxes(), (gh, gw), (3, 2), 0.5, -1, False, num_prefix_tokens)
     maps = tokens[:, num_prefix_tokens:].transpose(1, 2).reshape(B, C, gh, gw)  # [B, C, gh, gw]
     ref = torchvision.ops.roi_align(maps, _boxes(), (3, 2), 0.5, -1, False).permute(0, 2, 3, 1)  # [K, oh, ow, C]
