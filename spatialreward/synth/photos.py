@@ -1,0 +1,102 @@
+"""Source photos: the real images that ship with scikit-image, loaded offline, and random views of them.
+
+`skimage.data` bundles a few dozen photos in the wheel; others (eagle, lily, skin, …) need ``pooch`` and a
+download. We list only bundled ones — a download would make the set depend on the machine — and still skip any that
+fails to load here (`available_photos`). Grey photos become RGB, RGBA is composited over white,
+``stereo_motorcycle`` (a tuple) gives its left view. Three of them (brick, grass, gravel) are textures, not scenes:
+they are kept for `textures` and never used as sources.
+
+The held-out split is a *fixed* subset of photo names (`split_photos`), chosen by a hash of the name and not by the
+seed, so a photo held out in one synthetic set is held out in every set and never leaks into train. Many distinct
+sources come from `random_view`: a random square crop (45–100 % of the short side), a horizontal flip and a resize.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+# Scenes and objects used as edit sources (those that need a download are skipped at load time).
+SOURCE_PHOTOS = (
+    "astronaut", "camera", "cat", "chelsea", "coffee", "coins", "rocket", "immunohistochemistry",
+    "hubble_deep_field", "retina", "moon", "clock", "page", "text", "cell", "colorwheel", "microaneurysms",
+    "logo", "stereo_motorcycle",
+)
+# Photos that are textures: material fills and backgrounds, never sources.
+TEXTURE_PHOTOS = ("brick", "grass", "gravel")
+
+
+def _to_rgb_uint8(image: object) -> np.ndarray:
+    """Any skimage.data image → ``[H, W, 3]`` uint8 (grey stacked, alpha over white, floats scaled)."""
+    if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
+        image = image[0]
+    a = np.asarray(image)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        a = np.clip(a.astype(np.float64) * (255.0 if a.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.shape[2] == 4:  # alpha over white, as spatialreward.images does
+        alpha = a[:, :, 3:4].astype(np.float32) / 255.0
+        a = (a[:, :, :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(a[:, :, :3])
+
+
+@lru_cache(maxsize=None)
+def load_photo(name: str) -> np.ndarray | None:
+    """One skimage photo as RGB uint8, or None when it cannot be loaded offline (cached per process)."""
+    import skimage.data
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = getattr(skimage.data, name)()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: BLE001 — missing file / pooch / network; under pytest skimage raises Skipped
+        return None
+    return _to_rgb_uint8(image)
+
+
+@lru_cache(maxsize=None)
+def available_photos(names: tuple[str, ...] = SOURCE_PHOTOS) -> tuple[str, ...]:
+    """The names among ``names`` that load offline here, in the given order."""
+    return tuple(n for n in names if load_photo(n) is not None)
+
+
+def split_photos(names: tuple[str, ...], heldout_fraction: float) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(train, heldout)`` photo names. The held-out ones are the first ``round(fraction · n)`` names by SHA-256.
+
+    Hash order makes the split independent of the seed (it depends only on which photos load, i.e. on the
+    scikit-image install). With a fraction above 0, at least one photo is held out and one stays for training.
+    """
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise ValueError(f"heldout_fraction={heldout_fraction} must be in [0, 1)")
+    if len(names) < 2 and heldout_fraction > 0:
+        raise ValueError(f"need at least 2 source photos to hold some out, have {len(names)}: {names}")
+    k = int(round(heldout_fraction * len(names)))
+    if heldout_fraction > 0:
+        k = min(max(k, 1), len(names) - 1)
+    ranked = sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    heldout = set(ranked[:k])
+    return tuple(n for n in names if n not in heldout), tuple(n for n in names if n in heldout)
+
+
+def random_view(rng: np.random.Generator, photo: np.ndarray, size: int, *, min_scale: float = 0.45) -> np.ndarray:
+    """A random square crop of ``photo`` (``min_scale``–100 % of its short side), maybe mirrored, resized to
+    ``size×size``. Returns float32 ``[size, size, 3]`` in [0, 1]."""
+    h, w = photo.shape[:2]
+    side = int(round(min(h, w) * rng.uniform(min_scale, 1.0)))
+    side = max(side, min(h, w, 16))
+    y0 = int(rng.integers(0, h - side + 1))
+    x0 = int(rng.integers(0, w - side + 1))
+    crop = Image.fromarray(photo[y0 : y0 + side, x0 : x0 + side])
+    if rng.random() < 0.5:
+        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    view = crop.resize((size, size), Image.Resampling.BILINEAR if side > size else Image.Resampling.BICUBIC)
+    return np.asarray(view, dtype=np.float32) / 255.0
