@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="answer cap per call (default 512; 64 for 'tiny', whose answers never end on their own)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the JSON")
     return p.parse_args(argv)
 
@@ -110,6 +112,10 @@ def main(argv=None) -> Path:
     from spatialreward.teacher.tiny import build_tiny_vlm, write_tiny_dataset
 
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.max_new_tokens is None:
         args.max_new_tokens = 64 if args.model == "tiny" else 512

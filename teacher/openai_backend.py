@@ -120,13 +120,15 @@ class OpenAIBackend:
 
     def complete(self, requests: Sequence[ChatRequest], *, temperature: float) -> list[Completion]:
         """Answers in request order. Runs its own event loop (in a thread when one is already running)."""
-        coroutine_factory = lambda: self.complete_async(requests, temperature=temperature)  # noqa: E731
+        def run() -> list[Completion]:
+            return asyncio.run(self.complete_async(requests, temperature=temperature))
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(coroutine_factory())
+            return run()
         with ThreadPoolExecutor(max_workers=1) as pool:  # called from async code (a notebook, an async actor)
-            return pool.submit(lambda: asyncio.run(coroutine_factory())).result()
+            return pool.submit(run).result()
 
     async def complete_async(self, requests: Sequence[ChatRequest], *, temperature: float) -> list[Completion]:
         payloads = [self.payload(r, temperature) for r in requests]  # encode images once, outside the retries

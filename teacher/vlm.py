@@ -419,7 +419,7 @@ class VLMTeacher:
     def _common_fields(self, sc: CallOutcome, pq: CallOutcome) -> dict[str, Any]:
         """Per-call details kept on every record (same keys and types on every row, for Parquet)."""
         def scores(o: CallOutcome) -> list[float] | None:
-            return list(o.parsed.scores) if o.parsed is not None and o.parsed.ok else None
+            return list(o.parsed.scores) if o.status == "ok" else None
 
         return {
             "prompt_version": self.prompt_version,
@@ -434,13 +434,13 @@ class VLMTeacher:
 
     def _combine(self, sample: EditSample, sc: CallOutcome, pq: CallOutcome) -> Judgement:
         common = self._common_fields(sc, pq)
-        sc_ok = sc.parsed is not None and sc.parsed.ok
+        sc_ok, pq_ok = sc.status == "ok", pq.status == "ok"
         regions = {
             "boxes": sc.parsed.boxes if sc_ok else [],
             "region_labels": sc.parsed.region_labels if sc_ok else [],
             "region_ids": sc.parsed.region_ids if sc_ok else [],
         }
-        if sc.status == "ok" and pq.status == "ok":
+        if sc_ok and pq_ok:
             return Judgement.from_subscores(
                 sample.sample_id, self.name, [*sc.parsed.scores, *pq.parsed.scores],
                 reasoning=sc.parsed.reasoning, pq_reasoning=pq.parsed.reasoning, **regions, **common,
@@ -452,15 +452,13 @@ class VLMTeacher:
         )
         return Judgement.failure(
             sample.sample_id, self.name, status, error, reasoning=sc.parsed.reasoning if sc_ok else "",
-            pq_reasoning=pq.parsed.reasoning if pq.status == "ok" else "", **regions, **common,
+            pq_reasoning=pq.parsed.reasoning if pq_ok else "", **regions, **common,
         )
 
     def _image_failure(self, sample: EditSample, exc: Exception) -> Judgement:
-        none = CallOutcome(call="sc", error=str(exc)), CallOutcome(call="pq", error=str(exc))
-        return Judgement.failure(
-            sample.sample_id, self.name, "failed", f"image: {exc}", reasoning="", pq_reasoning="",
-            boxes=[], region_labels=[], region_ids=[], **self._common_fields(*none),
-        )
+        """Neither call was made: both are ``failed`` with the image error (same record shape as the others)."""
+        error = f"image: {exc}"
+        return self._combine(sample, CallOutcome(call="sc", error=error), CallOutcome(call="pq", error=error))
 
 
 def _stable_seed(sample_id: str, call: str) -> int:
