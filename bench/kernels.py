@@ -299,7 +299,8 @@ def run_checks(torch, dry_run: bool = False) -> int:
                         lambda t, a=aligned, s=sr: roi_align_tokens(t, boxes, (14, 14), 7, 1.0, s, a, 1),
                         [tokens], torch.randn(boxes.shape[0], 7, 7, C, device=dev, dtype=dtype), dtype)
         maps = torch.randn(4, 37, 20, 24, device=dev, dtype=dtype).permute(0, 1, 3, 2)  # non-contiguous NCHW
-        compare(f"roi_align NCHW {tag} C=37 non-contiguous scale=0.5", lambda x: roi_align(x, edge, (5, 6), 0.5, -1, True),
+        compare(f"roi_align NCHW {tag} C=37 non-contiguous scale=0.5",
+                lambda x: roi_align(x, edge, (5, 6), 0.5, -1, True),
                 [maps], torch.randn(edge.shape[0], 37, 5, 6, device=dev, dtype=dtype), dtype)
         compare(f"roi_align K=0 {tag}", lambda x: roi_align(x, edge[:0], 3),
                 [maps], torch.randn(0, 37, 3, 3, device=dev, dtype=dtype), dtype)
@@ -445,16 +446,18 @@ def main(argv=None) -> int:
     summary = _summary(rows)
     for line in summary["lines"]:
         print(line)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = dt.datetime.now().isoformat(timespec="seconds")
     out_dir = Path(args.out) if args.out else Path(__file__).resolve().parent / "results"
     if args.dry_run and not args.out:
         out_dir = Path(os.environ.get("TMPDIR", "/tmp"))  # dry runs are not results
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{stamp}-{device_slug(device_name)}-kernels.json"
+    # named like bench/teacher_cost.py's results: <date>-<device>-<benchmark>.json
+    path = out_dir / f"{dt.date.today().isoformat()}-{device_slug(device_name)}-kernels.json"
+    timing = ("triton.testing.do_bench median (ms)" if cuda
+              else "perf_counter median of 3 (CPU dry run, interpreter: not a performance number)")
     payload = dict(
-        device=device_name, date=stamp, dry_run=args.dry_run, torch=torch.__version__, triton=triton.__version__,
-        dtype=str(dtype), copy_bandwidth_gbps=copy_bw, timing="triton.testing.do_bench median (ms)" if cuda
-        else "perf_counter median of 3 (CPU dry run, interpreter: not a performance number)",
+        benchmark="kernels", device=device_name, date=stamp, dry_run=args.dry_run, torch=torch.__version__,
+        triton=triton.__version__, dtype=str(dtype), copy_bandwidth_gbps=copy_bw, timing=timing,
         goals={"roi_align_vs_torchvision": 3.0, "attention_vs_sdpa_dense_mask": 1.5, "attention_vs_flex": 1.0},
         summary=summary["numbers"], rows=rows,
     )

@@ -287,7 +287,8 @@ def _region_attn_bwd_dq_kernel(
     mask_qd = mask_m[:, None] & (offs_d[None, :] < HEAD_DIM)
     q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=mask_qd, other=0.0)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
+    do_offs = b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod
+    do = tl.load(do_ptr + do_offs,
                  mask=mask_m[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
     lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=float("inf"))
     delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=0.0)

@@ -631,13 +631,15 @@ def roi_align(
     input: Tensor, boxes: Tensor, output_size: int | Sequence[int], spatial_scale: float = 1.0,
     sampling_ratio: int = -1, aligned: bool = False,
 ) -> Tensor:
-    """RoIAlign with `torchvision.ops.roi_align` semantics: ``input[N, C, H, W]``, ``boxes[K, 5]`` -> ``[K, C, oh, ow]``.
+    """RoIAlign as `torchvision.ops.roi_align`: ``input[N, C, H, W]``, ``boxes[K, 5]`` -> ``[K, C, oh, ow]``.
 
     Differentiable w.r.t. `input` (boxes get no gradient). Runs the Triton kernel on CUDA (see `set_backend`), the
     vectorised reference elsewhere; exports to ONNX ``RoiAlign`` via `spatialreward.kernels.onnx`.
     """
     if input.dim() != 4:
-        raise ValueError(f"input has shape {tuple(input.shape)}; expected [N, C, H, W] (use roi_align_tokens for [B, N, C])")
+        raise ValueError(
+            f"input has shape {tuple(input.shape)}; expected [N, C, H, W] (use roi_align_tokens for [B, N, C])"
+        )
     _check_boxes(boxes, input)
     oh, ow = _pair(output_size)
     return torch.ops.spatialreward.roi_align(

@@ -92,7 +92,8 @@ def test_non_contiguous_inputs(backend):
     boxes = _boxes().t().contiguous().t()  # column-major boxes
     assert not x.is_contiguous() and not boxes.is_contiguous()
     ours = _run(backend, roi_align, x, boxes, (2, 3), 1.0, 2, True)
-    torch.testing.assert_close(ours, torchvision.ops.roi_align(x.contiguous(), boxes.contiguous(), (2, 3), 1.0, 2, True))
+    ref = torchvision.ops.roi_align(x.contiguous(), boxes.contiguous(), (2, 3), 1.0, 2, True)
+    torch.testing.assert_close(ours, ref)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -289,7 +290,8 @@ except ImportError:
 pointers = {"x_ptr": "*bf16", "out_ptr": "*bf16", "g_ptr": "*bf16", "gx_ptr": "*fp32", "boxes_ptr": "*fp32"}
 for kernel in (_roi_align_fwd_kernel, _roi_align_bwd_kernel):
     names = kernel.fn.arg_names
-    signature = {n: "i32" for n in names} | {"spatial_scale": "fp32"} | {k: v for k, v in pointers.items() if k in names}
+    signature = {n: "i32" for n in names} | {"spatial_scale": "fp32"}
+    signature |= {k: v for k, v in pointers.items() if k in names}
     compiled = _backend.compile_for_gpu(kernel, signature, {"ALIGNED": True, "BLOCK_P": 16, "BLOCK_C": 64})
     assert compiled.asm["cubin"], kernel
 print("ok")
