@@ -316,9 +316,10 @@ def run_checks(torch, dry_run: bool = False) -> int:
         k = torch.randn(3, 2, 150, 40, device=dev, dtype=dtype)
         v = torch.randn(3, 2, 150, 24, device=dev, dtype=dtype)
         w = torch.rand(3, 150, device=dev) * (torch.rand(3, 150, device=dev) < 0.3)
-        compare(f"region_attention {tag} ragged Lq=77 Lk=150 D=40 Dv=24 soft weights",
-                lambda a, b, c: region_attention(a, b, c, w), [q, k, v], torch.randn(3, 2, 77, 24, device=dev,
-                                                                                    dtype=dtype), dtype)
+        w[-1] = 0.0  # an empty region
+        compare(f"region_attention {tag} ragged Lq=77 Lk=150 D=40 Dv=24 soft weights + their grad",
+                lambda a, b, c, m: region_attention(a, b, c, m), [q, k, v, w],
+                torch.randn(3, 2, 77, 24, device=dev, dtype=dtype), dtype)
     try:
         import torchvision
 

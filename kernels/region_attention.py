@@ -7,7 +7,9 @@ For queries ``q[B, H, Lq, D]``, keys ``k[B, H, Lk, D]``, values ``v[B, H, Lk, Dv
 
 i.e. softmax over keys of ``s_ij + log w_j``. A boolean mask is the weights {0, 1}; a full mask is plain attention;
 a sample whose mask is all zero yields exact zeros (never NaN: plain masked softmax would divide 0 by 0 there).
-Weights <= 0 mean "not in the region". `key_mask` gets no gradient (it routes attention, like a bool mask).
+Weights <= 0 mean "not in the region". Float weights get a gradient when they require one (a predicted soft
+region): ``d out_i / d w_j = exp(s_ij - lse_i) (v_j - out_i)``, finite at ``w_j = 0`` too (the right-derivative),
+and 0 for an empty region, where the output jumps.
 
 Why a kernel: the student attends from image tokens to the tokens inside an edit region, which is often 5-25%
 of a 14x14 grid. Dense SDPA with a mask pays for all keys. This kernel is FlashAttention (Dao et al. 2022/2023):
@@ -15,7 +17,8 @@ one program owns a block of queries of one (sample, head), streams key tiles wit
 *skips every key tile whose weights are all zero*, so its cost follows the region, not the grid. The weights enter
 as ``+ log2(w)`` in the exp2 domain. The backward follows FlashAttention-2: recompute P from the saved
 log-sum-exp, one kernel for dK/dV (one program per key tile, skipping tiles outside the region: they get zero
-gradient) and one for dQ, so no atomics are needed.
+gradient) and one for dQ, so no atomics are needed. Only when the weights need a gradient does the dK/dV kernel
+visit every key tile: a key outside the region still has a derivative w.r.t. its weight.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _probabilities(q: Tensor, k: Tensor, key_mask: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """(P ``[B, H, Lq, Lk]`` with rows summing to 1, or 0 for empty regions; natural-log LSE ``[B, H, Lq]``)."""
+def _probabilities(q: Tensor, k: Tensor, key_mask: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(P ``[B, H, Lq, Lk]`` with rows summing to 1, or 0 for empty regions; natural-log LSE ``[B, H, Lq]``;
+    the unweighted scores S ``[B, H, Lq, Lk]``)."""
     acc = _acc_dtype(q.dtype)
     w = key_mask.to(acc)[:, None, None, :]  # [B, 1, 1, Lk], broadcast over heads and queries
     inside = w > 0
@@ -51,7 +55,7 @@ def _probabilities(q: Tensor, k: Tensor, key_mask: Tensor, scale: float) -> tupl
     lse = torch.logsumexp(logits, dim=-1)  # -inf where the region is empty
     finite = torch.isfinite(lse)
     p = torch.exp(logits - torch.where(finite, lse, torch.zeros_like(lse))[..., None])  # exp(-inf) = 0 when empty
-    return p, lse
+    return p, lse, s
 
 
 def region_attention_reference(
@@ -59,17 +63,18 @@ def region_attention_reference(
 ) -> tuple[Tensor, Tensor]:
     """Region attention in plain PyTorch: (out ``[B, H, Lq, Dv]`` in q's dtype, fp32 natural-log LSE ``[B, H, Lq]``)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    p, lse = _probabilities(q, k, key_mask, scale)
+    p, lse, _ = _probabilities(q, k, key_mask, scale)
     out = p @ v.to(p.dtype)  # [B, H, Lq, Dv]
     return out.to(q.dtype), lse.to(torch.float32 if q.dtype != torch.float64 else torch.float64)
 
 
 def region_attention_backward_reference(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients (dq, dk, dv) of `region_attention_reference`'s output, in the inputs' dtypes."""
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: float, mask_grad: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv, dmask) of `region_attention_reference`'s output; dq/dk/dv in the inputs' dtypes,
+    dmask ``[B, Lk]`` in fp32 (fp64 for fp64 inputs), zeros unless `mask_grad`."""
     acc = _acc_dtype(q.dtype)
-    p, _ = _probabilities(q, k, key_mask, scale)  # [B, H, Lq, Lk]
+    p, lse, s = _probabilities(q, k, key_mask, scale)  # [B, H, Lq, Lk]
     g = grad.to(acc)
     out = p @ v.to(acc)
     dv = p.transpose(-1, -2) @ g  # [B, H, Lk, Dv]
@@ -78,7 +83,13 @@ def region_attention_backward_reference(
     ds = p * (dp - delta)  # softmax Jacobian; zero outside the region and for empty rows
     dq = (ds @ k.to(acc)) * scale
     dk = (ds.transpose(-1, -2) @ q.to(acc)) * scale
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    dmask = torch.zeros(key_mask.shape, dtype=acc, device=q.device)
+    if mask_grad:
+        # dS / w_j without dividing by w: exp(s - lse) is P before weighting, finite where w_j = 0
+        finite = torch.isfinite(lse)[..., None]
+        unweighted = torch.where(finite, torch.exp(s - torch.where(finite, lse[..., None], 0.0)), 0.0)
+        dmask = (unweighted * (dp - delta)).sum((1, 2))  # [B, Lk]: heads and queries share one weight per key
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dmask
 
 
 # %%
@@ -184,8 +195,9 @@ def _region_attn_fwd_kernel(
 @triton.autotune(configs=_bwd_configs(), key=["LQ", "LK", "BLOCK_D", "BLOCK_DV"])
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _region_attn_bwd_dkdv_kernel(
-    # pointers: inputs, incoming gradient, saved log2-LSE and delta = rowsum(dO * O) (both [B*H, LQ] fp32)
-    q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    # pointers: inputs, incoming gradient, saved log2-LSE and delta = rowsum(dO * O) (both [B*H, LQ] fp32),
+    # outputs; dw is the per-head weight gradient [B*H, LK] fp32 (only written when MASK_GRAD)
+    q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, dw_ptr,
     # sizes
     NUM_HEADS, LQ, LK, HEAD_DIM, HEAD_DIM_V,
     # strides; dk/dv share k/v's layout contract ([B, H, Lk, *] with their own strides)
@@ -200,9 +212,10 @@ def _region_attn_bwd_dkdv_kernel(
     qk_scale, sm_scale,
     # meta-parameters
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, MASK_GRAD: tl.constexpr,
 ):
-    """dK, dV for BLOCK_N keys of one (sample, head); key tiles outside the region write zeros and stop."""
+    """dK, dV (and dW if MASK_GRAD) for BLOCK_N keys of one (sample, head); without MASK_GRAD key tiles outside the
+    region write zeros and stop."""
     # ---- map program ids: (sample, head), key block -----------------------------------------------------------
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -218,8 +231,12 @@ def _region_attn_bwd_dkdv_kernel(
     # ---- accumulate over query blocks if this key tile is in the region ---------------------------------------
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    dw = tl.zeros([BLOCK_N], dtype=tl.float32)
     w = tl.load(w_ptr + b * stride_wb + offs_n * stride_wn, mask=mask_n, other=0.0)
-    if tl.max(w, axis=0) > 0:
+    visit = tl.max(w, axis=0)
+    if MASK_GRAD:
+        visit = tl.maximum(visit, 0.0) + 1.0  # weights outside the region have a gradient too: visit every tile
+    if visit > 0:
         k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
                     mask=mask_kd, other=0.0)
         v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
@@ -239,12 +256,16 @@ def _region_attn_bwd_dkdv_kernel(
             # rows past LQ get lse = +inf so their P is exactly 0
             lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=float("inf"))
             delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]  # [M, N]
-            p = tl.math.exp2(s - lse[:, None])
+            s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale  # [M, N], before the weights
+            p = tl.math.exp2(s + bias[None, :] - lse[:, None])
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=INPUT_PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
             ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=INPUT_PRECISION)
+            if MASK_GRAD:
+                # dS / w without the division: P before weighting; 0 for empty regions (lse = -inf)
+                unweighted = tl.where(lse[:, None] > float("-inf"), tl.math.exp2(s - lse[:, None]), 0.0)
+                dw += tl.sum(unweighted * (dp - delta[:, None]), axis=0)
         dk = dk * sm_scale
 
     # ---- write back (zeros outside the region) -----------------------------------------------------------------
@@ -252,6 +273,8 @@ def _region_attn_bwd_dkdv_kernel(
              dk.to(dk_ptr.dtype.element_ty), mask=mask_kd)
     tl.store(dv_ptr + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
              dv.to(dv_ptr.dtype.element_ty), mask=mask_vd)
+    if MASK_GRAD:
+        tl.store(dw_ptr + pid_bh.to(tl.int64) * LK + offs_n, dw, mask=mask_n)
 
 
 @triton.autotune(configs=_bwd_configs(), key=["LQ", "LK", "BLOCK_D", "BLOCK_DV"])
@@ -364,12 +387,14 @@ def _region_attention_fwd_triton(q: Tensor, k: Tensor, v: Tensor, key_mask: Tens
     return out, lse2
 
 
-def _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale):
+def _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale, mask_grad: bool):
     B, H, Lq, D = q.shape
     Lk, Dv = k.shape[2], v.shape[3]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dmask = torch.zeros(B, Lk, device=q.device, dtype=torch.float32)
     if B * H == 0 or Lk == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return dq.zero_(), dk.zero_(), dv.zero_(), dmask
+    dw_heads = torch.empty(B, H, Lk, device=q.device, dtype=torch.float32) if mask_grad else dmask  # [B*H, Lk]
     w = _weights(key_mask)
     # preprocess: delta = rowsum(dO * O) (FlashAttention-2), log2-domain LSE, both [B*H, Lq] contiguous fp32
     delta = (grad.float() * out.float()).sum(-1).contiguous()
@@ -379,14 +404,17 @@ def _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale):
     scales = (float(scale) * _LOG2E, float(scale))
     _launch(
         _region_attn_bwd_dkdv_kernel, q, lambda m: (B * H, triton.cdiv(Lk, m["BLOCK_N"])),
-        q, k, v, w, grad, lse2, delta, dk, dv, *common, *dk.stride(), *dv.stride(), *scales, **meta,
+        q, k, v, w, grad, lse2, delta, dk, dv, dw_heads, *common, *dk.stride(), *dv.stride(), *scales, **meta,
+        MASK_GRAD=bool(mask_grad),
     )
     if Lq > 0:
         _launch(
             _region_attn_bwd_dq_kernel, q, lambda m: (B * H, triton.cdiv(Lq, m["BLOCK_M"])),
             q, k, v, w, grad, lse2, delta, dq, *common, *dq.stride(), *scales, **meta,
         )
-    return dq, dk, dv
+    if mask_grad:
+        dmask = dw_heads.sum(1)  # [B, Lk]: one weight per key is shared by all heads
+    return dq, dk, dv, dmask
 
 
 # %%
@@ -412,16 +440,20 @@ def _(q, k, v, key_mask, scale):
 
 @torch.library.custom_op("spatialreward::region_attention_backward", mutates_args=())
 def _region_attention_backward_op(
-    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, out: Tensor, lse: Tensor, scale: float
-) -> tuple[Tensor, Tensor, Tensor]:
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, out: Tensor, lse: Tensor, scale: float,
+    mask_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dmask ``[B, Lk]`` fp32 — zeros unless `mask_grad`)."""
     if not use_triton(q):
-        return region_attention_backward_reference(grad, q, k, v, key_mask, scale)
-    return _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale)
+        return region_attention_backward_reference(grad, q, k, v, key_mask, scale, mask_grad)
+    return _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale, mask_grad)
 
 
 @_region_attention_backward_op.register_fake
-def _(grad, q, k, v, key_mask, out, lse, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+def _(grad, q, k, v, key_mask, out, lse, scale, mask_grad):
+    mask_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dmask = q.new_empty(key_mask.shape, dtype=mask_dtype)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
 
 
 def _region_attention_setup(ctx, inputs, output):
@@ -434,10 +466,11 @@ def _region_attention_setup(ctx, inputs, output):
 
 def _region_attention_grad(ctx, grad_out, _grad_lse):
     q, k, v, key_mask, out, lse = ctx.saved_tensors
-    dq, dk, dv = torch.ops.spatialreward.region_attention_backward(
-        grad_out.contiguous(), q, k, v, key_mask, out, lse, ctx.scale
+    mask_grad = bool(ctx.needs_input_grad[3])  # float weights that require grad (a predicted region)
+    dq, dk, dv, dmask = torch.ops.spatialreward.region_attention_backward(
+        grad_out.contiguous(), q, k, v, key_mask, out, lse, ctx.scale, mask_grad
     )
-    return dq, dk, dv, None, None
+    return dq, dk, dv, (dmask.to(key_mask.dtype) if mask_grad else None), None
 
 
 _region_attention_op.register_autograd(_region_attention_grad, setup_context=_region_attention_setup)
@@ -452,7 +485,8 @@ def region_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: f
     """Attention of ``q[B, H, Lq, D]`` over the keys ``k, v[B, H, Lk, *]`` that `key_mask[B, Lk]` selects/weights.
 
     Softmax over keys of ``scale * q.k + log(w)``: bool masks select keys, float weights in [0, 1] down-weight them,
-    an all-zero mask gives zeros. `scale` defaults to ``D ** -0.5``. Differentiable in q, k, v.
+    an all-zero mask gives zeros. `scale` defaults to ``D ** -0.5``. Differentiable in q, k, v, and in float
+    weights that require grad (their backward then visits every key, not only the region's).
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(

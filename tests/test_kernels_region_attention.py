@@ -144,6 +144,44 @@ def test_reference_gradcheck_fp64():
         assert torch.autograd.gradcheck(lambda a, b, c: region_attention(a, b, c, w), leaves)
 
 
+def test_reference_mask_gradient_fp64():
+    """d out / d w: gradcheck where weights are > 0, and the one-sided derivative where a weight is exactly 0."""
+    q, k, v = _inputs(2, 2, 4, 6, 3, dtype=torch.float64, seed=8)
+    w = torch.tensor([[0.2, 0.3, 1.0, 0.9, 0.7, 0.5], [0.4, 0.6, 0.25, 0.8, 0.3, 1.0]], dtype=torch.float64)
+    with use_backend("reference"):
+        assert torch.autograd.gradcheck(lambda a, b, c, m: region_attention(a, b, c, m),
+                                        [t.clone().requires_grad_() for t in (q, k, v, w)])
+        w0 = torch.tensor([[0.0, 0.3, 1.0, 0.0, 0.7, 1.0], [0.0] * 6], dtype=torch.float64, requires_grad=True)
+        g = torch.randn(2, 2, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+        (region_attention(q, k, v, w0) * g).sum().backward()
+        eps = 1e-7
+        bumped = w0.detach().clone()
+        bumped[0, 0] += eps  # a key outside the region, pulled in a little
+        numeric = ((region_attention(q, k, v, bumped) - region_attention(q, k, v, w0.detach())) * g).sum() / eps
+    torch.testing.assert_close(w0.grad[0, 0], numeric, atol=1e-5, rtol=1e-5)
+    assert torch.equal(w0.grad[1], torch.zeros(6, dtype=torch.float64))  # empty region: defined as 0
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable here")
+def test_triton_mask_gradient_matches_reference():
+    B, H, Lq, Lk, D = 3, 2, 19, 35, 16
+    q, k, v = _inputs(B, H, Lq, Lk, D, seed=9)
+    g = torch.Generator().manual_seed(9)
+    w = torch.rand(B, Lk, generator=g) * (torch.rand(B, Lk, generator=g) < 0.4)  # zeros: whole tiles outside
+    w[:, 16:32] = 0.0  # one key tile entirely outside the region still gets weight gradients
+    w[-1] = 0.0  # an empty region
+    grad = torch.randn(B, H, Lq, D, generator=g)
+    grads = {}
+    for backend in ("reference", "triton"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+        _run(backend, *leaves).backward(grad)
+        grads[backend] = [t.grad for t in leaves]
+    for name, got, want in zip(("dq", "dk", "dv", "dw"), grads["triton"], grads["reference"]):
+        torch.testing.assert_close(got, want, atol=3e-5, rtol=3e-5, msg=lambda m: f"{name}: {m}")
+    assert grads["triton"][3][0, 16:32].abs().sum() > 0  # outside keys have a (right-)derivative
+    assert torch.equal(grads["triton"][3][-1], torch.zeros(Lk))
+
+
 def test_opcheck():
     q, k, v = _inputs(2, 2, 5, 9, 8, seed=6)
     mask = _mask("random_with_empty", 2, 9, seed=6)
@@ -206,7 +244,9 @@ for which in ("fwd", "bwd_dkdv", "bwd_dq"):
     signature |= {"w_ptr": "*fp32", "lse_ptr": "*fp32", "delta_ptr": "*fp32", "qk_scale": "fp32", "sm_scale": "fp32"}
     signature = {k: v for k, v in signature.items() if k in names}
     meta = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_D": 64, "BLOCK_DV": 64, "INPUT_PRECISION": "tf32"}
-    assert _backend.compile_for_gpu(kernel, signature, meta).asm["cubin"], which
+    for extra in ([{"MASK_GRAD": False}, {"MASK_GRAD": True}] if which == "bwd_dkdv" else [{}]):
+        signature = {k: v for k, v in signature.items() if k not in extra}
+        assert _backend.compile_for_gpu(kernel, signature, meta | extra).asm["cubin"], (which, extra)
 print("ok")
 """
 
