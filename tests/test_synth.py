@@ -98,6 +98,8 @@ def test_templates_vocabulary():
 def test_photo_split_is_fixed_and_disjoint():
     names = available_photos()
     assert len(names) >= 10, "scikit-image should ship at least ten photos offline"
+    assert len({load_photo(n).tobytes() for n in names}) == len(names), "a photo under two names would leak"
+    assert available_photos(names + ("chelsea",)) == names  # chelsea is cat: dropped as a duplicate
     train, heldout = split_photos(names, 0.2)
     assert split_photos(names, 0.2) == (train, heldout)
     assert not set(train) & set(heldout) and set(train) | set(heldout) == set(names)

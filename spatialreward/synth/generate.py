@@ -218,14 +218,15 @@ def _make_group(rng: np.random.Generator, photo: np.ndarray, *, size: int, candi
     for i in rng.permutation(len(drafts)):
         d = drafts[int(i)]
         edited = _quantise(jitter(rng, d.edited)).astype(np.float32) / 255.0
-        diff_all = truth.diff_mask(source, d.content)
+        change = np.abs(d.content - source).mean(axis=2)  # [H, W], shared by the mask and the measures
+        diff_all = truth.diff_mask(source, d.content, change=change)
         if d.global_change:
             changed = np.ones_like(intended)
             boxes = [list(truth.WHOLE_IMAGE_BOX)]
         else:
             changed = truth.largest_components(diff_all, keep=truth.MAX_BOXES, min_pixels=0)
             boxes = truth.boxes_of(changed)
-        measures = truth.measure(ref, d.content, edited, diff_all, own_ideal=d.own_ideal)
+        measures = truth.measure(ref, d.content, edited, diff_all, own_ideal=d.own_ideal, change=change)
         out.append(Candidate(kind=d.kind, image=_quantise(edited), changed=changed, boxes=boxes,
                              subscores=truth.subscores(measures), measures=measures, applied=d.applied,
                              params=d.params))
@@ -358,7 +359,8 @@ def generate_dataset(
 
     Deterministic per ``seed`` (byte-identical ``samples.jsonl`` and images for any ``workers``); resumes an
     interrupted run into the same folder. ``workers`` processes build groups in parallel (default: all cores;
-    0 or 1 builds in this process).
+    0 or 1 builds in this process). Workers start by the ``forkserver`` method and re-import the main module, so
+    a script calling this with workers > 1 needs the usual ``if __name__ == "__main__":`` guard.
     """
     config = SynthConfig(groups=groups, seed=seed, candidates=candidates, size=size,
                          heldout_fraction=heldout_fraction)

@@ -54,9 +54,16 @@ class EditPlan:
     seed: int = 0  # for fills drawn lazily (deterministic per attribute)
 
     def fill(self, key: str, make: Callable[[np.random.Generator], np.ndarray]) -> np.ndarray:
+        """The fill ``key``, made once per plan with its own generator (so it does not depend on call order)."""
         if key not in self.fills:
             self.fills[key] = make(np.random.default_rng([self.seed, zlib.crc32(key.encode())]))
         return self.fills[key]
+
+    def on_source(self, key: str, image: np.ndarray, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """``make()``, cached when ``image`` is the plan's source (most candidates render on it)."""
+        if image is not self.source:
+            return make()
+        return self.fill(f"source:{key}", lambda _: make())
 
 
 def whole_region(size: int) -> reg.Region:
@@ -241,7 +248,8 @@ class Recolour:
 
     def render(self, plan: EditPlan, image: np.ndarray, attribute: str, region: reg.Region, feather: float):
         alpha = reg.soft_alpha(region.mask, feather)
-        return _blend(image, colourise(image, attribute), alpha), alpha
+        painted = plan.on_source(f"colourise:{attribute}", image, lambda: colourise(image, attribute))
+        return _blend(image, painted, alpha), alpha
 
     def describe(self, attribute: str) -> str:
         return attribute
@@ -350,7 +358,9 @@ class Retexture:
         size = image.shape[0]
         fill = plan.fill(attribute, lambda r: tex.material(r, attribute, size))
         alpha = reg.soft_alpha(region.mask, feather)
-        return _blend(image, shade_fill(fill, image, region.mask), alpha), alpha
+        shaded = plan.on_source(f"shade:{attribute}:{region.box}:{region.area}", image,
+                                lambda: shade_fill(fill, image, region.mask))
+        return _blend(image, shaded, alpha), alpha
 
     def describe(self, attribute: str) -> str:
         return tex.MATERIALS[attribute]
@@ -389,7 +399,7 @@ class Background:
 
     def render(self, plan: EditPlan, image: np.ndarray, attribute: str, region: reg.Region, feather: float):
         if attribute == "blur":
-            fill = tex.background(np.random.default_rng(plan.seed), "blur", image)
+            fill = plan.on_source("blur", image, lambda: tex.background(np.random.default_rng(plan.seed), "blur", image))
         else:
             fill = plan.fill(attribute, lambda r: tex.background(r, attribute, image))
         alpha = reg.soft_alpha(region.mask, feather)
@@ -418,7 +428,8 @@ class GlobalTone:
             alpha = np.ones(image.shape[:2], np.float32)
         else:  # a "region only" candidate: the tone inside one area
             alpha = reg.soft_alpha(region.mask, feather)
-        return _blend(image, tone(image, attribute), alpha), alpha
+        toned = plan.on_source(f"tone:{attribute}", image, lambda: tone(image, attribute))
+        return _blend(image, toned, alpha), alpha
 
     def describe(self, attribute: str) -> str:
         return TONES[attribute][1]

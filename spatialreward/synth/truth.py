@@ -13,17 +13,19 @@ Change mask and boxes
 
 Measures (all unitless, images in [0, 1])
     coverage        |diff ∩ M| / |M|: how much of the intended region changed.
-    progress        ⟨E−S, T−S⟩ / ‖T−S‖² over M: how far along the ideal change the edit went (1 = all the way,
+    progress        ⟨C−S, T−S⟩ / ‖T−S‖² over M: how far along the ideal change the edit went (1 = all the way,
                     2 = twice as far).
-    direction       cosine(E−S, T−S) over the pixels of M where C differs from S (> 0.004): whether what changed,
-                    changed the *right way* (wrong colour or material → low; 0 when nothing in M changed).
+    match           on the pixels of M where C differs from S (> 0.004): 1 − Σ|(C−S) − k(T−S)| / Σ|k(T−S)|, k the
+                    least-squares scale. Whether what changed, changed *the right way*, whatever its strength
+                    (wrong colour, material or background → low; 0 when nothing in M changed).
+    direction       informational: cosine(C−S, T−S) on the same pixels.
     hue_error_deg   recolours only, informational: hue angle between the edit's mean colour in M and the
                     requested colour.
     leak_fraction   share of the image that changed outside M (dilated 2 px); for global edits, the share whose
                     change no smooth global colour map explains (robust cubic fit of S → C at half resolution,
                     residual > 0.045).
     leak_energy     sum of |C − S| outside M (global edits: of the unexplained residual) / number of pixels.
-    seam            the content's outline sharpness minus that of a σ=1 px soft blend of the same change, minus
+    seam            outline sharpness of C minus that of S + gauss(C − S, σ=1 px) on the change outline (luma), minus
                     the same for T′: a hard-pasted patch scores high, a feathered one ~0. T′ is the full-strength
                     rendering of what the candidate did (T itself, or the wrong attribute / wrong region).
     smear           texture lost inside the change: 1 − HF(C) / min(HF(T′), HF(S) on a ring around it), clipped
@@ -34,11 +36,12 @@ Measures (all unitless, images in [0, 1])
     residual_rms, blockiness, changed_fraction   informational: RMS of E − C; 8×8 block-edge step excess of E
                     over C; share of the image in the change mask.
 
-Sub-scores (0–25, higher is better). Naturalness judges the deliberate content C, artifacts the degradation E − C.
+Sub-scores (0–25, higher is better). Instruction following, consistency and naturalness judge the deliberate
+content C; artifacts judge the degradation E − C.
     instruction_following = 25 · (0.15 · coverage + 0.85 · sqrt(aligned · amount)),
-                            aligned = clip((direction − 0.3) / 0.6, 0, 1), amount = progress if ≤ 1 else 1/progress
+                            aligned = clip((match − 0.2) / 0.6, 0, 1), amount = progress if ≤ 1 else 1/progress
     consistency           = 25 / (1 + 6 · (leak_fraction + 5 · leak_energy))
-    naturalness           = 25 · exp(−(3 · seam + 1.5 · smear + 4 · clip_excess))
+    naturalness           = 25 · exp(−(10 · seam + 1.5 · smear + 4 · clip_excess))
     artifacts             = 25 · exp(−(3 · ssim_loss + 1.5 · ssim_loss_local))
 """
 
@@ -68,10 +71,11 @@ def _absdiff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a - b).mean(axis=2)
 
 
-def diff_mask(source: np.ndarray, content: np.ndarray, *, keep: int | None = None) -> np.ndarray:
+def diff_mask(source: np.ndarray, content: np.ndarray, *, keep: int | None = None,
+              change: np.ndarray | None = None) -> np.ndarray:
     """Where the deliberate content changed: thresholded smoothed difference, components under `min_area`
-    dropped; with ``keep``, only the ``keep`` largest components."""
-    d = ndimage.gaussian_filter(_absdiff(content, source), 0.7)
+    dropped; with ``keep``, only the ``keep`` largest components. ``change`` may pass ``mean_c |C − S|`` in."""
+    d = ndimage.gaussian_filter(_absdiff(content, source) if change is None else change, 0.7)
     mask = d > CHANGE_THRESHOLD
     return largest_components(mask, keep=keep, min_pixels=min_area(source.shape[0]))
 
@@ -102,15 +106,9 @@ def boxes_of(mask: np.ndarray) -> list[list[float]]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _grad(x: np.ndarray) -> np.ndarray:
-    """L1 gradient magnitude summed over channels, ``[H, W]`` (forward differences, edge-padded)."""
-    gx = np.abs(np.diff(x, axis=1, append=x[:, -1:])).sum(axis=2)
-    gy = np.abs(np.diff(x, axis=0, append=x[-1:])).sum(axis=2)
-    return gx + gy
-
-
-def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    return ndimage.gaussian_filter(x, (sigma, sigma, 0)) if x.ndim == 3 else ndimage.gaussian_filter(x, sigma)
+def _grad(y: np.ndarray) -> np.ndarray:
+    """L1 gradient magnitude of a luma image ``[H, W]`` (forward differences, edge-padded)."""
+    return np.abs(np.diff(y, axis=1, append=y[:, -1:])) + np.abs(np.diff(y, axis=0, append=y[-1:]))
 
 
 @dataclass
@@ -131,12 +129,17 @@ class Reference:
 
 
 def _sharp(x: np.ndarray) -> np.ndarray:
-    return _grad(x) - _grad(_blur(x, 1.0))
+    """Edge sharpness of an RGB image, on luma: |∇y| − |∇ gauss(y, 1)| (high on hard steps, ~0 on soft ones)."""
+    y = _luma(x)
+    return _grad(y) - _grad(ndimage.gaussian_filter(y, 1.0))
 
 
 def _hf(x: np.ndarray) -> np.ndarray:
-    """High-frequency detail ``[H, W]``: |luma − gauss(luma, 1)|."""
-    y = _luma(x)
+    """High-frequency detail ``[H, W]`` of an RGB image: |luma − gauss(luma, 1)|."""
+    return _hf_luma(_luma(x))
+
+
+def _hf_luma(y: np.ndarray) -> np.ndarray:
     return np.abs(y - ndimage.gaussian_filter(y, 1.0))
 
 
@@ -145,7 +148,10 @@ def _luma(x: np.ndarray) -> np.ndarray:
 
 
 def _clipped(x: np.ndarray) -> np.ndarray:
-    y = _luma(x)
+    return _clipped_luma(_luma(x))
+
+
+def _clipped_luma(y: np.ndarray) -> np.ndarray:
     return (y <= 0.02) | (y >= 0.98)
 
 
@@ -160,24 +166,24 @@ def _crop_box(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
 
 
 def outline_seam(source: np.ndarray, content: np.ndarray, diff: np.ndarray) -> float:
-    """How much sharper the change's outline is than a soft blend of the same change (σ = 1 px at 224).
+    """How much sharper the change's outline is than the same change softened (C − S blurred, σ = 1 px at 224).
 
-    A pasted patch with a hard edge scores high; a feathered edit, or texture inside the patch, does not (the
-    soft blend only differs from the content on the outline).
+    A pasted patch with a hard edge scores high, a feathered edit low. Texture inside the change adds the same
+    amount to a candidate and to its ideal, whose value `measure` subtracts.
     """
     if not diff.any() or diff.mean() > 0.6:  # no outline, or a global change: nothing pasted to seam
         return 0.0
     size = source.shape[0]
     r = max(1, int(round(size / 224)))
-    band = _band(diff, r)
+    # Work on the change's bounding box only (plus room for the filters): most edits are small.
+    ys, xs = _crop_box(diff, 6 * r)
+    band = _band(diff[ys, xs], r)
     if not band.any():
         return 0.0
-    # Work on the band's bounding box only (plus room for the filters): most edits are small.
-    ys, xs = _crop_box(band, 6 * r)
-    src, con, band = source[ys, xs], content[ys, xs], band[ys, xs]
-    soft = ndimage.gaussian_filter(diff[ys, xs].astype(np.float32), 1.0 * size / 224)[..., None]
-    blended = src + soft * (con - src)
-    excess = _sharp(con)[band] - _sharp(blended)[band] - 0.02
+    src, con = source[ys, xs], content[ys, xs]
+    sigma = 1.0 * size / 224
+    softened = src + ndimage.gaussian_filter(con - src, (sigma, sigma, 0))
+    excess = _sharp(con)[band] - _sharp(softened)[band]
     return float(np.clip(excess, 0, None).mean())
 
 
@@ -249,7 +255,7 @@ def _hue_error(edited: np.ndarray, mask: np.ndarray, target_hue: float) -> float
 
 
 def measure(ref: Reference, content: np.ndarray, edited: np.ndarray, diff: np.ndarray,
-            own_ideal: np.ndarray | None = None) -> dict[str, float]:
+            own_ideal: np.ndarray | None = None, change: np.ndarray | None = None) -> dict[str, float]:
     """All named measures of one candidate (see the module docstring). ``diff`` is the content's change mask.
 
     ``own_ideal`` is the full-strength rendering of what the candidate actually did when that differs from the
@@ -257,6 +263,7 @@ def measure(ref: Reference, content: np.ndarray, edited: np.ndarray, diff: np.nd
     smear because sand was asked); instruction following judges whether it was the right thing.
     """
     s, t, m = ref.source, ref.ideal, ref.intended
+    change = _absdiff(content, s) if change is None else change  # [H, W] mean_c |C − S|
     if own_ideal is not None:
         hf_own, clip_own = _hf(own_ideal), _clipped(own_ideal)
         seam_own = outline_seam(s, own_ideal, diff_mask(s, own_ideal))
@@ -266,16 +273,26 @@ def measure(ref: Reference, content: np.ndarray, edited: np.ndarray, diff: np.nd
     n_pixels = float(size * size)
     coverage = float((diff & m).sum()) / max(int(m.sum()), 1)
 
-    dt = (edited - s)[m]  # [N, 3]
-    tt = (t - s)[m]
-    tt2, dtt = float((tt * tt).sum()), float((dt * tt).sum())
+    ym, xm = _crop_box(m, 0)  # the intended region's bounding box: all of the image only for global edits
+    mc = m[ym, xm]
+    # Instruction following judges the deliberate content C (artifacts are judged apart, from E − C).
+    dc = (content[ym, xm] - s[ym, xm])[mc]  # [N, 3]
+    tt = (t[ym, xm] - s[ym, xm])[mc]
+    tt2, dtt = float((tt * tt).sum()), float((dc * tt).sum())
     progress = dtt / tt2 if tt2 > 1e-9 else 0.0
-    # Direction only where the candidate changed something: half a region done right is aligned, not half-aligned
-    # (coverage and progress already say "half").
-    acted = (_absdiff(content, s) > 0.004)[m]  # not `diff`: a faint global tone is below its threshold
-    dta, tta = dt[acted], tt[acted]
-    dd2a, tt2a = float((dta * dta).sum()), float((tta * tta).sum())
-    direction = float((dta * tta).sum()) / math.sqrt(dd2a * tt2a) if dd2a > 1e-9 and tt2a > 1e-9 else 0.0
+    # Direction and match only where the candidate changed something: half a region done right is aligned, not
+    # half-aligned (coverage and progress already say "half").
+    acted = (change[ym, xm] > 0.004)[mc]  # not `diff`: a faint global tone is below its threshold
+    dca, tta = dc[acted], tt[acted]
+    dd2a, tt2a, dta = float((dca * dca).sum()), float((tta * tta).sum()), float((dca * tta).sum())
+    direction = dta / math.sqrt(dd2a * tt2a) if dd2a > 1e-9 and tt2a > 1e-9 else 0.0
+    # Match: the change's pattern against the ideal's at the best scale k (so faint or overdone still match, a
+    # brick wall where a wooden one was asked does not, even when both erase the same busy background).
+    if tt2a > 1e-9:
+        k = max(dta / tt2a, 0.0)
+        match = 1.0 - float(np.abs(dca - k * tta).sum()) / max(float(np.abs(k * tta).sum()), 1e-9)
+    else:
+        match = 0.0
 
     # Consistency: change nobody asked for, as a share of the whole image.
     if ref.is_global:
@@ -287,37 +304,43 @@ def measure(ref: Reference, content: np.ndarray, edited: np.ndarray, diff: np.nd
     else:
         outside = ref.outside
         leak_fraction = float((diff & outside).sum()) / n_pixels
-        leak_energy = float(_absdiff(content, s)[outside].sum()) / n_pixels
+        leak_energy = float(change[outside].sum()) / n_pixels
 
-    # Naturalness of the deliberate content: outline seams, texture smear, clipping.
+    # Naturalness of the deliberate content: outline seams, texture smear, clipping — all on the change's
+    # neighbourhood (a crop: most changes are small).
+    luma_e, luma_c = _luma(edited), _luma(content)
+    r = max(1, int(round(size / 224)))
     if diff.any():
-        r = max(1, int(round(size / 224)))
         seam = max(0.0, outline_seam(s, content, diff) - seam_own)
-        ring = reg.dilate(diff, 4 * r) & ~reg.dilate(diff, r)
-        ys, xs = _crop_box(diff, 3)
-        hf_in = float(_hf(content[ys, xs])[diff[ys, xs]].mean())
-        hf_ref = float(hf_own[diff].mean())
+        ys, xs = _crop_box(diff, 5 * r)
+        d = diff[ys, xs]
+        ring = reg.dilate(d, 4 * r) & ~reg.dilate(d, r)
+        hf_in = float(_hf_luma(luma_c[ys, xs])[d].mean())
+        hf_ref = float(hf_own[ys, xs][d].mean())
         if ring.any():
-            hf_ref = min(hf_ref, float(ref.hf_source[ring].mean()))
+            hf_ref = min(hf_ref, float(ref.hf_source[ys, xs][ring].mean()))
         smear = float(np.clip(1.0 - (hf_in + 0.002) / (hf_ref + 0.002), 0, 1))
-        clip_now = float(_clipped(content)[diff].mean())
-        clip_ref = max(float(ref.clip_source[diff].mean()), float(clip_own[diff].mean()))
+        clip_now = float(_clipped_luma(luma_c[ys, xs])[d].mean())
+        clip_ref = max(float(ref.clip_source[ys, xs][d].mean()), float(clip_own[ys, xs][d].mean()))
         clip_excess = max(0.0, clip_now - clip_ref)
     else:
         seam = smear = clip_excess = 0.0
 
     # Artifacts: structure lost between the deliberate content and what the viewer gets.
-    luma_e, luma_c = _luma(edited), _luma(content)
     ssim = _ssim_map(luma_e, luma_c)
     ssim_loss = float(1.0 - ssim.mean())
-    area = np.ones_like(m) if ref.is_global else reg.dilate(diff | m, max(1, int(round(3 * size / 224))))
-    ssim_loss_local = float(1.0 - ssim[area].mean())
+    if ref.is_global:
+        ssim_loss_local = ssim_loss
+    else:
+        near = diff | m
+        ys, xs = _crop_box(near, 3 * r)
+        ssim_loss_local = float(1.0 - ssim[ys, xs][reg.dilate(near[ys, xs], 3 * r)].mean())
     residual = edited - content
     residual_rms = float(np.sqrt((residual**2).mean()))
     blockiness = _blockiness(luma_e) - _blockiness(luma_c)
 
     out = {
-        "coverage": coverage, "progress": progress, "direction": direction,
+        "coverage": coverage, "progress": progress, "direction": direction, "match": max(match, -1.0),
         "leak_fraction": leak_fraction, "leak_energy": leak_energy,
         "seam": seam, "smear": smear, "clip_excess": clip_excess,
         "ssim_loss": max(ssim_loss, 0.0), "ssim_loss_local": max(ssim_loss_local, 0.0),
@@ -340,12 +363,12 @@ def _blockiness(x: np.ndarray) -> float:
 
 def subscores(m: dict[str, float]) -> list[float]:
     """``[instruction_following, consistency, naturalness, artifacts]`` in 0–25 from the measures."""
-    aligned = min(max((m["direction"] - 0.3) / 0.6, 0.0), 1.0)  # cosine 0.3 → 0, 0.9 → 1
+    aligned = min(max((m["match"] - 0.2) / 0.6, 0.0), 1.0)  # match 0.2 → 0, 0.8 → 1
     p = max(m["progress"], 0.0)
     amount = p if p <= 1.0 else 1.0 / p  # going twice as far as asked counts like going half way
     follow = 0.15 * m["coverage"] + 0.85 * math.sqrt(aligned * amount)
     s1 = 25.0 * min(max(follow, 0.0), 1.0)
     s2 = 25.0 / (1.0 + 6.0 * (m["leak_fraction"] + 5.0 * m["leak_energy"]))
-    s3 = 25.0 * math.exp(-(3.0 * m["seam"] + 1.5 * m["smear"] + 4.0 * m["clip_excess"]))
+    s3 = 25.0 * math.exp(-(10.0 * m["seam"] + 1.5 * m["smear"] + 4.0 * m["clip_excess"]))
     s4 = 25.0 * math.exp(-(3.0 * m["ssim_loss"] + 1.5 * m["ssim_loss_local"]))
     return [round(min(max(v, 0.0), 25.0), 3) for v in (s1, s2, s3, s4)]
