@@ -96,3 +96,34 @@ def make_fake_dataset(
     write_samples(root, samples)
     write_label_shard(labels_dir(root, "oracle") / "part-00000.jsonl", judgements)
     return root
+
+
+class HashingTextEncoder:
+    """Stand-in for `InstructionEncoder` in fast tests: a bag of words, each word a fixed random vector seeded by
+    its hash, summed and normalised (384 wide). Like a sentence encoder, "upper-left … red" shares words with
+    "upper-left … blue", so a student can generalise across instructions; it knows no language beyond that."""
+
+    dim = 384
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @staticmethod
+    def _word(word: str):
+        import hashlib
+
+        import torch
+
+        seed = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
+        return torch.randn(HashingTextEncoder.dim, generator=torch.Generator().manual_seed(seed))
+
+    def encode(self, instructions):
+        import torch
+
+        out = []
+        for text in instructions:
+            words = text.lower().split() or [""]
+            vec = torch.stack([self._word(w) for w in words]).sum(0)
+            out.append(vec / vec.norm())
+            self.calls += 1
+        return torch.stack(out) if out else torch.zeros(0, self.dim)

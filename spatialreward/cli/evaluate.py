@@ -28,6 +28,9 @@ def evaluate(
 ) -> None:
     """Within-group pairwise accuracy, Spearman/Kendall, group-advantage correlation, sub-score MAE, mask IoU,
     presence accuracy of a student vs the teacher."""
+    from spatialreward.cli.distill import _passive_openmp
+
+    _passive_openmp()
     import json
 
     from rich import print as rprint

@@ -1,0 +1,131 @@
+"""`RewardModel`: from_pretrained round trip, input kinds, shared work per group, bad inputs, the real MiniLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spatialreward import RewardModel, RewardOutput
+from spatialreward.formula import RewardWeights, reward_from_subscores
+from spatialreward.images import ImageLoadError
+from spatialreward.student.data import preprocess_image
+from spatialreward.student.model import Student
+from spatialreward.student.presets import preset_config
+from spatialreward.student.testing import HashingTextEncoder
+
+torch.set_num_threads(2)
+
+# Toy student (48 px, width 32, one block): the runtime's plumbing is what is tested, not the network.
+TOY = dict(img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32, mask_subdivision=2)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("student")
+    Student(preset_config("nano", **TOY)).save_pretrained(path)
+    return path
+
+
+def images(n: int, size: int = 60, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_from_pretrained_round_trip_matches_the_network(model_dir):
+    enc = HashingTextEncoder()
+    rm = RewardModel.from_pretrained(model_dir, text_encoder=enc)
+    src, edt = images(1, seed=1) * 3, images(3, seed=2)
+    instructions = ["make it red", "make it red", "make it blue"]
+    out = rm.score(src, edt, instructions)
+    assert isinstance(out, RewardOutput) and len(out) == 3
+    assert out.subscores.shape == (3, 4) and out.edit_mask.shape == (3, 48, 48) and out.edit_mask.dtype == torch.bool
+    assert out.ok.all() and out.errors == [None, None, None]
+    assert torch.all((out.reward >= 0) & (out.reward <= 1)) and torch.all(out.uncertainty > 0)
+    for b in out.boxes:
+        assert b.shape[1] == 4 and np.all((b >= 0) & (b <= 1000))
+
+    student = Student.from_pretrained(model_dir)
+    s = torch.stack([preprocess_image(im, 48) for im in src]).float() / 255
+    e = torch.stack([preprocess_image(im, 48) for im in edt]).float() / 255
+    with torch.no_grad():
+        ref = student(s, e, HashingTextEncoder().encode(instructions))
+    assert torch.allclose(out.reward, ref.reward, atol=1e-5)
+    assert torch.allclose(out.subscores, ref.subscores, atol=1e-4)
+
+
+def test_inputs_as_pil_numpy_tensor_and_path_agree(model_dir, tmp_path):
+    rm = RewardModel.from_pretrained(model_dir, text_encoder=HashingTextEncoder())
+    src, edt = images(1, seed=3)[0], images(1, seed=4)[0]
+    path = tmp_path / "edit.png"
+    edt.save(path)
+    arr = np.asarray(edt)
+    ten = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    out = rm.score([src] * 4, [edt, arr, ten, str(path)], ["add a hat"] * 4)
+    assert torch.allclose(out.reward, out.reward[0].expand(4), atol=1e-5)
+
+
+def test_group_source_is_encoded_once_and_set_group_matches_score(model_dir, monkeypatch):
+    rm = RewardModel.from_pretrained(model_dir, text_encoder=HashingTextEncoder())
+    src = images(1, seed=5)[0]
+    edt = images(4, seed=6)
+    seen = []
+    original = rm.student.encode_images
+    monkeypatch.setattr(rm.student, "encode_images", lambda x: (seen.append(x.shape[0]), original(x))[1])
+    out = rm.score([src] * 4, edt, ["remove the cat"] * 4)
+    assert seen == [1 + 4]  # one source + four edits in one backbone pass
+    with pytest.raises(RuntimeError, match="set_group"):
+        RewardModel.from_pretrained(model_dir, text_encoder=HashingTextEncoder()).score_group(edt)
+    rm.set_group(src, "remove the cat")
+    grouped = rm.score_group(edt)
+    assert torch.allclose(grouped.reward, out.reward, atol=1e-5)
+
+
+def test_bad_items_raise_by_name_or_are_flagged(model_dir, tmp_path):
+    rm = RewardModel.from_pretrained(model_dir, text_encoder=HashingTextEncoder())
+    src, edt = images(1, seed=7)[0], images(3, seed=8)
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    with pytest.raises(ImageLoadError, match=r"editeds\[1\]"):
+        rm.score([src] * 3, [edt[0], str(bad), edt[2]], ["x"] * 3)
+    out = rm.score([src] * 3, [edt[0], str(bad), edt[2]], ["x"] * 3, on_error="flag")
+    assert out.ok.tolist() == [True, False, True]
+    assert torch.isnan(out.reward[1]) and torch.isfinite(out.reward[[0, 2]]).all()
+    assert "editeds[1]" in out.errors[1] and out.boxes[1].shape == (0, 4)
+    with pytest.raises(ValueError, match="one of each per edit"):
+        rm.score([src], edt, ["x"] * 3)
+    with pytest.raises(NotImplementedError, match="export"):
+        RewardModel.from_pretrained(model_dir, backend="onnxruntime")
+
+
+def test_mask_size_options_and_reward_weights(model_dir):
+    rm = RewardModel.from_pretrained(model_dir, text_encoder=HashingTextEncoder())
+    src, edt = images(1, size=80, seed=9)[0], images(2, size=80, seed=10)
+    assert rm.score([src] * 2, edt, ["x"] * 2, mask_size="edited").edit_mask.shape == (2, 80, 80)
+    assert rm.score([src] * 2, edt, ["x"] * 2, mask_size=(10, 20)).edit_mask.shape == (2, 10, 20)
+    before = rm.score([src] * 2, edt, ["x"] * 2)
+    w = RewardWeights(w_if=1.0, w_cons=0.0)
+    rm.set_reward_weights(w)
+    after = rm.score([src] * 2, edt, ["x"] * 2)
+    assert np.allclose(after.reward.numpy(), reward_from_subscores(before.subscores.double().numpy(), w), atol=1e-4)
+    empty = rm.score([], [], [])
+    assert len(empty) == 0 and empty.edit_mask.shape == (0, 48, 48)
+
+
+def test_real_minilm_encoder_is_offline_normalised_and_cached():
+    from spatialreward.student.text import InstructionEncoder
+
+    enc = InstructionEncoder()
+    emb = enc.encode(["make the sky red", "make the sky red", "remove the cat"])
+    assert emb.shape == (3, 384) and enc.calls == 2  # the repeated instruction is encoded once
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.equal(emb[0], emb[1]) and not torch.allclose(emb[0], emb[2])
+    sim = torch.nn.functional.cosine_similarity
+    close = enc.encode(["make the sky crimson"])[0]
+    assert sim(emb[0], close, dim=0) > sim(emb[2], close, dim=0)  # a sentence encoder, not a hash
+    enc.encode(["remove the cat"])
+    assert enc.calls == 3  # only "crimson" was new
+    with pytest.raises(TypeError, match="instruction 0"):
+        enc.encode([None])
