@@ -313,7 +313,10 @@ class Distiller:
             torch.autocast(dev.type, dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
         )
         with autocast:
-            out = self.ddp_model(tensors["source"], tensors["edited"], tensors["text"], region_boxes, region_mask)
+            out = self.ddp_model(
+                tensors["source"], tensors["edited"], tensors["text"], region_boxes, region_mask,
+                tensors["source_index"],
+            )
         out = type(out)(*(t.float() for t in out))
         loss, parts = distill_loss(
             out, tensors, cfg.loss_weights, subscore_kind=cfg.subscore_loss, ranking_kind=cfg.ranking_loss,
@@ -495,6 +498,10 @@ class Distiller:
                 self._print(f"final {cfg.eval_split} ({self.step} steps, {self.elapsed / 60:.1f} min): {_eval_note(m)}")
             if self.writer is not None:
                 self.writer.close()
+            from spatialreward.student.evaluate import plot_training_curves
+
+            plot_training_curves(self.out / METRICS_LOG, self.out / "curves.png",
+                                 title=f"{cfg.preset} on {Path(cfg.data).name}")
         if self.distributed:
             torch.distributed.barrier()
         return self.out

@@ -49,7 +49,8 @@ def predict(model, data: EditData, *, device: torch.device | str = "cpu", groups
     sampler = GroupBatchSampler(data.group, groups_per_batch, shuffle=False, drop_last=False)
     for indices in sampler.epoch_batches(0):
         batch = data.collate(indices)
-        out = model(batch["source"].to(device), batch["edited"].to(device), batch["text"].to(device))
+        out = model(batch["source"].to(device), batch["edited"].to(device), batch["text"].to(device),
+                    source_index=batch["source_index"].to(device))
         ix = np.asarray(indices)
         reward[ix] = out.reward.float().cpu().numpy()
         subscores[ix] = out.subscores.float().cpu().numpy()
@@ -206,3 +207,50 @@ def evaluate_model_dir(
 
 def load_metrics(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
+
+
+def plot_training_curves(metrics_log: str | Path, out_png: str | Path, *, title: str = "") -> Path:
+    """Training loss parts and periodic held-out metrics from ``metrics.jsonl`` against training minutes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(metrics_log).read_text().splitlines() if line.strip()]
+    train = [r for r in records if "loss/total" in r]
+    evals = [r for r in records if "eval/pairwise_accuracy" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax = axes[0]
+    for key in sorted({k for r in train for k in r if k.startswith("loss/")}):
+        xs = [r["elapsed_s"] / 60 for r in train if key in r]
+        ys = [r[key] for r in train if key in r]
+        if len(ys) > 20:  # light smoothing: per-step losses of 8 groups are noisy
+            k = max(1, len(ys) // 50)
+            ys = np.convolve(ys, np.ones(k) / k, mode="same").tolist()
+        ax.plot(xs, ys, label=key[5:], lw=1.2 if key == "loss/total" else 0.8)
+    ax.set_xlabel("training minutes")
+    ax.set_ylabel("loss")
+    ax.set_title("training losses")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    names = {"eval/pairwise_accuracy": "pairwise acc", "eval/spearman": "Spearman",
+             "eval/group_advantage_corr": "group-adv corr", "eval/mask_iou": "mask IoU",
+             "eval/presence_accuracy": "presence acc"}
+    for key, label in names.items():
+        pts = [(r["elapsed_s"] / 60, r[key]) for r in evals if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+    ax.axhline(0.9, color="k", ls=":", lw=0.8)
+    ax.axhline(0.6, color="grey", ls=":", lw=0.8)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("training minutes")
+    ax.set_title("held-out metrics (targets: 0.90; mask IoU 0.60)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

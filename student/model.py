@@ -314,15 +314,19 @@ class Student(nn.Module):
         text_embedding: torch.Tensor,
         region_boxes: torch.Tensor | None = None,
         region_mask: torch.Tensor | None = None,
+        source_index: torch.Tensor | None = None,
     ) -> StudentOutput:
         """Score ``B`` edits. Images ``[B, 3, S, S]`` float in 0–1; ``text_embedding [B, text_dim]``.
 
         ``region_boxes [B, 4]`` (0–1000) and ``region_mask [B, gh, gw]`` (token-cell coverage in [0, 1]) replace the
-        predicted region for RoIAlign and the cross-attention (teacher forcing during distillation).
+        predicted region for RoIAlign and the cross-attention (teacher forcing during distillation). With
+        ``source_index [B]``, ``source`` holds each distinct source once (``[U, 3, S, S]``, a GRPO group's shared
+        photo) and edit ``i`` is compared with ``source[source_index[i]]``: same result, fewer backbone passes.
         """
-        b = source.shape[0]
-        tokens = self.encode_images(torch.cat([source, edited], dim=0))  # one batched pass: [2B, P+N, C]
-        return self.forward_tokens(tokens[:b], tokens[b:], text_embedding, region_boxes, region_mask)
+        u = source.shape[0]
+        tokens = self.encode_images(torch.cat([source, edited], dim=0))  # one batched pass: [U+B, P+N, C]
+        src_tokens = tokens[:u] if source_index is None else tokens[:u][source_index]
+        return self.forward_tokens(src_tokens, tokens[u:], text_embedding, region_boxes, region_mask)
 
     def forward_tokens(
         self,
@@ -498,7 +502,8 @@ def adapt_and_load_backbone(vit: VisionTransformer, state: dict[str, torch.Tenso
         if value.shape != target.shape:
             raise ValueError(
                 f"{source}: {key} has shape {tuple(value.shape)} but this student needs {tuple(target.shape)} "
-                f"(a backbone of width {target.shape[-1] if target.dim() else '?'}; pick the matching preset)"
+                f"(its backbone is {vit.embed_dim} wide with MLP {vit.blocks[0].mlp.fc1.out_features}; pick the "
+                "preset or overrides that match the checkpoint)"
             )
         new_state[key] = value.to(target.dtype)
         report["loaded"].append(key)

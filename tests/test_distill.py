@@ -67,9 +67,10 @@ def test_load_split_skips_and_counts_bad_records(fake_data, tmp_path):
     assert len(data) == 9 * 5 - 1 and data.report.groups == 9
     assert data.images.dtype == torch.uint8 and data.images.shape[1:] == (3, 48, 48)
     assert len(data.images) == 9 + len(data)  # each group's source is stored once
-    batch = data.collate([0, 1, 2])
-    assert batch["source"].shape == (3, 3, 48, 48) and 0 <= batch["source"].min() and batch["source"].max() <= 1
-    assert batch["mask"].shape == (3, 12, 12) and batch["group_index"].tolist() == [0, 0, 0]
+    batch = data.collate([0, 1, 2, 5])  # three edits of group 0, one of group 1
+    assert batch["source"].shape == (2, 3, 48, 48) and batch["source_index"].tolist() == [0, 0, 0, 1]
+    assert batch["edited"].shape == (4, 3, 48, 48) and 0 <= batch["edited"].min() and batch["edited"].max() <= 1
+    assert batch["mask"].shape == (4, 12, 12) and batch["group_index"].tolist() == [0, 0, 0, 1]
 
     # An unreadable edited image drops that edit (with its reason); an unreadable source drops its group.
     import shutil
@@ -183,3 +184,27 @@ def test_cli_distill_then_eval(fake_data, tmp_path, monkeypatch):
         assert (out / "eval-heldout" / name).is_file()
     res = runner.invoke(app, ["eval", "--model", str(tmp_path / "nope"), "--data", str(fake_data)])
     assert res.exit_code != 0 and "no config.json" in str(res.exception)
+
+
+def test_decoded_images_are_cached_and_invalidated_by_file_changes(fake_data, tmp_path, monkeypatch):
+    import shutil
+
+    import spatialreward.student.data as data_mod
+
+    root = tmp_path / "copy"
+    shutil.copytree(fake_data, root)
+    kwargs = dict(split="heldout", teacher="oracle", img_size=48, mask_size=(12, 12),
+                  text_encoder=HashingTextEncoder(), progress=False)
+    first = load_split(root, **kwargs)
+    assert list((root / ".cache" / "student").glob("images-48-*.safetensors"))
+    calls = []
+    original = data_mod._load_one
+    monkeypatch.setattr(data_mod, "_load_one", lambda job: (calls.append(job[0]), original(job))[1])
+    second = load_split(root, **kwargs)
+    assert calls == [] and torch.equal(first.images, second.images)  # served from the cache
+    from PIL import Image
+
+    Image.new("RGB", (48, 48), (255, 0, 0)).save(root / "images" / "g0011" / "0.png")  # an edited file changes
+    third = load_split(root, **kwargs)
+    assert len(calls) == len(set(calls)) > 0  # decoded again
+    assert not torch.equal(first.images, third.images)

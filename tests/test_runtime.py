@@ -61,7 +61,7 @@ def test_inputs_as_pil_numpy_tensor_and_path_agree(model_dir, tmp_path):
     src, edt = images(1, seed=3)[0], images(1, seed=4)[0]
     path = tmp_path / "edit.png"
     edt.save(path)
-    arr = np.asarray(edt)
+    arr = np.array(edt)  # a writable copy
     ten = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
     out = rm.score([src] * 4, [edt, arr, ten, str(path)], ["add a hat"] * 4)
     assert torch.allclose(out.reward, out.reward[0].expand(4), atol=1e-5)

@@ -112,6 +112,11 @@ def test_tokens_path_equals_forward_and_regions_change_the_answer():
     assert torch.equal(forced.edit_mask_logits, full.edit_mask_logits)  # the mask never depends on the region
     empty = model(s, e, t, region_boxes=forced_boxes, region_mask=torch.zeros(3, gh, gw))
     assert all(torch.isfinite(x).all() for x in empty)
+    # A shared source given once with an index gives the same answer as the source repeated per edit.
+    shared = model(s[:1], e, t, source_index=torch.zeros(3, dtype=torch.long))
+    repeated = model(s[:1].expand(3, -1, -1, -1), e, t)
+    for a, b in zip(shared, repeated):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_save_and_load_round_trip(tmp_path):
