@@ -54,7 +54,7 @@ def reasoning(meta: dict[str, Any], n_boxes: int) -> str:
     params = meta.get("params") or {}
     op = meta.get("operation", "")
     lead = f"{_refs(n_boxes)} " if n_boxes else ""
-    if op == "global":
+    if op == "tone":
         done = f"the whole image is now {asked}"
     elif op == "remove":
         done = f"{target} is removed"

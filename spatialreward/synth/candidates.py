@@ -17,7 +17,7 @@ global              correct, plus a whole-image change: a colour cast of the req
                     a texture overlay (texture) or a random tone (others). Its region is the whole image.
 ==================  ===================================================================================
 
-Global edits (tone/style over the whole image) cannot go to a wrong region nor spill globally, so two kinds are
+Tone edits (a tone/style change of the whole image) cannot go to a wrong region nor spill globally, so two kinds are
 substituted: ``wrong_region`` → ``region_only`` (the tone applied inside a random area only) and ``global`` →
 ``overdone`` (the tone pushed 1.6–2.3× past the ideal, clipping shadows and highlights).
 """

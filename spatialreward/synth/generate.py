@@ -219,12 +219,12 @@ def _make_group(rng: np.random.Generator, photo: np.ndarray, *, size: int, candi
         d = drafts[int(i)]
         edited = _quantise(jitter(rng, d.edited)).astype(np.float32) / 255.0
         change = np.abs(d.content - source).mean(axis=2)  # [H, W], shared by the mask and the measures
-        diff_all = truth.diff_mask(source, d.content, change=change)
+        diff_all, diff_top = truth.diff_masks(source, d.content, keeps=(None, truth.MAX_BOXES), change=change)
         if d.global_change:
             changed = np.ones_like(intended)
             boxes = [list(truth.WHOLE_IMAGE_BOX)]
         else:
-            changed = truth.largest_components(diff_all, keep=truth.MAX_BOXES, min_pixels=0)
+            changed = diff_top
             boxes = truth.boxes_of(changed)
         measures = truth.measure(ref, d.content, edited, diff_all, own_ideal=d.own_ideal, change=change)
         out.append(Candidate(kind=d.kind, image=_quantise(edited), changed=changed, boxes=boxes,

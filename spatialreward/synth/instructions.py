@@ -83,7 +83,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Make the background out of focus, keeping the {thing} sharp.",
         "Add a soft background blur around the {thing}.",
     ),
-    "global": (
+    "tone": (
         "Make the photo {adj}.",
         "Make the whole image {adj}.",
         "Give the picture {noun}.",
@@ -104,7 +104,7 @@ def all_templates() -> list[str]:
 def render_instruction(rng: np.random.Generator, family: str, words: dict[str, str]) -> str:
     """A random template of ``family`` filled with ``words``; the first letter is capitalised."""
     templates = TEMPLATES[family]
-    if family == "global":
+    if family == "tone":
         # "Make the photo look vintage" reads well, "Make the photo look like it was shot at night" too, but
         # "…looks look vintage overall" does not: drop templates whose grammar the phrase would break.
         if words["adj"].startswith(("look", "glow")):

@@ -1,4 +1,4 @@
-"""The six edit operations: recolour, add, remove, texture, background, global tone/style.
+"""The six edit operations: recolour, add, remove, texture, background, and tone (a global tone/style change).
 
 Each operation does two things:
 
@@ -412,7 +412,7 @@ class Background:
 class GlobalTone:
     """A whole-image tone or style change (warmer, black and white, vintage, …); the region is the whole image."""
 
-    name = "global"
+    name = "tone"
     is_global = True
 
     def plan(self, rng: np.random.Generator, base: np.ndarray) -> EditPlan:
@@ -421,7 +421,7 @@ class GlobalTone:
         decoy = reg.area_region(rng, base, reg.pick_cell(rng))  # where a "region only" edit goes
         words = {"adj": TONES[key][1], "noun": TONES[key][2], "target": "the whole image"}
         alts = tuple(k for k in TONES if k != key)
-        return EditPlan(self.name, "global", base, key, alts, whole_region(size), decoy, words, is_global=True)
+        return EditPlan(self.name, "tone", base, key, alts, whole_region(size), decoy, words, is_global=True)
 
     def render(self, plan: EditPlan, image: np.ndarray, attribute: str, region: reg.Region, feather: float):
         if region.shape == "whole":
@@ -436,6 +436,6 @@ class GlobalTone:
 
 
 OPERATIONS = {op.name: op for op in (Recolour(), AddObject(), RemoveObject(), Retexture(), Background(), GlobalTone())}
-# How often each operation is drawn (global edits are a sixth of groups, local ones share the rest).
+# How often each operation is drawn (global tone edits are a fifth of groups, local ones share the rest).
 OPERATION_WEIGHTS = {"recolour": 0.2, "add": 0.17, "remove": 0.15, "texture": 0.15, "background": 0.13,
-                     "global": 0.2}
+                     "tone": 0.2}

@@ -75,24 +75,31 @@ def diff_mask(source: np.ndarray, content: np.ndarray, *, keep: int | None = Non
               change: np.ndarray | None = None) -> np.ndarray:
     """Where the deliberate content changed: thresholded smoothed difference, components under `min_area`
     dropped; with ``keep``, only the ``keep`` largest components. ``change`` may pass ``mean_c |C − S|`` in."""
+    return diff_masks(source, content, keeps=(keep,), change=change)[0]
+
+
+def diff_masks(source: np.ndarray, content: np.ndarray, *, keeps: tuple[int | None, ...],
+               change: np.ndarray | None = None) -> list[np.ndarray]:
+    """`diff_mask` for several ``keep`` values at the cost of one labelling."""
     d = ndimage.gaussian_filter(_absdiff(content, source) if change is None else change, 0.7)
-    mask = d > CHANGE_THRESHOLD
-    return largest_components(mask, keep=keep, min_pixels=min_area(source.shape[0]))
+    return largest_components(d > CHANGE_THRESHOLD, keeps=keeps, min_pixels=min_area(source.shape[0]))
 
 
-def largest_components(mask: np.ndarray, *, keep: int | None, min_pixels: int) -> np.ndarray:
-    """``mask`` without components under ``min_pixels``, and with only the ``keep`` largest (all when None)."""
+def largest_components(mask: np.ndarray, *, keeps: tuple[int | None, ...], min_pixels: int) -> list[np.ndarray]:
+    """For each ``keep``: ``mask`` without components under ``min_pixels``, with only the ``keep`` largest (all
+    when None). Components are 8-connected, as in `spatialreward.boxes.mask_to_boxes`."""
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     if n == 0:
-        return mask
+        return [mask.copy() for _ in keeps]
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     order = np.argsort(-areas, kind="stable")
     good = [i + 1 for i in order if areas[i] >= min_pixels]
-    if keep is not None:
-        good = good[:keep]
-    lut = np.zeros(n + 1, dtype=bool)
-    lut[good] = True
-    return lut[labels]
+    out = []
+    for keep in keeps:
+        lut = np.zeros(n + 1, dtype=bool)
+        lut[good if keep is None else good[:keep]] = True
+        out.append(lut[labels])
+    return out
 
 
 def boxes_of(mask: np.ndarray) -> list[list[float]]:
@@ -125,6 +132,8 @@ class Reference:
     clip_source: np.ndarray
     clip_ideal: np.ndarray
     outside: np.ndarray  # outside the dilated intended region
+    box: tuple[slice, slice]  # bounding box of the intended region
+    ideal_delta: np.ndarray  # T − S on the intended pixels, [N, 3]
     target_hue: float | None = None
 
 
@@ -191,7 +200,9 @@ def reference(source: np.ndarray, ideal: np.ndarray, intended: np.ndarray, *, is
               target_hue: float | None = None) -> Reference:
     size = source.shape[0]
     margin = max(1, int(round(2 * size / 224)))
+    ym, xm = _crop_box(intended, 0)
     return Reference(
+        box=(ym, xm), ideal_delta=(ideal[ym, xm] - source[ym, xm])[intended[ym, xm]],
         source=source, ideal=ideal, intended=intended, is_global=is_global,
         seam_ideal=outline_seam(source, ideal, diff_mask(source, ideal, keep=None)),
         hf_source=_hf(source), hf_ideal=_hf(ideal),
@@ -262,7 +273,7 @@ def measure(ref: Reference, content: np.ndarray, edited: np.ndarray, diff: np.nd
     ideal (another attribute, another region): naturalness judges how well it did *that* (a gravel fill is not a
     smear because sand was asked); instruction following judges whether it was the right thing.
     """
-    s, t, m = ref.source, ref.ideal, ref.intended
+    s, m = ref.source, ref.intended
     change = _absdiff(content, s) if change is None else change  # [H, W] mean_c |C − S|
     if own_ideal is not None:
         hf_own, clip_own = _hf(own_ideal), _clipped(own_ideal)
@@ -273,11 +284,11 @@ def measure(ref: Reference, content: np.ndarray, edited: np.ndarray, diff: np.nd
     n_pixels = float(size * size)
     coverage = float((diff & m).sum()) / max(int(m.sum()), 1)
 
-    ym, xm = _crop_box(m, 0)  # the intended region's bounding box: all of the image only for global edits
+    ym, xm = ref.box  # the intended region's bounding box: all of the image only for global edits
     mc = m[ym, xm]
     # Instruction following judges the deliberate content C (artifacts are judged apart, from E − C).
     dc = (content[ym, xm] - s[ym, xm])[mc]  # [N, 3]
-    tt = (t[ym, xm] - s[ym, xm])[mc]
+    tt = ref.ideal_delta  # [N, 3]
     tt2, dtt = float((tt * tt).sum()), float((dc * tt).sum())
     progress = dtt / tt2 if tt2 > 1e-9 else 0.0
     # Direction and match only where the candidate changed something: half a region done right is aligned, not
