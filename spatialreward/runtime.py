@@ -145,10 +145,10 @@ class RewardModel:
         dev = self.device
         b = editeds.shape[0]
         index = torch.arange(b) if source_index is None else source_index
-        tokens = self.student.encode_images(torch.cat([sources, editeds]).to(dev))  # one backbone pass
+        enc = self.student.encode_images(torch.cat([sources, editeds]).to(dev))  # one backbone pass
         u = sources.shape[0]
-        src_tokens = tokens[:u][index.to(dev)]
-        return self.student.forward_tokens(src_tokens, tokens[u:], text_embeddings.to(dev))
+        src = enc.select(slice(0, u)).select(index.to(dev))
+        return self.student.forward_tokens(src, enc.select(slice(u, None)), text_embeddings.to(dev))
 
     def score(
         self,
@@ -198,8 +198,8 @@ class RewardModel:
         if errors[0]:
             raise ImageLoadError("source", errors[0])
         with torch.no_grad():
-            tokens = self.student.encode_images(src.to(self.device))  # [1, P+N, C]
-        self._group = {"tokens": tokens, "text": self.text_encoder.encode([instruction])}
+            encoding = self.student.encode_images(src.to(self.device))  # one row: tokens + pixel statistics
+        self._group = {"encoding": encoding, "text": self.text_encoder.encode([instruction])}
 
     @torch.no_grad()
     def score_group(
@@ -215,10 +215,9 @@ class RewardModel:
         edt, errors = self.preprocess(editeds, [f"editeds[{i}]" for i in range(len(editeds))])
         self._check_errors(errors, on_error)
         b = len(editeds)
-        edt_tokens = self.student.encode_images(edt.to(self.device))
-        out = self.student.forward_tokens(
-            self._group["tokens"].expand(b, -1, -1), edt_tokens, self._group["text"].expand(b, -1).to(self.device)
-        )
+        edited = self.student.encode_images(edt.to(self.device))
+        source = self._group["encoding"].select(torch.zeros(b, dtype=torch.long, device=self.device))
+        out = self.student.forward_tokens(source, edited, self._group["text"].expand(b, -1).to(self.device))
         return self._to_output(out, errors, self._mask_size(mask_size, editeds))
 
     # -- helpers ---------------------------------------------------------------------------------------------------

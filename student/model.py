@@ -73,6 +73,52 @@ class StreamEncoder(nn.Module):
         return self.vit.forward_features(x)  # [B, P+N, C], P prefix (class) tokens first
 
 
+class PixelStats(nn.Module):
+    """Per-image pixel statistics on the mask grid (cells of ``patch/u`` pixels): mean colour and the RMS of a
+    high-pass residual. Compared across the streams they place a change finer than a token and expose
+    degradations that a 16-px patch embedding averages away (noise raises the high-pass energy, blur lowers it,
+    block artifacts add edges). Fixed filters, no weights: a few multiply-adds per pixel.
+    """
+
+    channels = 4  # R, G, B means + high-pass RMS
+
+    def __init__(self, cell: int):
+        super().__init__()
+        self.cell = cell
+        g = torch.exp(-0.5 * torch.arange(-2.0, 3.0).pow(2))  # Gaussian, sigma 1 px
+        kernel = (g[:, None] * g[None, :]) / g.sum() ** 2
+        self.register_buffer("blur", kernel.expand(3, 1, 5, 5).clone(), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] in 0–1
+        smooth = F.conv2d(F.pad(images, (2, 2, 2, 2), mode="replicate"), self.blur, groups=3)
+        energy = (images - smooth).pow(2).mean(1, keepdim=True)  # [B, 1, S, S]
+        stats = F.avg_pool2d(torch.cat([images, energy], dim=1), self.cell)  # [B, 4, S/cell, S/cell]
+        return torch.cat([stats[:, :3], stats[:, 3:].sqrt()], dim=1)
+
+
+def compare_pixels(src: torch.Tensor, edt: torch.Tensor) -> torch.Tensor:
+    """Cross-stream comparison of `PixelStats` maps ``[B, 4, h, w]`` → ``[B, 7, h, w]``: colour change (3), its
+    magnitude, the log ratio of high-pass energy (blur < 0 < noise) and both energies."""
+    colour = edt[:, :3] - src[:, :3]
+    log_ratio = torch.log(edt[:, 3:] + 1e-3) - torch.log(src[:, 3:] + 1e-3)
+    return torch.cat([colour, colour.abs().mean(1, keepdim=True), 0.5 * log_ratio, edt[:, 3:], src[:, 3:]], dim=1)
+
+
+PIXEL_COMPARE_CHANNELS = 7
+
+
+class ImageEncoding(NamedTuple):
+    """What one image contributes before the streams meet: backbone ``tokens [B, P+N, C]`` and `PixelStats`
+    ``pixels [B, 4, gh·u, gw·u]`` (0 channels when the config turns them off). Cache it for a shared source."""
+
+    tokens: torch.Tensor
+    pixels: torch.Tensor
+
+    def select(self, index) -> ImageEncoding:
+        """Rows ``index`` (a slice or an index tensor) of both parts."""
+        return ImageEncoding(self.tokens[index], self.pixels[index])
+
+
 class ChangeFeatures(nn.Module):
     """Per-token comparison of the streams, ``[e, s, e − s, |e − s|] → C``, then a little spatial context.
 
@@ -80,31 +126,39 @@ class ChangeFeatures(nn.Module):
     transformer blocks let a token see its neighbours (an edit is a coherent blob, not salt-and-pepper).
     """
 
-    def __init__(self, dim: int, depth: int, num_heads: int):
+    def __init__(self, dim: int, depth: int, num_heads: int, extra: int = 0):
         super().__init__()
-        self.fuse = Mlp(4 * dim, hidden_features=2 * dim, out_features=dim)
+        self.fuse = Mlp(4 * dim + extra, hidden_features=2 * dim, out_features=dim)
         self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio=2.0) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, src: torch.Tensor, edt: torch.Tensor) -> torch.Tensor:  # [B, N, C] each
-        diff = edt - src
-        x = self.fuse(torch.cat([edt, src, diff, diff.abs()], dim=-1))  # [B, N, C]
+    def forward(self, src: torch.Tensor, edt: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        diff = edt - src  # [B, N, C]; `extra` [B, N, k] are per-token pixel comparisons (k may be 0)
+        x = self.fuse(torch.cat([edt, src, diff, diff.abs(), extra], dim=-1))  # [B, N, C]
         return self.norm(self.blocks(x))
 
 
 class SegmentationHead(nn.Module):
     """Edit-mask logits on the token grid; each token predicts ``u×u`` sub-cells (pixel-shuffle, as in SETR)."""
 
-    def __init__(self, dim: int, subdivision: int):
+    def __init__(self, dim: int, subdivision: int, pixel_channels: int = 0):
         super().__init__()
         self.u = subdivision
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, subdivision * subdivision))
+        # Pixel comparisons on the same fine grid sharpen the edges (3×3 context, then one logit per cell).
+        self.pixel = (
+            nn.Sequential(nn.Conv2d(pixel_channels, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, 1, 1))
+            if pixel_channels else None
+        )
 
-    def forward(self, change: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def forward(self, change: torch.Tensor, grid: tuple[int, int], pixels: torch.Tensor) -> torch.Tensor:
         b, (gh, gw), u = change.shape[0], grid, self.u
         logits = self.mlp(change)  # [B, N, u·u]
         logits = logits.view(b, gh, gw, u, u).permute(0, 1, 3, 2, 4)  # [B, gh, u, gw, u]
-        return logits.reshape(b, gh * u, gw * u)  # [B, gh·u, gw·u]
+        logits = logits.reshape(b, gh * u, gw * u)  # [B, gh·u, gw·u]
+        if self.pixel is not None:
+            logits = logits + self.pixel(pixels)[:, 0]
+        return logits
 
 
 class RegionCrossAttention(nn.Module):
@@ -206,6 +260,9 @@ class StudentConfig:
     text_dim: int = field(default=384, metadata={"help": "width of the instruction embedding (MiniLM-L6: 384)"})
     change_depth: int = field(default=1, metadata={"help": "transformer blocks over the per-token change features"})
     mask_subdivision: int = field(default=1, metadata={"help": "mask cells per token side (1 = token grid)"})
+    pixel_stats: bool = field(
+        default=True, metadata={"help": "compare per-cell colour and high-pass energy of the two images"}
+    )
     cross_heads: int = field(default=3, metadata={"help": "heads of the region-masked cross-attention"})
     roi_size: int = field(default=2, metadata={"help": "RoIAlign output side (roi_size² cells per region)"})
     head_dim: int = field(default=256, metadata={"help": "hidden width of the score head"})
@@ -283,8 +340,10 @@ class Student(nn.Module):
         c = cfg.embed_dim
         self.encoder = StreamEncoder(cfg)
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, c), nn.LayerNorm(c))
-        self.change = ChangeFeatures(c, cfg.change_depth, cfg.num_heads)
-        self.seg_head = SegmentationHead(c, cfg.mask_subdivision)
+        self.pixel_stats = PixelStats(cfg.patch_size // cfg.mask_subdivision) if cfg.pixel_stats else None
+        k = PIXEL_COMPARE_CHANNELS if cfg.pixel_stats else 0
+        self.change = ChangeFeatures(c, cfg.change_depth, cfg.num_heads, extra=k)
+        self.seg_head = SegmentationHead(c, cfg.mask_subdivision, pixel_channels=k)
         self.presence_head = Mlp(2 * c + 2, hidden_features=c, out_features=1)
         self.attend_inside = RegionCrossAttention(c, cfg.cross_heads)
         self.attend_outside = RegionCrossAttention(c, cfg.cross_heads)
@@ -303,9 +362,13 @@ class Student(nn.Module):
 
     # -- the forward pass --------------------------------------------------------------------------------------
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone tokens of ``[B, 3, S, S]`` images in 0–1 → ``[B, P+N, C]``. Cache a source's tokens here."""
-        return self.encoder(images)
+    def encode_images(self, images: torch.Tensor) -> ImageEncoding:
+        """The per-image part of ``[B, 3, S, S]`` images in 0–1: backbone tokens and pixel statistics. Cache a
+        shared source's encoding here (`RewardModel.set_group`)."""
+        tokens = self.encoder(images)  # [B, P+N, C]
+        if self.pixel_stats is None:
+            return ImageEncoding(tokens, images.new_zeros(images.shape[0], 0, *self.cfg.mask_size))
+        return ImageEncoding(tokens, self.pixel_stats(images))
 
     def forward(
         self,
@@ -324,29 +387,37 @@ class Student(nn.Module):
         photo) and edit ``i`` is compared with ``source[source_index[i]]``: same result, fewer backbone passes.
         """
         u = source.shape[0]
-        tokens = self.encode_images(torch.cat([source, edited], dim=0))  # one batched pass: [U+B, P+N, C]
-        src_tokens = tokens[:u] if source_index is None else tokens[:u][source_index]
-        return self.forward_tokens(src_tokens, tokens[u:], text_embedding, region_boxes, region_mask)
+        enc = self.encode_images(torch.cat([source, edited], dim=0))  # one batched pass: [U+B, P+N, C]
+        src = enc.select(slice(0, u))
+        if source_index is not None:
+            src = src.select(source_index)
+        return self.forward_tokens(src, enc.select(slice(u, None)), text_embedding, region_boxes, region_mask)
 
     def forward_tokens(
         self,
-        source_tokens: torch.Tensor,
-        edited_tokens: torch.Tensor,
+        source: ImageEncoding,
+        edited: ImageEncoding,
         text_embedding: torch.Tensor,
         region_boxes: torch.Tensor | None = None,
         region_mask: torch.Tensor | None = None,
     ) -> StudentOutput:
-        """The part after the backbone, on ``[B, P+N, C]`` tokens (`encode_images` output)."""
+        """The part after the streams are encoded (`encode_images` outputs, one row per edit)."""
         cfg, p = self.cfg, self.encoder.num_prefix_tokens
         gh, gw = cfg.grid
         u = cfg.mask_subdivision
-        s, e = source_tokens[:, p:], edited_tokens[:, p:]  # [B, N, C] patch tokens only
+        s, e = source.tokens[:, p:], edited.tokens[:, p:]  # [B, N, C] patch tokens only
         b, n, c = e.shape
         text = self.text_proj(text_embedding)  # [B, C]
 
-        # Where did it change? Per-token comparison → mask logits and presence.
-        change = self.change(s, e)  # [B, N, C]
-        mask_logits = self.seg_head(change, (gh, gw))  # [B, gh·u, gw·u]
+        # Where did it change? Per-token comparison (plus pixel statistics) → mask logits and presence.
+        if self.pixel_stats is not None:
+            pixels = compare_pixels(source.pixels, edited.pixels)  # [B, 7, gh·u, gw·u]
+            pixel_tokens = F.avg_pool2d(pixels, u).flatten(2).transpose(1, 2)  # [B, N, 7]
+        else:
+            pixels = source.pixels
+            pixel_tokens = e.new_zeros(b, n, 0)
+        change = self.change(s, e, pixel_tokens)  # [B, N, C]
+        mask_logits = self.seg_head(change, (gh, gw), pixels)  # [B, gh·u, gw·u]
         mask_prob = torch.sigmoid(mask_logits.detach())  # the region steers attention; the mask loss trains it
         token_prob = F.avg_pool2d(mask_prob.unsqueeze(1), u).flatten(1)  # [B, N] share of each token predicted
         area = mask_prob.flatten(1).mean(1, keepdim=True)  # [B, 1]

@@ -98,8 +98,8 @@ def test_tokens_path_equals_forward_and_regions_change_the_answer():
     model = toy_student().eval()
     s, e, t = inputs(model.cfg)
     full = model(s, e, t)
-    tokens = model.encode_images(torch.cat([s, e]))
-    split = model.forward_tokens(tokens[:3], tokens[3:], t)
+    enc = model.encode_images(torch.cat([s, e]))
+    split = model.forward_tokens(enc.select(slice(0, 3)), enc.select(slice(3, None)), t)
     for a, b in zip(full, split):
         assert torch.allclose(a, b, atol=1e-6)
     gh, gw = model.cfg.grid
@@ -117,6 +117,22 @@ def test_tokens_path_equals_forward_and_regions_change_the_answer():
     repeated = model(s[:1].expand(3, -1, -1, -1), e, t)
     for a, b in zip(shared, repeated):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_pixel_statistics_can_be_turned_off_and_see_degradations():
+    from spatialreward.student.model import PixelStats, compare_pixels
+
+    plain = toy_student(pixel_stats=False).eval()
+    s, e, t = inputs(plain.cfg)
+    out = plain(s, e, t)
+    assert out.edit_mask_logits.shape == (3, *plain.cfg.mask_size) and torch.isfinite(out.reward).all()
+    assert not any("pixel" in k for k in plain.state_dict())
+    # Noise raises the high-pass energy of a flat image, blur lowers it: the log ratio channel has the sign.
+    stats = PixelStats(cell=8)
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    noisy = flat + 0.1 * torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert compare_pixels(stats(flat), stats(noisy))[:, 4].min() > 0
+    assert compare_pixels(stats(noisy), stats(flat))[:, 4].max() < 0
 
 
 def test_save_and_load_round_trip(tmp_path):
