@@ -167,6 +167,18 @@ def test_resume_rebuilds_only_missing_groups(tmp_path):
     assert _files(out) == before
 
 
+def test_extend_with_more_groups(tmp_path):
+    small, grown, fresh = tmp_path / "small", tmp_path / "grown", tmp_path / "fresh"
+    generate_dataset(small, groups=3, seed=4, size=SMALL, workers=1, progress=False)
+    generate_dataset(grown, groups=3, seed=4, size=SMALL, workers=1, progress=False)
+    report = generate_dataset(grown, groups=6, seed=4, size=SMALL, workers=1, progress=False)
+    generate_dataset(fresh, groups=6, seed=4, size=SMALL, workers=1, progress=False)
+    assert report.resumed_groups == 3
+    assert (grown / "samples.jsonl").read_bytes() == (fresh / "samples.jsonl").read_bytes()
+    first = (small / "samples.jsonl").read_text().splitlines()
+    assert (fresh / "samples.jsonl").read_text().splitlines()[: len(first)] == first
+
+
 def test_refuses_a_folder_with_other_content(tmp_path):
     out = tmp_path / "set"
     generate_dataset(out, groups=2, seed=0, size=SMALL, workers=1, progress=False)

@@ -18,8 +18,8 @@ Examples:
 
 
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Dataset folder to write (new or empty; a partly written set "
-                                      "made with the same settings is resumed).")],
+    out: Annotated[Path, typer.Option("--out", help="Dataset folder to write (new or empty; a set made with the same "
+                                      "settings is resumed, or extended when --groups is larger).")],
     groups: Annotated[int, typer.Option("--groups", help="Number of GRPO groups (source, instruction, edits).")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Seed; the same seed gives byte-identical files.")] = 0,
     candidates: Annotated[int, typer.Option("--candidates", help="Edits per group (8 = one of each kind).")] = 8,

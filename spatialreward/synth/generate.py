@@ -13,7 +13,8 @@ Folder layout (paths in ``samples.jsonl`` are relative to the folder)::
     DIR/masks/<group>/intended.png, <k>_changed.png
     DIR/images/<group>/group.json       the group's samples; written last, so it marks a finished group
 
-An interrupted run resumes: groups with a ``group.json`` made by the same settings are read back, not rebuilt.
+An interrupted run resumes: groups with a ``group.json`` made by the same settings are read back, not rebuilt; the
+same way, running again with more ``groups`` extends a set (``samples.jsonl`` always lists the groups asked for).
 """
 
 from __future__ import annotations
@@ -279,7 +280,11 @@ def _group_samples(group: Group, group_id: str, split: str, photo: str) -> list[
 
 
 def _config_key(config: SynthConfig) -> dict[str, Any]:
-    return {"generator": GENERATOR_VERSION, **asdict(config)}
+    """What a group's bytes depend on. Not ``groups``: group ``i`` is the same in a set of 10 or of 10 000, so a
+    set can be extended by running again with more groups (the first ones are read back)."""
+    key = {"generator": GENERATOR_VERSION, **asdict(config)}
+    del key["groups"]
+    return key
 
 
 def build_and_write_group(out: str, config: SynthConfig, index: int, group_id: str, split: str,
@@ -369,7 +374,7 @@ def generate_dataset(
     out.mkdir(parents=True, exist_ok=True)
     names = available_photos()
     train_photos, heldout_photos = split_photos(names, heldout_fraction)
-    manifest = {"config": _config_key(config),
+    manifest = {"config": _config_key(config), "groups": groups,
                 "photos": {"train": list(train_photos), "heldout": list(heldout_photos)}}
     _atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
 
