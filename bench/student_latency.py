@@ -4,8 +4,9 @@ For every preset and batch size (1 / 8 / 32 by default) it times the student's f
 shared backbone in one batched pass, change features, mask head, RoIAlign, both region-attention paths, heads,
 formula) and, in the same loop, a plain timm `VisionTransformer` with the preset's width, depth, heads, patch and
 input side on *one* image per edit. The ratio student / baseline is the cost of the second stream and the heads
-(≈ 2 is the floor for two streams). Measurements alternate student and baseline per repeat, so both see the same
-machine load; the median of the repeats is reported. The instruction embedding is an input (a GRPO group shares
+(≈ 2 is the floor for two streams). A third column times the GRPO case: one source and ``b`` candidates, the
+source encoded once (``source_index``). Measurements interleave the three per repeat, so all see the same machine
+load; the median of the repeats is reported. The instruction embedding is an input (a GRPO group shares
 one and the runtime caches it), so the text encoder is timed separately, per instruction, on its own row.
 
     python bench/student_latency.py                          # all presets, batches 1 8 32, JSON into bench/results/
@@ -86,17 +87,24 @@ def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[
             with torch.inference_mode(), autocast():
                 student(src, edt, text)
 
+        shared_index = torch.zeros(b, dtype=torch.long, device=device)
+
+        def run_group():  # a GRPO group: one source photo, b candidates (the source goes through once)
+            with torch.inference_mode(), autocast():
+                student(src[:1], edt, text, source_index=shared_index)
+
         def run_baseline():
             with torch.inference_mode(), autocast():
                 baseline(edt)
 
-        ts, tb = [], []
-        time_call(run_student, device, 0, args.warmup)
-        time_call(run_baseline, device, 0, args.warmup)
-        for _ in range(args.repeats):  # alternate, so both see the same load
+        ts, tg, tb = [], [], []
+        for fn in (run_student, run_group, run_baseline):
+            time_call(fn, device, 0, args.warmup)
+        for _ in range(args.repeats):  # interleaved, so all three see the same load
             ts += time_call(run_student, device, 1, 0)
+            tg += time_call(run_group, device, 1, 0)
             tb += time_call(run_baseline, device, 1, 0)
-        s, bl = statistics.median(ts), statistics.median(tb)
+        s, grp, bl = statistics.median(ts), statistics.median(tg), statistics.median(tb)
         rows.append({
             "preset": name, "batch": b, "img_size": cfg.img_size, "width": cfg.embed_dim, "depth": cfg.depth,
             "student_params_m": round(student.num_params() / 1e6, 3),
@@ -105,6 +113,7 @@ def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[
             "student_edits_per_s": round(b / s, 1), "baseline_ms_per_call": round(1e3 * bl, 3),
             "baseline_ms_per_image": round(1e3 * bl / b, 3), "baseline_images_per_s": round(b / bl, 1),
             "ratio_student_over_baseline": round(s / bl, 2),
+            "group_ms_per_edit": round(1e3 * grp / b, 3), "ratio_group_over_baseline": round(grp / bl, 2),
             "student_ms_all": [round(1e3 * t, 3) for t in ts], "baseline_ms_all": [round(1e3 * t, 3) for t in tb],
         })
         print(_row_text(rows[-1]), flush=True)
@@ -137,18 +146,20 @@ def bench_text(batches: list[int], args) -> list[dict]:
 def _row_text(r: dict) -> str:
     return (f"{r['preset']:>22} b={r['batch']:<3} student {r['student_ms_per_edit']:9.2f} ms/edit "
             f"{r['student_edits_per_s']:8.1f} edits/s | ViT 1-stream {r['baseline_ms_per_image']:8.2f} ms/img "
-            f"{r['baseline_images_per_s']:8.1f} img/s | ratio {r['ratio_student_over_baseline']:.2f}")
+            f"{r['baseline_images_per_s']:8.1f} img/s | ratio {r['ratio_student_over_baseline']:.2f} | shared source "
+            f"{r['group_ms_per_edit']:8.2f} ms/edit (ratio {r['ratio_group_over_baseline']:.2f})")
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| preset | px | batch | student ms/edit | edits/s | 1-stream ViT ms/img | img/s | ratio |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| preset | px | batch | student ms/edit | edits/s | 1-stream ViT ms/img | img/s | ratio "
+             "| shared-source ms/edit | ratio |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "student_ms_per_edit" in r:
             lines.append(
                 f"| {r['preset']} | {r['img_size']} | {r['batch']} | {r['student_ms_per_edit']:.2f} | "
                 f"{r['student_edits_per_s']:.1f} | {r['baseline_ms_per_image']:.2f} | "
-                f"{r['baseline_images_per_s']:.1f} | {r['ratio_student_over_baseline']:.2f} |"
+                f"{r['baseline_images_per_s']:.1f} | {r['ratio_student_over_baseline']:.2f} | "
+                f"{r['group_ms_per_edit']:.2f} | {r['ratio_group_over_baseline']:.2f} |"
             )
     return "\n".join(lines)
 

@@ -83,6 +83,9 @@ class DistillConfig:
     subscore_loss: Literal["nll", "huber"] = field(default="nll", metadata={"help": "sub-score regression loss"})
     ranking_loss: Literal["pairwise", "listwise"] = field(default="pairwise", metadata={"help": "within-group ranking"})
     ranking_temperature: float = field(default=0.05, metadata={"help": "ranking temperature in reward units"})
+    ranking_gap_weighted: bool = field(
+        default=False, metadata={"help": "weigh pairs by their teacher gap (off: every pair counts, as in the metric)"}
+    )
     w_subscore: float = field(default=1.0, metadata={"help": "weight of the sub-score loss"})
     w_ranking: float = field(default=1.0, metadata={"help": "weight of the ranking loss"})
     w_advantage: float = field(default=0.5, metadata={"help": "weight of 1 − within-group reward correlation"})
@@ -320,7 +323,7 @@ class Distiller:
         out = type(out)(*(t.float() for t in out))
         loss, parts = distill_loss(
             out, tensors, cfg.loss_weights, subscore_kind=cfg.subscore_loss, ranking_kind=cfg.ranking_loss,
-            ranking_temperature=cfg.ranking_temperature,
+            ranking_temperature=cfg.ranking_temperature, ranking_gap_weighted=cfg.ranking_gap_weighted,
         )
         if not torch.isfinite(loss):
             raise FloatingPointError(

@@ -184,13 +184,15 @@ def distill_loss(
     subscore_kind: Literal["nll", "huber"] = "nll",
     ranking_kind: Literal["pairwise", "listwise"] = "pairwise",
     ranking_temperature: float = 0.05,
+    ranking_gap_weighted: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and its parts for a `StudentOutput` ``out`` and a batch from `spatialreward.student.data`."""
     parts: dict[str, torch.Tensor] = {}
     parts["subscore"] = subscore_loss(out.subscores, out.subscore_logvar, batch["subscores"], subscore_kind)
     if ranking_kind == "pairwise":
         parts["ranking"] = pairwise_ranking_loss(
-            out.reward, batch["reward"], batch["group_index"], temperature=ranking_temperature
+            out.reward, batch["reward"], batch["group_index"], temperature=ranking_temperature,
+            gap_weighted=ranking_gap_weighted,
         )
     elif ranking_kind == "listwise":
         parts["ranking"] = listwise_ranking_loss(

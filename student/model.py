@@ -264,6 +264,9 @@ class StudentConfig:
         default=True, metadata={"help": "compare per-cell colour and high-pass energy of the two images"}
     )
     cross_heads: int = field(default=3, metadata={"help": "heads of the region-masked cross-attention"})
+    fusion_depth: int = field(
+        default=1, metadata={"help": "blocks of joint attention over [instruction; change tokens] (0 = off)"}
+    )
     roi_size: int = field(default=2, metadata={"help": "RoIAlign output side (roi_size² cells per region)"})
     head_dim: int = field(default=256, metadata={"help": "hidden width of the score head"})
     head_dropout: float = field(default=0.0, metadata={"help": "dropout inside the score head"})
@@ -345,6 +348,9 @@ class Student(nn.Module):
         self.change = ChangeFeatures(c, cfg.change_depth, cfg.num_heads, extra=k)
         self.seg_head = SegmentationHead(c, cfg.mask_subdivision, pixel_channels=k)
         self.presence_head = Mlp(2 * c + 2, hidden_features=c, out_features=1)
+        # The instruction reads every change token with its position ("a red ball at the top" vs. where and what
+        # changed): joint self-attention over [instruction; change tokens]; its instruction row joins the evidence.
+        self.fusion = nn.Sequential(*[Block(c, cfg.num_heads, mlp_ratio=2.0) for _ in range(cfg.fusion_depth)])
         self.attend_inside = RegionCrossAttention(c, cfg.cross_heads)
         self.attend_outside = RegionCrossAttention(c, cfg.cross_heads)
         roi_cells = cfg.roi_size * cfg.roi_size
@@ -354,7 +360,9 @@ class Student(nn.Module):
         self.geometry_proj = Mlp(GEOMETRY_DIM, hidden_features=c, out_features=c)
         # evidence: text, change mean/max, roi, text·roi, geometry, text·geometry, inside (text query, region
         # tokens), outside (same), plus presence logit and mask area
-        self.score_head = ScoreHead(11 * c + 2, cfg.head_dim, (cfg.logvar_min, cfg.logvar_max), cfg.head_dropout)
+        self.score_head = ScoreHead(
+            (12 if cfg.fusion_depth else 11) * c + 2, cfg.head_dim, (cfg.logvar_min, cfg.logvar_max), cfg.head_dropout
+        )
         self.reward_weights = RewardWeights(**cfg.reward_weights)
         # The ops come from spatialreward.kernels (Triton on CUDA when available, the PyTorch reference otherwise);
         # record which backend this module was built under, as nanoGPT records its attention path.
@@ -444,15 +452,15 @@ class Student(nn.Module):
         queries = torch.cat([text.unsqueeze(1), e], dim=1)  # [B, 1+N, C]
         inside = self.attend_inside(queries, s, weights)  # [B, 1+N, C]
         outside = self.attend_outside(queries, s, 1.0 - weights)
-        evidence = torch.cat(
-            [
-                text, change.mean(1), change.amax(1), roi, text * roi, geometry, text * geometry,
-                inside[:, 0], weighted_mean(inside[:, 1:], weights),
-                outside[:, 0], weighted_mean(outside[:, 1:], 1.0 - weights),
-                presence_logit.unsqueeze(1), area,
-            ],
-            dim=1,
-        )  # [B, 11C + 2]
+        parts = [
+            text, change.mean(1), change.amax(1), roi, text * roi, geometry, text * geometry,
+            inside[:, 0], weighted_mean(inside[:, 1:], weights),
+            outside[:, 0], weighted_mean(outside[:, 1:], 1.0 - weights),
+            presence_logit.unsqueeze(1), area,
+        ]
+        if self.cfg.fusion_depth:
+            parts.append(self.fusion(torch.cat([text.unsqueeze(1), change], dim=1))[:, 0])  # [B, C]
+        evidence = torch.cat(parts, dim=1)  # [B, 11C + 2] (+ C with fusion)
         subscores, logvar = self.score_head(evidence)
         reward = reward_from_subscores(subscores, self.reward_weights)  # [B]
         return StudentOutput(subscores, reward, mask_logits, presence_logit, logvar, boxes)
