@@ -55,10 +55,13 @@ def nano(**overrides) -> StudentConfig:
 
     112 px with patch 16 gives a 7×7 token grid (49 tokens per stream), so one forward + backward of an 8-edit
     group costs tens of milliseconds; the mask head subdivides each token 4× to place box edges finer than 16 px.
+    Pixel statistics are off: at 112 px they did not help (800 steps on 3000 synthetic groups: held-out pairwise
+    accuracy 0.783 with, 0.798 without) and cost ~13 % of the step time. 224 px with patch 32 and pixel statistics
+    matched 112 px per step (0.809 vs 0.808) at twice the time per step, so 112 px wins a 30-minute budget.
     """
     cfg = StudentConfig(
         img_size=112, patch_size=16, embed_dim=128, depth=4, num_heads=4, mlp_ratio=3.0,
-        head_dim=192, cross_heads=4, mask_subdivision=4,
+        head_dim=192, cross_heads=4, mask_subdivision=4, pixel_stats=False,
     )
     return replace(cfg, **overrides)
 

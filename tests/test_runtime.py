@@ -18,7 +18,8 @@ from spatialreward.student.testing import HashingTextEncoder
 torch.set_num_threads(2)
 
 # Toy student (48 px, width 32, one block): the runtime's plumbing is what is tested, not the network.
-TOY = dict(img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32, mask_subdivision=2)
+TOY = dict(img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32, mask_subdivision=2,
+           pixel_stats=True)  # the cached-source path must carry the pixel statistics too
 
 
 @pytest.fixture(scope="module")
