@@ -116,6 +116,10 @@ class DistillConfig:
                 f"groups_per_batch={self.groups_per_batch}: a batch holds whole GRPO groups, at least 1; the "
                 "ranking losses compare members of one group, so a batch never splits a group"
             )
+        for name, allowed in (("amp", ("auto", "off", "bf16", "fp16")), ("subscore_loss", ("nll", "huber")),
+                              ("ranking_loss", ("pairwise", "listwise"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if not 0.0 <= self.teacher_forcing <= 1.0:
             raise ValueError(f"teacher_forcing={self.teacher_forcing} is a probability; use a value in [0, 1]")
         if not 0.0 <= self.ema_decay < 1.0:
