@@ -38,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype on CUDA")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="on CUDA, capture each call in a CUDA graph and time its replays (how a serving loop "
+                        "removes the per-op launch cost); rows say which")
     p.add_argument("--no-text", action="store_true", help="skip the text-encoder row (it loads MiniLM)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for the JSON")
     return p.parse_args(argv)
@@ -61,6 +64,22 @@ def time_call(fn, device, repeats: int, warmup: int) -> list[float]:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return times
+
+
+def graphed(fn):
+    """`fn` captured once in a CUDA graph (after warm-up on a side stream); returns the replay."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
 
 
 def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[dict]:
@@ -97,6 +116,8 @@ def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[
             with torch.inference_mode(), autocast():
                 baseline(edt)
 
+        if args.cuda_graph and device.type == "cuda":
+            run_student, run_group, run_baseline = (graphed(fn) for fn in (run_student, run_group, run_baseline))
         ts, tg, tb = [], [], []
         for fn in (run_student, run_group, run_baseline):
             time_call(fn, device, 0, args.warmup)
@@ -106,7 +127,7 @@ def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[
             tb += time_call(run_baseline, device, 1, 0)
         s, grp, bl = statistics.median(ts), statistics.median(tg), statistics.median(tb)
         rows.append({
-            "preset": name, "batch": b, "img_size": cfg.img_size, "width": cfg.embed_dim, "depth": cfg.depth,
+            "preset": name, "batch": b, "cuda_graph": bool(args.cuda_graph and device.type == "cuda"), "img_size": cfg.img_size, "width": cfg.embed_dim, "depth": cfg.depth,
             "student_params_m": round(student.num_params() / 1e6, 3),
             "baseline_params_m": round(sum(p.numel() for p in baseline.parameters()) / 1e6, 3),
             "student_ms_per_call": round(1e3 * s, 3), "student_ms_per_edit": round(1e3 * s / b, 3),
@@ -178,8 +199,8 @@ def main(argv=None) -> int:
     if device.type == "cuda" and args.dtype != "fp32":
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
 
-        def autocast():
-            return torch.autocast("cuda", dtype=dtype)
+        def autocast():  # no weight-cast cache under graph capture: the casts must be part of the graph
+            return torch.autocast("cuda", dtype=dtype, cache_enabled=not args.cuda_graph)
     else:
         autocast = contextlib.nullcontext
     presets = args.presets or list_presets()
@@ -206,7 +227,7 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = "cpu" if device.type == "cpu" else device_name.replace(" ", "_")
+    tag = "cpu" if device.type == "cpu" else device_name.replace(" ", "_") + ("-graph" if args.cuda_graph else "")
     path = args.out / f"{dt.date.today().isoformat()}-{tag}-student_latency.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -257,7 +257,9 @@ def _region_attn_bwd_dkdv_kernel(
             lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=float("inf"))
             delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale  # [M, N], before the weights
-            p = tl.math.exp2(s + bias[None, :] - lse[:, None])
+            # rows of an empty region (lse = -inf) have P = 0; unguarded, -inf - (-inf) would put NaN in dK/dV
+            live = lse[:, None] > float("-inf")
+            p = tl.where(live, tl.math.exp2(s + bias[None, :] - tl.where(live, lse[:, None], 0.0)), 0.0)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=INPUT_PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
             ds = p * (dp - delta[:, None])

@@ -230,7 +230,8 @@ def mask_bounding_box(mask: torch.Tensor) -> torch.Tensor:
     y1 = torch.where(rows, ys, torch.full_like(ys, h)).amin(1)
     y2 = torch.where(rows, ys + 1, torch.zeros_like(ys)).amax(1)
     box = torch.stack([x1 / w, y1 / h, x2 / w, y2 / h], dim=1) * 1000.0  # [B, 4]
-    whole = torch.tensor([0.0, 0.0, 1000.0, 1000.0], device=mask.device).expand(b, 4)
+    zero = torch.zeros_like(x1)  # built on the device: a CPU constant would block CUDA-graph capture
+    whole = torch.stack([zero, zero, zero + 1000.0, zero + 1000.0], dim=1)
     return torch.where(cols.any(1, keepdim=True), box, whole)
 
 

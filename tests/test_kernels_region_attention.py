@@ -66,6 +66,14 @@ def _run(backend, *args, **kwargs):
         return region_attention(*args, **kwargs)
 
 
+def _run_backward(backend, grad, *args):
+    """Forward and backward on one backend (the backward dispatches on the backend when it runs)."""
+    with use_backend(backend):
+        out = region_attention(*args)
+        out.backward(grad)
+    return out
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["random", "random_with_empty", "full"])
 @pytest.mark.parametrize("shape", [(2, 1, 20, 37, 16), (3, 3, 5, 17, 24)])  # (B, H, Lq, Lk, D)
@@ -115,7 +123,7 @@ def test_triton_gradients_match_reference(kind):
     grads = {}
     for backend in ("reference", "triton"):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        _run(backend, *leaves, mask).backward(grad)
+        _run_backward(backend, grad, *leaves, mask)
         grads[backend] = [t.grad for t in leaves]
     for name, got, want in zip("qkv", grads["triton"], grads["reference"]):
         torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5, msg=lambda m: f"d{name}: {m}")
@@ -174,7 +182,7 @@ def test_triton_mask_gradient_matches_reference():
     grads = {}
     for backend in ("reference", "triton"):
         leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
-        _run(backend, *leaves).backward(grad)
+        _run_backward(backend, grad, *leaves)
         grads[backend] = [t.grad for t in leaves]
     for name, got, want in zip(("dq", "dk", "dv", "dw"), grads["triton"], grads["reference"]):
         torch.testing.assert_close(got, want, atol=3e-5, rtol=3e-5, msg=lambda m: f"{name}: {m}")
@@ -218,8 +226,7 @@ def test_gpu_student_shapes(dtype, region):
     res = {}
     for backend in ("reference", "triton"):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        out = _run(backend, *leaves, mask)
-        out.backward(grad)
+        out = _run_backward(backend, grad, *leaves, mask)
         res[backend] = [out.float()] + [t.grad.float() for t in leaves]
     tol = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 4e-2}[dtype]
     for name, got, want in zip(("out", "dq", "dk", "dv"), res["triton"], res["reference"]):

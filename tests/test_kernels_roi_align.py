@@ -62,6 +62,14 @@ def _run(backend: str, fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+def _run_backward(backend: str, grad, fn, *args):
+    """Forward and backward on one backend (the backward dispatches on the backend when it runs)."""
+    with use_backend(backend):
+        out = fn(*args)
+        out.backward(grad)
+    return out
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [-1, 0, 2])
@@ -132,7 +140,7 @@ def test_triton_backward_matches_reference(aligned):
     grads = {}
     for backend in ("reference", "triton"):
         xr = x.clone().requires_grad_()
-        _run(backend, roi_align, xr, boxes, (3, 4), 0.5, -1, aligned).backward(grad)
+        _run_backward(backend, grad, roi_align, xr, boxes, (3, 4), 0.5, -1, aligned)
         grads[backend] = xr.grad
     xt = x.clone().requires_grad_()
     torchvision.ops.roi_align(xt, boxes, (3, 4), 0.5, -1, aligned).backward(grad)
@@ -149,7 +157,7 @@ def test_triton_tokens_backward_matches_reference():
     grads = {}
     for backend in ("reference", "triton"):
         t = tokens.clone().requires_grad_()
-        _run(backend, roi_align_tokens, t, boxes, (6, 8), (2, 3), 1.0, -1, True, 1).backward(grad)
+        _run_backward(backend, grad, roi_align_tokens, t, boxes, (6, 8), (2, 3), 1.0, -1, True, 1)
         grads[backend] = t.grad
     assert torch.equal(grads["triton"][:, 0], torch.zeros(2, 7))  # the class token gets no gradient
     torch.testing.assert_close(grads["triton"], grads["reference"], atol=1e-5, rtol=1e-5)
@@ -255,8 +263,7 @@ def test_gpu_tokens_forward_backward(dtype, aligned):
     res = {}
     for backend in ("reference", "triton"):
         t = tokens.clone().requires_grad_()
-        out = _run(backend, roi_align_tokens, t, boxes, (14, 14), 7, 1.0, -1, aligned, 1)
-        out.backward(grad)
+        out = _run_backward(backend, grad, roi_align_tokens, t, boxes, (14, 14), 7, 1.0, -1, aligned, 1)
         res[backend] = (out.float(), t.grad.float())
     tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
     torch.testing.assert_close(res["triton"][0], res["reference"][0], atol=tol, rtol=tol)

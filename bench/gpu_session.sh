@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call, most important first, each step bounded so the later ones still run:
+#   tests:     GPU-marked tests: compiled kernels vs references (fwd + bwd, fp32/fp16/bf16) at the student's
+#              shapes, and the student with Triton ops equals the student with references;
+#   check:     bench/kernels.py --check (more edge cases; compiles every dtype, a few minutes);
+#   roi:       RoIAlign benchmark vs torchvision;    student: student latency per preset (bf16 autocast);
+#   graph:     the same benchmarks timed as CUDA-graph replays (device time, no Python/launch overhead);
+#   attention: masked attention vs dense-mask SDPA and FlexAttention, eager (FlexAttention compiles: slow).
+#
+#   LIMIT_S=520 bash bench/gpu_session.sh                    # logs + JSON into $OUT (or bench/results/gpu-<date>)
+#   STEPS=tests,graph LIMIT_S=300 bash bench/gpu_session.sh  # a subset
+#
+# The box's python3 has torch/triton/timm/transformers but not pydantic: carry its wheels in .whl/ (see README).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 HF_HUB_OFFLINE=1
+PY=${PYTHON:-python3}
+OUT_DIR=${OUT:-bench/results/gpu-$(date +%F)}
+mkdir -p "$OUT_DIR/roi" "$OUT_DIR/attn" "$OUT_DIR/student"
+LIMIT_S=${LIMIT_S:-520}
+START=$SECONDS
+left() { echo $(( LIMIT_S - (SECONDS - START) )); }
+status=0
+step() {  # step NAME MAX_S CMD...: run with min(MAX_S, time left) seconds; record failures, go on
+  local name=$1 max=$2; shift 2
+  local budget; budget=$(left); (( budget > max )) && budget=$max
+  if (( budget < 20 )); then echo "== $name: skipped, ${budget}s left"; status=1; return; fi
+  echo "== $name (≤${budget}s) at +$((SECONDS - START))s"
+  timeout "$budget" "$@" || { echo "== $name FAILED (rc $?)"; status=1; }
+}
+
+nvidia-smi -L
+if [ -d .whl ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+$PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/pip.log" 2>&1 || echo "editable install failed"
+$PY -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
+
+STEPS=",${STEPS:-tests,check,roi,student,graph,attention},"
+want() { [[ $STEPS == *",$1,"* ]]; }
+want tests && step gpu-tests 200 $PY -m pytest -q -rs -p no:cacheprovider -m gpu \
+  tests/test_kernels_roi_align.py tests/test_kernels_region_attention.py tests/test_student_gpu.py
+want check && step kernel-check 240 $PY bench/kernels.py --check
+want roi && step bench-roi 120 $PY bench/kernels.py --ops roi_align --out "$OUT_DIR/roi"
+want student && step student-latency 120 $PY bench/student_latency.py --device cuda --dtype bf16 --no-text \
+  --batches 1 8 32 256 --out "$OUT_DIR/student"
+# device time without Python/launch overhead: what a serving loop that replays CUDA graphs pays
+want graph && step student-latency-graph 120 $PY bench/student_latency.py --device cuda --dtype bf16 --no-text \
+  --cuda-graph --batches 1 8 32 256 --out "$OUT_DIR/student"
+want graph && step bench-roi-graph 120 $PY bench/kernels.py --ops roi_align --graph --out "$OUT_DIR/roi"
+want graph && step bench-attention-graph 150 $PY bench/kernels.py --ops attention --graph --no-flex \
+  --out "$OUT_DIR/attn"
+want attention && step bench-attention 400 $PY bench/kernels.py --ops attention --out "$OUT_DIR/attn"
+echo "== done in $((SECONDS - START))s, status $status"
+exit $status
