@@ -114,10 +114,19 @@ def read_jsonl(
     return [record for _, record in iter_jsonl(path, model, strict=strict, report=report)]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader (or a crash) only ever sees the old file or the whole new one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a dataset or model file reads like any other file
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -132,7 +141,7 @@ def write_jsonl(path: str | Path, records: Iterable[BaseModel]) -> Path:
     """Write pydantic records as JSONL, atomically."""
     path = Path(path)
     data = "".join(r.model_dump_json() + "\n" for r in records).encode("utf-8")
-    _atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
     return path
 
 
@@ -234,7 +243,7 @@ def write_label_shard(path: str | Path, judgements: Sequence[Judgement]) -> Path
         table = pa.Table.from_pylist([j.model_dump(mode="json") for j in judgements])
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        _atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
         return path
     raise DatasetError(f"{path}: unknown shard format {path.suffix!r} (use .jsonl or .parquet)")
 

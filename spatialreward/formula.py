@@ -9,6 +9,7 @@ Worked example: (20, 15, 22, 18) → 0.73534.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,16 +43,12 @@ def reward_from_subscores(subscores: Any, weights: RewardWeights = DEFAULT_WEIGH
     Sub-scores outside 0–25 raise (numpy) — a reward is never computed from out-of-range input silently. For torch
     the check is skipped (it would sync the device and break tracing); inputs are clamped at 0 instead.
     """
-    try:
-        import torch
-
-        if isinstance(subscores, torch.Tensor):
-            s = subscores.clamp_min(0.0)
-            sem = (weights.w_if * s[..., 0] + weights.w_cons * s[..., 1]) / 2.5
-            qual = (weights.w_nat * s[..., 2] + weights.w_art * s[..., 3]) / 2.5
-            return sem.pow(weights.alpha) * qual.pow(1.0 - weights.alpha) / 10.0
-    except ImportError:  # torch is optional for the formula
-        pass
+    torch = sys.modules.get("torch")  # a tensor implies torch is imported; never pay its import for numpy input
+    if torch is not None and isinstance(subscores, torch.Tensor):
+        s = subscores.clamp_min(0.0)
+        sem = (weights.w_if * s[..., 0] + weights.w_cons * s[..., 1]) / 2.5
+        qual = (weights.w_nat * s[..., 2] + weights.w_art * s[..., 3]) / 2.5
+        return sem.pow(weights.alpha) * qual.pow(1.0 - weights.alpha) / 10.0
     s = np.asarray(subscores, dtype=np.float64)
     if s.shape[-1:] != (4,):
         raise ValueError(f"subscores must have last dimension 4, got shape {s.shape}")

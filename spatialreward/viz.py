@@ -6,6 +6,8 @@ every candidate of a group with its overlay, sub-scores and reward underneath (m
 
 from __future__ import annotations
 
+import textwrap
+
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -82,7 +84,7 @@ def group_contact_sheet(
     root = Path(root)
     first = samples[0]
     tiles: list[tuple[Image.Image, str]] = [
-        (load_image(first.source_path(root)).resize((thumb, thumb)), f"source\n\"{first.instruction}\"")
+        (load_image(first.source_path(root)).resize((thumb, thumb)), "source\n" + textwrap.fill(f'"{first.instruction}"', 38))
     ]
     for s in samples:
         edited = load_image(s.edited_path(root))
@@ -97,7 +99,7 @@ def group_contact_sheet(
         tiles.append((tile.resize((thumb, thumb)), _caption(s, j)))
 
     rows = -(-len(tiles) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, rows * 3.1), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, rows * 3.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (img, caption) in zip(axes.flat, tiles):
@@ -108,7 +110,7 @@ def group_contact_sheet(
         f"scores: {', '.join(SUBSCORE_NAMES)} (0–25); reward 0–1",
         fontsize=9,
     )
-    fig.tight_layout()
+    fig.tight_layout(h_pad=2.0)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from spatialreward.dataset import DatasetError, _atomic_write_bytes, write_samples
+from spatialreward.dataset import DatasetError, atomic_write_bytes, write_samples
 from spatialreward.synth import candidates as cand
 from spatialreward.synth import truth
 from spatialreward.synth.artifacts import jitter
@@ -318,7 +318,7 @@ def _build_and_write_group(out: str, config: SynthConfig, index: int, group_id: 
         _save_png(root / "masks" / group_id / f"{k}_changed.png", c.changed.astype(np.uint8) * 255)
     samples = _group_samples(group, group_id, split, photo_name)
     record = {"config": key, "index": index, "samples": samples}
-    _atomic_write_bytes(marker, json.dumps(record).encode())
+    atomic_write_bytes(marker, json.dumps(record).encode())
     return samples, False
 
 
@@ -376,7 +376,7 @@ def generate_dataset(
     train_photos, heldout_photos = split_photos(names, heldout_fraction)
     manifest = {"config": _config_key(config), "groups": groups,
                 "photos": {"train": list(train_photos), "heldout": list(heldout_photos)}}
-    _atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+    atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
 
     split_counter: Counter[str] = Counter()
     tasks = []
@@ -427,7 +427,7 @@ def generate_dataset(
     )
     manifest["counts"] = {"samples": report.samples, "kinds": report.kinds, "splits": report.splits,
                           "groups_per_split": report.groups_per_split, "operations": report.operations}
-    _atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+    atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
     return report
 
 
