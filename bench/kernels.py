@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cuda_graph import graphed  # bench/cuda_graph.py (the script's folder is on sys.path)
+
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
@@ -64,29 +66,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 GRAPH = False
 
 
-def _graphed(fn: Callable[[], object]):
-    """`fn` captured in a CUDA graph after warm-up on a side stream (autotuning and compiles happen there)."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
 def time_ms(fn: Callable[[], object], cuda: bool) -> float:
     """Median milliseconds: triton.testing.do_bench on CUDA (of graph replays with --graph); a few perf_counter
     runs on CPU (dry run only)."""
     if cuda:
         import triton.testing
 
-        return float(triton.testing.do_bench(_graphed(fn) if GRAPH else fn, warmup=25, rep=100,
+        return float(triton.testing.do_bench(graphed(fn) if GRAPH else fn, warmup=25, rep=100,
                                              return_mode="median"))
     fn()  # warm-up (interpreter rewrite, autograd graph)
     runs = []

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from cuda_graph import graphed  # bench/cuda_graph.py (the script's folder is on sys.path)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
@@ -64,22 +66,6 @@ def time_call(fn, device, repeats: int, warmup: int) -> list[float]:
         _sync(device)
         times.append(time.perf_counter() - t0)
     return times
-
-
-def graphed(fn):
-    """`fn` captured once in a CUDA graph (after warm-up on a side stream); returns the replay."""
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[dict]:

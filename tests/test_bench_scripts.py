@@ -1,0 +1,38 @@
+"""The benchmark scripts run end to end on the CPU (tiny settings): a broken bench is found here, not on a GPU box.
+
+Their numbers are not checked (timings are not tests); their output files are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _run(script: str, *args: str, tmp_path: Path) -> list[dict]:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(BENCH / script), *args, "--out", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = sorted(tmp_path.glob("*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())["rows"]
+
+
+def test_kernels_bench_dry_run(tmp_path):
+    rows = _run("kernels.py", "--dry-run", "--no-flex", "--ops", "roi_align", tmp_path=tmp_path)
+    assert {r["mode"] for r in rows} == {"fwd", "fwd_bwd"}
+    assert all(r["triton"]["ms"] > 0 and "ms" in r["torchvision"] for r in rows)
+
+
+def test_student_latency_bench_runs(tmp_path):
+    rows = _run("student_latency.py", "--presets", "nano", "--batches", "2", "--repeats", "1", "--warmup", "0",
+                "--no-text", "--threads", "1", tmp_path=tmp_path)
+    (row,) = rows
+    assert row["preset"] == "nano" and row["batch"] == 2 and row["student_ms_per_edit"] > 0
+    assert row["cuda_graph"] is False
