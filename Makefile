@@ -10,7 +10,7 @@ RUN ?= runs/nano
 DEMO_GROUPS ?= 600
 DEMO_MINUTES ?= 30
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench bench-gpu clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-slow: install
 
 bench: install
 	$(BIN)/python bench/student_latency.py
+
+# On a GPU machine (its own python3 with torch + triton): GPU tests, kernel check, every GPU benchmark, bounded.
+bench-gpu:
+	bash bench/gpu_session.sh
 
 clean:
 	rm -rf $(VENV) data runs .pytest_cache
