@@ -4,7 +4,7 @@
 
 with sub-scores ``[instruction_following, consistency, naturalness, artifacts]`` in 0–25 and defaults
 ``w_if=0.6, w_cons=0.4, w_nat=0.5, w_art=0.5, alpha=0.8``. Each bracket is on 0–10, so the reward is in [0, 1].
-Worked example: (20, 15, 22, 18) → 0.73534.
+Worked example: (20, 15, 22, 18) → 0.735333 (ARCHITECTURE.md prints 0.73534; the fifth decimal is off there).
 """
 
 from __future__ import annotations

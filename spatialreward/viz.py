@@ -7,7 +7,6 @@ every candidate of a group with its overlay, sub-scores and reward underneath (m
 from __future__ import annotations
 
 import textwrap
-
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,9 +82,8 @@ def group_contact_sheet(
         raise ValueError("group_contact_sheet needs at least one sample")
     root = Path(root)
     first = samples[0]
-    tiles: list[tuple[Image.Image, str]] = [
-        (load_image(first.source_path(root)).resize((thumb, thumb)), "source\n" + textwrap.fill(f'"{first.instruction}"', 38))
-    ]
+    caption = "source\n" + textwrap.fill(f'"{first.instruction}"', 38)  # a long instruction wraps, not overlaps
+    tiles: list[tuple[Image.Image, str]] = [(load_image(first.source_path(root)).resize((thumb, thumb)), caption)]
     for s in samples:
         edited = load_image(s.edited_path(root))
         j = labels.get(s.sample_id)

@@ -7,5 +7,6 @@ from spatialreward.teacher.registry import make_teacher, parse_teacher_spec
 from spatialreward.teacher.vlm import TeacherConfig, VLMTeacher
 
 __all__ = [
-    "LabelReport", "OracleTeacher", "Teacher", "TeacherConfig", "VLMTeacher", "label_dataset", "make_teacher", "parse_teacher_spec",
+    "LabelReport", "OracleTeacher", "Teacher", "TeacherConfig", "VLMTeacher", "label_dataset", "make_teacher",
+    "parse_teacher_spec",
 ]
