@@ -39,8 +39,12 @@ $PY -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', 
 
 STEPS=",${STEPS:-tests,check,roi,student,graph,attention},"
 want() { [[ $STEPS == *",$1,"* ]]; }
-want tests && step gpu-tests 200 $PY -m pytest -q -rs -p no:cacheprovider -m gpu \
-  tests/test_kernels_roi_align.py tests/test_kernels_region_attention.py tests/test_student_gpu.py
+if want tests; then
+  step gpu-tests 200 $PY -m pytest -q -rs -p no:cacheprovider -m gpu --junitxml "$OUT_DIR/gpu_tests.xml" \
+    tests/test_kernels_roi_align.py tests/test_kernels_region_attention.py tests/test_student_gpu.py
+  # a GPU test that skips on a GPU box means something is misconfigured: count it as a failure
+  grep -q 'skipped="0"' "$OUT_DIR/gpu_tests.xml" 2>/dev/null || { echo "== GPU tests skipped on a GPU box"; status=1; }
+fi
 want check && step kernel-check 240 $PY bench/kernels.py --check
 want roi && step bench-roi 120 $PY bench/kernels.py --ops roi_align --out "$OUT_DIR/roi"
 want student && step student-latency 120 $PY bench/student_latency.py --device cuda --dtype bf16 --no-text \

@@ -417,7 +417,7 @@ def main(argv=None) -> int:
 
     cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda and not args.dry_run:
-        print("bench/kernels.py needs a CUDA GPU (found none). Run it on the GPU box (bench/gpu_kernels.sh), "
+        print("bench/kernels.py needs a CUDA GPU (found none). Run it on the GPU box (bench/gpu_session.sh), "
               "or pass --dry-run to check the script on the CPU with tiny shapes.", file=sys.stderr)
         return 2
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 # Triton reads this when it is imported: kernels on CPU tensors run in its interpreter. GPU runs must export
-# TRITON_INTERPRET=0 first (bench/gpu_kernels.sh does), or the compiled kernels would never be exercised.
+# TRITON_INTERPRET=0 first (bench/gpu_session.sh does), or the compiled kernels would never be exercised.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
