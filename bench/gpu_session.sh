@@ -35,7 +35,8 @@ if [ -d .whl ]; then
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/pip.log" 2>&1 || echo "editable install failed"
-$PY -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())"
+$PY -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__,
+  'timm', timm.__version__, torch.cuda.get_device_name())"
 
 STEPS=",${STEPS:-tests,check,roi,student,graph,attention},"
 want() { [[ $STEPS == *",$1,"* ]]; }

@@ -475,8 +475,9 @@ def main(argv=None) -> int:
               if cuda
               else "perf_counter median of 3 (CPU dry run, interpreter: not a performance number)")
     payload = dict(
-        benchmark="kernels", device=device_name, cuda_graph=GRAPH, ops=sorted(ops), date=stamp, dry_run=args.dry_run, torch=torch.__version__,
-        triton=triton.__version__, dtype=str(dtype), copy_bandwidth_gbps=copy_bw, timing=timing,
+        benchmark="kernels", device=device_name, cuda_graph=GRAPH, ops=sorted(ops), date=stamp, dry_run=args.dry_run,
+        torch=torch.__version__, triton=triton.__version__, dtype=str(dtype), copy_bandwidth_gbps=copy_bw,
+        timing=timing,
         goals={"roi_align_vs_torchvision": 3.0, "attention_vs_sdpa_dense_mask": 1.5, "attention_vs_flex": 1.0},
         summary=summary["numbers"], rows=rows,
     )

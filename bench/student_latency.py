@@ -102,7 +102,8 @@ def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[
             with torch.inference_mode(), autocast():
                 baseline(edt)
 
-        if args.cuda_graph and device.type == "cuda":
+        graph = args.cuda_graph and device.type == "cuda"
+        if graph:
             run_student, run_group, run_baseline = (graphed(fn) for fn in (run_student, run_group, run_baseline))
         ts, tg, tb = [], [], []
         for fn in (run_student, run_group, run_baseline):
@@ -113,7 +114,8 @@ def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[
             tb += time_call(run_baseline, device, 1, 0)
         s, grp, bl = statistics.median(ts), statistics.median(tg), statistics.median(tb)
         rows.append({
-            "preset": name, "batch": b, "cuda_graph": bool(args.cuda_graph and device.type == "cuda"), "img_size": cfg.img_size, "width": cfg.embed_dim, "depth": cfg.depth,
+            "preset": name, "batch": b, "cuda_graph": graph, "img_size": cfg.img_size, "width": cfg.embed_dim,
+            "depth": cfg.depth,
             "student_params_m": round(student.num_params() / 1e6, 3),
             "baseline_params_m": round(sum(p.numel() for p in baseline.parameters()) / 1e6, 3),
             "student_ms_per_call": round(1e3 * s, 3), "student_ms_per_edit": round(1e3 * s / b, 3),
