@@ -123,6 +123,20 @@ def use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda  # "auto"
 
 
+def eager_fast_path(t: torch.Tensor) -> bool:
+    """Whether an op on `t` may launch its Triton kernels through a plain `torch.autograd.Function` instead of its
+    `torch.library.custom_op`. The custom op costs host time on every call (dispatch, then a second op for the
+    backward); it is only needed where PyTorch traces: `torch.compile`, `torch.export` / ONNX export, `jit.trace`,
+    fake tensors. So: Triton backend, real tensors, eager mode."""
+    if not use_triton(t) or t.device.type == "meta":
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return not isinstance(t, FakeTensor)
+
+
 def launchable(kernel, t: torch.Tensor):
     """The kernel to launch for tensor `t`: the compiled one on CUDA, an interpreted copy on CPU.
 

@@ -28,9 +28,9 @@ import math
 import torch
 from torch import Tensor
 
-from ._backend import launchable, tl, triton, use_triton
+from ._backend import eager_fast_path, launchable, tl, triton, use_triton
 
-__all__ = ["region_attention", "region_attention_reference"]
+__all__ = ["partition_keys", "region_attention", "region_attention_reference"]
 
 _LOG2E = 1.4426950408889634
 
@@ -98,30 +98,62 @@ def region_attention_backward_reference(
 
 
 def _fwd_configs() -> list:
-    """Tuning space keyed on (Lq, Lk, D). Small key tiles (32) skip more of a small region; 64 amortise better.
-    All fit sm_90 registers without spills at D=64 in bf16 (ptxas -v); (128, 32) with 4 warps spilled."""
+    """Tuning space keyed on (Lq, Lk, D). Region keys arrive compacted, so a small key tile (16, 32) wastes little
+    on a small region and a larger one (64) amortises the loop on a big region; no branch in the key loop, so
+    ``num_stages`` > 1 lets Triton prefetch the next key tile. All fit sm_90 registers at D = 64 (ptxas -v)."""
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=nw, num_stages=ns)
-        for bm, bn, nw, ns in [(64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2), (32, 32, 2, 1)]
+        for bm, bn, nw, ns in [
+            (64, 16, 4, 2), (64, 32, 4, 2), (64, 64, 4, 3), (128, 32, 8, 2), (128, 64, 8, 3), (32, 32, 2, 2),
+        ]
     ]
 
 
 def _bwd_configs() -> list:
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=nw, num_stages=ns)
-        for bm, bn, nw, ns in [(32, 32, 4, 1), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2)]
+        for bm, bn, nw, ns in [(32, 16, 4, 2), (32, 32, 4, 1), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2)]
     ]
 
 
 _CPU_META = {"BLOCK_M": 16, "BLOCK_N": 16}  # one cheap config for the interpreter
 _NO_SPECIALIZE = ["NUM_HEADS", "LQ", "LK"]  # sizes may be 1; keep them runtime values
+_PARTITION_BLOCK = 1024  # keys per chunk in the partition kernel (a 14x14 grid is one chunk)
+
+
+@triton.jit(do_not_specialize=["LK"])
+def _partition_keys_kernel(w_ptr, order_ptr, count_ptr, LK, stride_wb, stride_wn, BLOCK: tl.constexpr):
+    """Per sample: ``order[b]`` = the region's key indices (w > 0) in ascending order, then the other keys;
+    ``count[b]`` = how many are in the region. A stable partition by prefix sums, BLOCK keys at a time."""
+    b = tl.program_id(0).to(tl.int64)
+    w_row = w_ptr + b * stride_wb
+    order_row = order_ptr + b * LK
+    n_inside = tl.zeros([], dtype=tl.int32)
+    for start in range(0, LK, BLOCK):  # pass 1: the region's size, where the outside keys start
+        offs = start + tl.arange(0, BLOCK)
+        w = tl.load(w_row + offs * stride_wn, mask=offs < LK, other=0).to(tl.float32)
+        n_inside += tl.sum((w > 0).to(tl.int32), axis=0)
+    seen_in = tl.zeros([], dtype=tl.int32)
+    seen_out = tl.zeros([], dtype=tl.int32)
+    for start in range(0, LK, BLOCK):  # pass 2: each key's slot
+        offs = start + tl.arange(0, BLOCK)
+        valid = offs < LK
+        w = tl.load(w_row + offs * stride_wn, mask=valid, other=0).to(tl.float32)
+        inside = (w > 0).to(tl.int32)
+        outside = valid.to(tl.int32) - inside
+        slot = tl.where(inside > 0, seen_in + tl.cumsum(inside, axis=0) - 1,
+                        n_inside + seen_out + tl.cumsum(outside, axis=0) - 1)
+        tl.store(order_row + slot, offs, mask=valid)
+        seen_in += tl.sum(inside, axis=0)
+        seen_out += tl.sum(outside, axis=0)
+    tl.store(count_ptr + b, n_inside)
 
 
 @triton.autotune(configs=_fwd_configs(), key=["LQ", "LK", "BLOCK_D", "BLOCK_DV"])
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _region_attn_fwd_kernel(
-    # pointers
-    q_ptr, k_ptr, v_ptr, w_ptr, o_ptr, lse_ptr,
+    # pointers; order/count come from _partition_keys_kernel; lse is natural-log, [B*H, LQ] contiguous fp32
+    q_ptr, k_ptr, v_ptr, w_ptr, order_ptr, count_ptr, o_ptr, lse_ptr,
     # sizes
     NUM_HEADS, LQ, LK, HEAD_DIM, HEAD_DIM_V,
     # strides: elements to skip to move one step along (batch, head, position, feature)
@@ -136,7 +168,7 @@ def _region_attn_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """out and log2-domain LSE for BLOCK_M queries of one (sample, head); lse is stored [B*H, LQ] contiguous."""
+    """out and LSE for BLOCK_M queries of one (sample, head), streaming only the region's keys."""
     # ---- map program ids: (sample, head), query block ----------------------------------------------------------
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -154,37 +186,40 @@ def _region_attn_fwd_kernel(
     )
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
+    order_row = order_ptr + b * LK
+    n_keys = tl.load(count_ptr + b)  # the region's keys are order[b, :n_keys]
 
-    # ---- stream key tiles inside the region with an online softmax (fp32) -------------------------------------
+    # ---- stream the region's keys, BLOCK_N at a time, with an online softmax (fp32) ---------------------------
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for start_n in range(0, LK, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < LK
-        w = tl.load(w_ptr + b * stride_wb + offs_n * stride_wn, mask=mask_n, other=0.0)
-        if tl.max(w, axis=0) > 0:  # tiles outside the region cost one small load
-            k = tl.load(
-                k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=mask_n[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0,
-            )
-            bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))  # log2 w; -inf outside
-            s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: an active tile has a key with w > 0
-            p = tl.math.exp2(s - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)  # 0 on the first active tile (m_i = -inf)
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(
-                v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                mask=mask_n[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0,
-            )
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-            m_i = m_new
+    for start_n in range(0, n_keys, BLOCK_N):
+        slots = start_n + tl.arange(0, BLOCK_N)
+        live = slots < n_keys
+        keys = tl.load(order_row + slots, mask=live, other=0)
+        w = tl.load(w_ptr + b * stride_wb + keys * stride_wn, mask=live, other=0).to(tl.float32)
+        k = tl.load(
+            k_base + keys[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+            mask=live[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0,
+        )
+        bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))  # log2 w; -inf past the region
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every tile has a live key
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)  # 0 on the first tile (m_i = -inf)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(
+            v_base + keys[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+            mask=live[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0,
+        )
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+        m_i = m_new
 
     # ---- normalise; an empty region leaves l_i = 0 and writes zeros ------------------------------------------
     nonempty = l_i > 0
     acc = acc / tl.where(nonempty, l_i, 1.0)[:, None]
-    lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))
+    lse2 = m_i + tl.log2(tl.where(nonempty, l_i, 1.0))
+    lse = tl.where(nonempty, lse2 * 0.6931471805599453, float("-inf"))  # x ln 2: the op returns natural-log LSE
     tl.store(
         o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od,
         acc.to(o_ptr.dtype.element_ty), mask=mask_m[:, None] & (offs_dv[None, :] < HEAD_DIM_V),
@@ -192,12 +227,25 @@ def _region_attn_fwd_kernel(
     tl.store(lse_ptr + pid_bh.to(tl.int64) * LQ + offs_m, lse, mask=mask_m)
 
 
+@triton.jit
+def _load_row_stats(do_ptr, o_ptr, lse_ptr, row, offs_m, offs_dv, mask_m, HEAD_DIM_V,
+                    stride_dom, stride_dod, stride_om, stride_od, LQ):
+    """dO block, log2-domain LSE and delta = rowsum(dO * O) (FlashAttention-2's pre-pass, fused) for a query block;
+    rows past LQ get LSE +inf, so their P is exactly 0."""
+    mask_v = mask_m[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
+    do = tl.load(do_ptr + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod, mask=mask_v, other=0.0)
+    o = tl.load(o_ptr + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od, mask=mask_v, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+    lse = tl.load(lse_ptr + row * LQ + offs_m, mask=mask_m, other=float("inf")) * 1.4426950408889634  # to log2
+    return do, lse, delta
+
+
 @triton.autotune(configs=_bwd_configs(), key=["LQ", "LK", "BLOCK_D", "BLOCK_DV"])
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _region_attn_bwd_dkdv_kernel(
-    # pointers: inputs, incoming gradient, saved log2-LSE and delta = rowsum(dO * O) (both [B*H, LQ] fp32),
-    # outputs; dw is the per-head weight gradient [B*H, LK] fp32 (only written when MASK_GRAD)
-    q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, dw_ptr,
+    # pointers: inputs, forward output and natural-log LSE ([B*H, LQ] fp32), incoming gradient, outputs; dw is the
+    # per-head weight gradient [B*H, LK] fp32 (only written when MASK_GRAD)
+    q_ptr, k_ptr, v_ptr, w_ptr, order_ptr, count_ptr, o_ptr, lse_ptr, do_ptr, dk_ptr, dv_ptr, dw_ptr,
     # sizes
     NUM_HEADS, LQ, LK, HEAD_DIM, HEAD_DIM_V,
     # strides; dk/dv share k/v's layout contract ([B, H, Lk, *] with their own strides)
@@ -205,6 +253,7 @@ def _region_attn_bwd_dkdv_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_wb, stride_wn,
+    stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
@@ -214,48 +263,46 @@ def _region_attn_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, MASK_GRAD: tl.constexpr,
 ):
-    """dK, dV (and dW if MASK_GRAD) for BLOCK_N keys of one (sample, head); without MASK_GRAD key tiles outside the
-    region write zeros and stop."""
-    # ---- map program ids: (sample, head), key block -----------------------------------------------------------
+    """dK, dV (and dW if MASK_GRAD) for BLOCK_N keys of one (sample, head), taken in the partitioned order: tiles
+    past the region write zeros and stop (unless MASK_GRAD: keys outside the region have a weight gradient)."""
+    # ---- map program ids: (sample, head), a tile of partitioned key slots -------------------------------------
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)
     b = (pid_bh // NUM_HEADS).to(tl.int64)
     h = (pid_bh % NUM_HEADS).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    slots = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    valid = slots < LK
+    keys = tl.load(order_ptr + b * LK + slots, mask=valid, other=0)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    mask_n = offs_n < LK
-    mask_kd = mask_n[:, None] & (offs_d[None, :] < HEAD_DIM)
-    mask_vd = mask_n[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
+    mask_kd = valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    mask_vd = valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
 
-    # ---- accumulate over query blocks if this key tile is in the region ---------------------------------------
+    # ---- accumulate over query blocks if this tile holds region keys ------------------------------------------
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     dw = tl.zeros([BLOCK_N], dtype=tl.float32)
-    w = tl.load(w_ptr + b * stride_wb + offs_n * stride_wn, mask=mask_n, other=0.0)
-    visit = tl.max(w, axis=0)
+    last = tl.load(count_ptr + b)  # slots < count are the region's keys
     if MASK_GRAD:
-        visit = tl.maximum(visit, 0.0) + 1.0  # weights outside the region have a gradient too: visit every tile
-    if visit > 0:
-        k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+        last = LK  # weights outside the region have a gradient too: visit every tile
+    if pid_n * BLOCK_N < last:
+        w = tl.load(w_ptr + b * stride_wb + keys * stride_wn, mask=valid, other=0).to(tl.float32)
+        k = tl.load(k_ptr + b * stride_kb + h * stride_kh + keys[:, None] * stride_kn + offs_d[None, :] * stride_kd,
                     mask=mask_kd, other=0.0)
-        v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+        v = tl.load(v_ptr + b * stride_vb + h * stride_vh + keys[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
                     mask=mask_vd, other=0.0)
         bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))
+        q_base = q_ptr + b * stride_qb + h * stride_qh
         for start_m in range(0, LQ, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             mask_m = offs_m < LQ
-            q = tl.load(
-                q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=mask_m[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0,
+            q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                        mask=mask_m[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            do, lse, delta = _load_row_stats(
+                do_ptr + b * stride_dob + h * stride_doh, o_ptr + b * stride_ob + h * stride_oh, lse_ptr,
+                pid_bh.to(tl.int64), offs_m, offs_dv, mask_m, HEAD_DIM_V, stride_dom, stride_dod, stride_om,
+                stride_od, LQ,
             )
-            do = tl.load(
-                do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-                mask=mask_m[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0,
-            )
-            # rows past LQ get lse = +inf so their P is exactly 0
-            lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=float("inf"))
-            delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale  # [M, N], before the weights
             # rows of an empty region (lse = -inf) have P = 0; unguarded, -inf - (-inf) would put NaN in dK/dV
             live = lse[:, None] > float("-inf")
@@ -266,24 +313,24 @@ def _region_attn_bwd_dkdv_kernel(
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=INPUT_PRECISION)
             if MASK_GRAD:
                 # dS / w without the division: P before weighting; 0 for empty regions (lse = -inf)
-                unweighted = tl.where(lse[:, None] > float("-inf"), tl.math.exp2(s - lse[:, None]), 0.0)
+                unweighted = tl.where(live, tl.math.exp2(s - tl.where(live, lse[:, None], 0.0)), 0.0)
                 dw += tl.sum(unweighted * (dp - delta[:, None]), axis=0)
         dk = dk * sm_scale
 
-    # ---- write back (zeros outside the region) -----------------------------------------------------------------
-    tl.store(dk_ptr + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
+    # ---- write back to the keys' own rows (zeros outside the region) -------------------------------------------
+    tl.store(dk_ptr + b * stride_dkb + h * stride_dkh + keys[:, None] * stride_dkn + offs_d[None, :] * stride_dkd,
              dk.to(dk_ptr.dtype.element_ty), mask=mask_kd)
-    tl.store(dv_ptr + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
+    tl.store(dv_ptr + b * stride_dvb + h * stride_dvh + keys[:, None] * stride_dvn + offs_dv[None, :] * stride_dvd,
              dv.to(dv_ptr.dtype.element_ty), mask=mask_vd)
     if MASK_GRAD:
-        tl.store(dw_ptr + pid_bh.to(tl.int64) * LK + offs_n, dw, mask=mask_n)
+        tl.store(dw_ptr + pid_bh.to(tl.int64) * LK + keys, dw, mask=valid)
 
 
 @triton.autotune(configs=_bwd_configs(), key=["LQ", "LK", "BLOCK_D", "BLOCK_DV"])
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _region_attn_bwd_dq_kernel(
     # pointers
-    q_ptr, k_ptr, v_ptr, w_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    q_ptr, k_ptr, v_ptr, w_ptr, order_ptr, count_ptr, o_ptr, lse_ptr, do_ptr, dq_ptr,
     # sizes
     NUM_HEADS, LQ, LK, HEAD_DIM, HEAD_DIM_V,
     # strides
@@ -291,6 +338,7 @@ def _region_attn_bwd_dq_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_wb, stride_wn,
+    stride_ob, stride_oh, stride_om, stride_od,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     # scales
@@ -299,7 +347,7 @@ def _region_attn_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """dQ for BLOCK_M queries of one (sample, head), streaming only the key tiles inside the region."""
+    """dQ for BLOCK_M queries of one (sample, head), streaming only the region's keys."""
     # ---- map program ids and load this query block's q, dO, LSE, delta -----------------------------------------
     pid_bh = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -312,31 +360,32 @@ def _region_attn_bwd_dq_kernel(
     mask_qd = mask_m[:, None] & (offs_d[None, :] < HEAD_DIM)
     q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                 mask=mask_qd, other=0.0)
-    do_offs = b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom + offs_dv[None, :] * stride_dod
-    do = tl.load(do_ptr + do_offs,
-                 mask=mask_m[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
-    lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=float("inf"))
-    delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * LQ + offs_m, mask=mask_m, other=0.0)
+    do, lse, delta = _load_row_stats(
+        do_ptr + b * stride_dob + h * stride_doh, o_ptr + b * stride_ob + h * stride_oh, lse_ptr,
+        pid_bh.to(tl.int64), offs_m, offs_dv, mask_m, HEAD_DIM_V, stride_dom, stride_dod, stride_om, stride_od, LQ,
+    )
     k_base = k_ptr + b * stride_kb + h * stride_kh
     v_base = v_ptr + b * stride_vb + h * stride_vh
+    order_row = order_ptr + b * LK
+    n_keys = tl.load(count_ptr + b)
 
-    # ---- accumulate dS @ K over key tiles in the region ----------------------------------------------------------
+    # ---- accumulate dS @ K over the region's keys --------------------------------------------------------------
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(0, LK, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < LK
-        w = tl.load(w_ptr + b * stride_wb + offs_n * stride_wn, mask=mask_n, other=0.0)
-        if tl.max(w, axis=0) > 0:
-            k = tl.load(k_base + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                        mask=mask_n[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                        mask=mask_n[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
-            bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))
-            s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]
-            p = tl.math.exp2(s - lse[:, None])
-            dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
-            ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
+    for start_n in range(0, n_keys, BLOCK_N):
+        slots = start_n + tl.arange(0, BLOCK_N)
+        live = slots < n_keys
+        keys = tl.load(order_row + slots, mask=live, other=0)
+        w = tl.load(w_ptr + b * stride_wb + keys * stride_wn, mask=live, other=0).to(tl.float32)
+        k = tl.load(k_base + keys[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                    mask=live[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        v = tl.load(v_base + keys[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                    mask=live[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+        bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]
+        p = tl.math.exp2(s - lse[:, None])  # a non-empty region: lse is finite
+        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
     dq = dq * sm_scale
 
     # ---- masked write-back ------------------------------------------------------------------------------------
@@ -367,56 +416,77 @@ def _meta(q: Tensor, v: Tensor) -> dict:
     )
 
 
-def _weights(key_mask: Tensor) -> Tensor:
-    return key_mask.to(torch.float32).contiguous()  # [B, Lk]; bool -> {0, 1}
+def partition_keys(key_mask: Tensor, block: int = _PARTITION_BLOCK) -> tuple[Tensor, Tensor]:
+    """(order ``[B, Lk]`` int32: each sample's region keys (w > 0) ascending, then the rest; count ``[B]`` int32).
+
+    One small launch; the attention kernels then loop over ``order[b, :count[b]]`` only, so a 5 % region costs
+    one key tile, not a scan over all of them. Equals ``argsort(~(key_mask > 0), stable=True)``."""
+    B, Lk = key_mask.shape
+    order = torch.empty(B, Lk, device=key_mask.device, dtype=torch.int32)
+    count = torch.empty(B, device=key_mask.device, dtype=torch.int32)
+    if B == 0:
+        return order, count
+    block = min(int(block), max(16, triton.next_power_of_2(Lk)))
+    kernel = _partition_keys_kernel if key_mask.is_cuda else launchable(_partition_keys_kernel, key_mask)
+    kernel[(B,)](key_mask, order, count, Lk, *key_mask.stride(), BLOCK=block)
+    return order, count
+
+
+def _check_int32_span(t: Tensor, name: str) -> None:
+    """In-sample offsets are int32 in the kernels (fewer registers); one sample must span < 2**31 elements."""
+    span = sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:])) + 1
+    if span >= 2**31:
+        raise ValueError(f"region_attention: one sample of {name} spans {span} elements; the kernels need < 2**31")
 
 
 def _region_attention_fwd_triton(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: float):
+    """(out, natural-log LSE ``[B, H, Lq]`` fp32, order, count) — order/count are reused by the backward."""
     B, H, Lq, D = q.shape
     Lk, Dv = k.shape[2], v.shape[3]
     out = q.new_empty(B, H, Lq, Dv)
-    lse2 = torch.empty(B, H, Lq, device=q.device, dtype=torch.float32)  # log2 domain, contiguous [B*H, Lq]
+    lse = torch.empty(B, H, Lq, device=q.device, dtype=torch.float32)  # contiguous [B*H, Lq]
+    order, count = partition_keys(key_mask)
     if B * H * Lq == 0:
-        return out, lse2
-    w = _weights(key_mask)
+        return out, lse, order, count
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _check_int32_span(t, name)
     grid = lambda meta: (B * H, triton.cdiv(Lq, meta["BLOCK_M"]))  # noqa: E731
     _launch(
         _region_attn_fwd_kernel, q, grid,
-        q, k, v, w, out, lse2, H, Lq, Lk, D, Dv,
-        *q.stride(), *k.stride(), *v.stride(), *w.stride(), *out.stride(),
+        q, k, v, key_mask, order, count, out, lse, H, Lq, Lk, D, Dv,
+        *q.stride(), *k.stride(), *v.stride(), *key_mask.stride(), *out.stride(),
         float(scale) * _LOG2E, **_meta(q, v),
     )
-    return out, lse2
+    return out, lse, order, count
 
 
-def _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale, mask_grad: bool):
+def _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale, mask_grad: bool, order=None, count=None):
+    """(dq, dk, dv, dmask ``[B, Lk]`` fp32 or None unless `mask_grad`). Three launches at most: the key partition
+    (skipped when the forward's is passed in), dK/dV, dQ — the delta pre-pass is fused into both."""
     B, H, Lq, D = q.shape
     Lk, Dv = k.shape[2], v.shape[3]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    dmask = torch.zeros(B, Lk, device=q.device, dtype=torch.float32)
     if B * H == 0 or Lk == 0:
+        dmask = torch.zeros(B, Lk, device=q.device, dtype=torch.float32) if mask_grad else None
         return dq.zero_(), dk.zero_(), dv.zero_(), dmask
-    dw_heads = torch.empty(B, H, Lk, device=q.device, dtype=torch.float32) if mask_grad else dmask  # [B*H, Lk]
-    w = _weights(key_mask)
-    # preprocess: delta = rowsum(dO * O) (FlashAttention-2), log2-domain LSE, both [B*H, Lq] contiguous fp32
-    delta = (grad.float() * out.float()).sum(-1).contiguous()
-    lse2 = (lse.float() * _LOG2E).contiguous()
+    if order is None:
+        order, count = partition_keys(key_mask)
+    dw_heads = torch.empty(B, H, Lk, device=q.device, dtype=torch.float32) if mask_grad else dk  # dk: never written
     meta = _meta(q, v)
-    common = (H, Lq, Lk, D, Dv, *q.stride(), *k.stride(), *v.stride(), *w.stride(), *grad.stride())
+    common = (H, Lq, Lk, D, Dv, *q.stride(), *k.stride(), *v.stride(), *key_mask.stride(), *out.stride(),
+              *grad.stride())
     scales = (float(scale) * _LOG2E, float(scale))
     _launch(
         _region_attn_bwd_dkdv_kernel, q, lambda m: (B * H, triton.cdiv(Lk, m["BLOCK_N"])),
-        q, k, v, w, grad, lse2, delta, dk, dv, dw_heads, *common, *dk.stride(), *dv.stride(), *scales, **meta,
-        MASK_GRAD=bool(mask_grad),
+        q, k, v, key_mask, order, count, out, lse, grad, dk, dv, dw_heads, *common, *dk.stride(), *dv.stride(),
+        *scales, **meta, MASK_GRAD=bool(mask_grad),
     )
     if Lq > 0:
         _launch(
             _region_attn_bwd_dq_kernel, q, lambda m: (B * H, triton.cdiv(Lq, m["BLOCK_M"])),
-            q, k, v, w, grad, lse2, delta, dq, *common, *dq.stride(), *scales, **meta,
+            q, k, v, key_mask, order, count, out, lse, grad, dq, *common, *dq.stride(), *scales, **meta,
         )
-    if mask_grad:
-        dmask = dw_heads.sum(1)  # [B, Lk]: one weight per key is shared by all heads
-    return dq, dk, dv, dmask
+    return dq, dk, dv, (dw_heads.sum(1) if mask_grad else None)  # one weight per key is shared by all heads
 
 
 # %%
@@ -429,8 +499,8 @@ def _region_attention_op(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scal
     """Returns (out ``[B, H, Lq, Dv]``, natural-log LSE ``[B, H, Lq]`` fp32, -inf for empty regions)."""
     if not use_triton(q):
         return region_attention_reference(q, k, v, key_mask, scale)
-    out, lse2 = _region_attention_fwd_triton(q, k, v, key_mask, scale)
-    return out, lse2 * (1.0 / _LOG2E)
+    out, lse, _, _ = _region_attention_fwd_triton(q, k, v, key_mask, scale)
+    return out, lse
 
 
 @_region_attention_op.register_fake
@@ -448,7 +518,10 @@ def _region_attention_backward_op(
     """(dq, dk, dv, dmask ``[B, Lk]`` fp32 — zeros unless `mask_grad`)."""
     if not use_triton(q):
         return region_attention_backward_reference(grad, q, k, v, key_mask, scale, mask_grad)
-    return _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale, mask_grad)
+    dq, dk, dv, dmask = _region_attention_bwd_triton(grad, q, k, v, key_mask, out, lse, scale, mask_grad)
+    if dmask is None:
+        dmask = torch.zeros(key_mask.shape, device=q.device, dtype=torch.float32)
+    return dq, dk, dv, dmask
 
 
 @_region_attention_backward_op.register_fake
@@ -476,6 +549,28 @@ def _region_attention_grad(ctx, grad_out, _grad_lse):
 
 
 _region_attention_op.register_autograd(_region_attention_grad, setup_context=_region_attention_setup)
+
+
+class _RegionAttentionEager(torch.autograd.Function):
+    """The same Triton kernels without the custom-op layer, for eager calls (see `eager_fast_path`): skips the
+    op dispatch and the second op for the backward, and hands the forward's key partition to the backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_mask, scale):
+        out, lse, order, count = _region_attention_fwd_triton(q, k, v, key_mask, scale)
+        ctx.save_for_backward(q, k, v, key_mask, out, lse, order, count)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward, as for the custom op: say so, loudly
+    def backward(ctx, grad_out):
+        q, k, v, key_mask, out, lse, order, count = ctx.saved_tensors
+        mask_grad = bool(ctx.needs_input_grad[3])
+        dq, dk, dv, dmask = _region_attention_bwd_triton(
+            grad_out, q, k, v, key_mask, out, lse, ctx.scale, mask_grad, order, count
+        )
+        return dq, dk, dv, (dmask.to(key_mask.dtype) if mask_grad else None), None
 
 
 # %%
@@ -511,6 +606,8 @@ def region_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: f
     if key_mask.device != q.device:
         raise ValueError(f"key_mask is on {key_mask.device} but q is on {q.device}; move it with .to()")
     scale = D**-0.5 if scale is None else float(scale)
+    if eager_fast_path(q):
+        return _RegionAttentionEager.apply(q, k, v, key_mask, scale)
     out, _ = torch.ops.spatialreward.region_attention(q, k, v, key_mask, scale)
     return out
 

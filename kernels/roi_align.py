@@ -34,7 +34,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._backend import launchable, tl, triton, use_triton
+from ._backend import eager_fast_path, launchable, tl, triton, use_triton
 
 __all__ = ["roi_align", "roi_align_tokens", "roi_align_reference", "roi_align_tokens_reference"]
 
@@ -442,6 +442,53 @@ def _boxes_for_kernel(boxes: Tensor) -> Tensor:
     return boxes if boxes.dtype == torch.float32 else boxes.float()
 
 
+def _roi_align_triton(input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned) -> Tensor:
+    """NCHW forward on the Triton kernel: ``[K, C, oh, ow]``."""
+    N, C, H, W = input.shape
+    out = input.new_empty(boxes.shape[0], C, oh, ow)
+    return _roi_align_fwd_triton(
+        input, input.stride(), C, H, W, _boxes_for_kernel(boxes), out, out.stride(), oh, ow, spatial_scale,
+        sampling_ratio, aligned,
+    )
+
+
+def _roi_align_backward_triton(grad, boxes, shape, spatial_scale, sampling_ratio, aligned) -> Tensor:
+    """NCHW input gradient of `shape` on the Triton kernel."""
+    gx = grad.new_zeros(shape, dtype=torch.float32)  # atomics accumulate in fp32, cast once at the end
+    _, C, H, W = shape
+    _roi_align_bwd_triton(
+        grad, grad.stride(), _boxes_for_kernel(boxes), gx, gx.stride(), C, H, W, grad.shape[2], grad.shape[3],
+        spatial_scale, sampling_ratio, aligned,
+    )
+    return gx.to(grad.dtype)
+
+
+def _roi_align_tokens_triton(tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix) -> Tensor:
+    """Token-layout forward on the Triton kernel: ``[K, oh, ow, C]``."""
+    C = tokens.shape[2]
+    grid_tokens = tokens[:, prefix:]  # [B, gh*gw, C] view: the kernel never sees prefix tokens
+    out = tokens.new_empty(boxes.shape[0], oh, ow, C)
+    out_strides = (out.stride(0), out.stride(3), out.stride(1), out.stride(2))  # as (k, c, oh, ow)
+    return _roi_align_fwd_triton(
+        grid_tokens, _token_view_strides(grid_tokens, gw), C, gh, gw, _boxes_for_kernel(boxes), out, out_strides,
+        oh, ow, spatial_scale, sampling_ratio, aligned,
+    )
+
+
+def _roi_align_tokens_backward_triton(grad, boxes, batch, num_tokens, gh, gw, spatial_scale, sampling_ratio,
+                                      aligned, prefix) -> Tensor:
+    """Token-layout input gradient ``[B, N, C]`` on the Triton kernel (prefix tokens get zeros)."""
+    K, oh, ow, C = grad.shape
+    gx = grad.new_zeros(batch, num_tokens, C, dtype=torch.float32)
+    gx_grid = gx[:, prefix:]  # [B, gh*gw, C] view into the zeroed buffer
+    g_strides = (grad.stride(0), grad.stride(3), grad.stride(1), grad.stride(2))  # as (k, c, oh, ow)
+    _roi_align_bwd_triton(
+        grad, g_strides, _boxes_for_kernel(boxes), gx_grid, _token_view_strides(gx_grid, gw), C, gh, gw, oh, ow,
+        spatial_scale, sampling_ratio, aligned,
+    )
+    return gx.to(grad.dtype)
+
+
 # %%
 # Custom ops: dispatch (Triton or reference), fake shapes, autograd
 # -----------------------------------------------------------------
@@ -454,12 +501,7 @@ def _roi_align_op(
 ) -> Tensor:
     if not use_triton(input):
         return roi_align_reference(input, boxes, (pooled_height, pooled_width), spatial_scale, sampling_ratio, aligned)
-    N, C, H, W = input.shape
-    out = input.new_empty(boxes.shape[0], C, pooled_height, pooled_width)
-    return _roi_align_fwd_triton(
-        input, input.stride(), C, H, W, _boxes_for_kernel(boxes), out, out.stride(), pooled_height, pooled_width,
-        spatial_scale, sampling_ratio, aligned,
-    )
+    return _roi_align_triton(input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned)
 
 
 @_roi_align_op.register_fake
@@ -475,13 +517,7 @@ def _roi_align_backward_op(
     shape = (batch, channels, height, width)
     if not use_triton(grad):
         return roi_align_backward_reference(grad, boxes, shape, spatial_scale, sampling_ratio, aligned)
-    gx = grad.new_zeros(shape, dtype=torch.float32)  # atomics accumulate in fp32, cast once at the end
-    _, _, oh, ow = grad.shape
-    _roi_align_bwd_triton(
-        grad, grad.stride(), _boxes_for_kernel(boxes), gx, gx.stride(), channels, height, width, oh, ow,
-        spatial_scale, sampling_ratio, aligned,
-    )
-    return gx.to(grad.dtype)
+    return _roi_align_backward_triton(grad, boxes, shape, spatial_scale, sampling_ratio, aligned)
 
 
 @_roi_align_backward_op.register_fake
@@ -528,14 +564,9 @@ def _roi_align_tokens_op(
         return roi_align_tokens_reference(
             tokens, boxes, grid_size, output_size, spatial_scale, sampling_ratio, aligned, num_prefix_tokens
         )
-    B, N, C = tokens.shape
-    grid_tokens = tokens[:, num_prefix_tokens:]  # [B, gh*gw, C] view: the kernel never sees prefix tokens
-    out = tokens.new_empty(boxes.shape[0], pooled_height, pooled_width, C)  # [K, oh, ow, C]
-    out_strides = (out.stride(0), out.stride(3), out.stride(1), out.stride(2))  # as (k, c, oh, ow)
-    return _roi_align_fwd_triton(
-        grid_tokens, _token_view_strides(grid_tokens, grid_width), C, grid_height, grid_width,
-        _boxes_for_kernel(boxes), out, out_strides, pooled_height, pooled_width, spatial_scale, sampling_ratio,
-        aligned,
+    return _roi_align_tokens_triton(
+        tokens, boxes, grid_height, grid_width, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
+        num_prefix_tokens,
     )
 
 
@@ -550,20 +581,15 @@ def _roi_align_tokens_backward_op(
     grad: Tensor, boxes: Tensor, batch: int, num_tokens: int, grid_height: int, grid_width: int,
     spatial_scale: float, sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
 ) -> Tensor:
-    K, oh, ow, C = grad.shape
-    grid_size = (grid_height, grid_width)
     if not use_triton(grad):
         return roi_align_tokens_backward_reference(
-            grad, boxes, (batch, num_tokens, C), grid_size, spatial_scale, sampling_ratio, aligned, num_prefix_tokens
+            grad, boxes, (batch, num_tokens, grad.shape[3]), (grid_height, grid_width), spatial_scale, sampling_ratio,
+            aligned, num_prefix_tokens,
         )
-    gx = grad.new_zeros(batch, num_tokens, C, dtype=torch.float32)
-    gx_grid = gx[:, num_prefix_tokens:]  # [B, gh*gw, C] view into the zeroed buffer
-    g_strides = (grad.stride(0), grad.stride(3), grad.stride(1), grad.stride(2))  # as (k, c, oh, ow)
-    _roi_align_bwd_triton(
-        grad, g_strides, _boxes_for_kernel(boxes), gx_grid, _token_view_strides(gx_grid, grid_width), C,
-        grid_height, grid_width, oh, ow, spatial_scale, sampling_ratio, aligned,
+    return _roi_align_tokens_backward_triton(
+        grad, boxes, batch, num_tokens, grid_height, grid_width, spatial_scale, sampling_ratio, aligned,
+        num_prefix_tokens,
     )
-    return gx.to(grad.dtype)
 
 
 @_roi_align_tokens_backward_op.register_fake
@@ -599,6 +625,40 @@ _roi_align_tokens_op.register_autograd(_roi_align_tokens_grad, setup_context=_ro
 _roi_align_tokens_backward_op.register_autograd(
     _roi_align_tokens_backward_grad, setup_context=_roi_align_tokens_backward_setup
 )
+
+
+class _RoIAlignEager(torch.autograd.Function):
+    """`roi_align` on the Triton kernels without the custom-op layer, for eager calls (see `eager_fast_path`)."""
+
+    @staticmethod
+    def forward(ctx, input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned):
+        ctx.save_for_backward(boxes)
+        ctx.shape, ctx.params = tuple(input.shape), (spatial_scale, sampling_ratio, aligned)
+        return _roi_align_triton(input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (boxes,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the custom backward op is itself differentiable
+            return (torch.ops.spatialreward.roi_align_backward(grad, boxes, *ctx.shape, *ctx.params),) + (None,) * 6
+        return (_roi_align_backward_triton(grad, boxes, ctx.shape, *ctx.params),) + (None,) * 6
+
+
+class _RoIAlignTokensEager(torch.autograd.Function):
+    """`roi_align_tokens` on the Triton kernels without the custom-op layer, for eager calls."""
+
+    @staticmethod
+    def forward(ctx, tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix):
+        ctx.save_for_backward(boxes)
+        ctx.args = (tokens.shape[0], tokens.shape[1], gh, gw, spatial_scale, sampling_ratio, aligned, prefix)
+        return _roi_align_tokens_triton(tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (boxes,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the custom backward op is itself differentiable
+            return (torch.ops.spatialreward.roi_align_tokens_backward(grad, boxes, *ctx.args),) + (None,) * 9
+        return (_roi_align_tokens_backward_triton(grad, boxes, *ctx.args),) + (None,) * 9
 
 
 # %%
@@ -642,9 +702,8 @@ def roi_align(
         )
     _check_boxes(boxes, input)
     oh, ow = _pair(output_size)
-    return torch.ops.spatialreward.roi_align(
-        input, boxes, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned)
-    )
+    args = (input, boxes, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned))
+    return _RoIAlignEager.apply(*args) if eager_fast_path(input) else torch.ops.spatialreward.roi_align(*args)
 
 
 def roi_align_tokens(
@@ -666,9 +725,11 @@ def roi_align_tokens(
             f"tokens has {tokens.shape[1]} tokens but grid_size={gh}x{gw} plus num_prefix_tokens={num_prefix_tokens} "
             f"needs {num_prefix_tokens + gh * gw}; fix grid_size or num_prefix_tokens (e.g. 1 for a class token)"
         )
-    return torch.ops.spatialreward.roi_align_tokens(
-        tokens, boxes, gh, gw, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned), int(num_prefix_tokens)
-    )
+    args = (tokens, boxes, gh, gw, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned),
+            int(num_prefix_tokens))
+    if eager_fast_path(tokens):
+        return _RoIAlignTokensEager.apply(*args)
+    return torch.ops.spatialreward.roi_align_tokens(*args)
 
 
 # %%

@@ -244,23 +244,30 @@ try:
 except ImportError:
     print("SKIP no NVIDIA backend in this triton build"); sys.exit(0)
 module = importlib.import_module("spatialreward.kernels.region_attention")
-for which in ("fwd", "bwd_dkdv", "bwd_dq"):
-    kernel = getattr(module, f"_region_attn_{which}_kernel")
-    names = kernel.fn.arg_names
-    signature = {n: ("*bf16" if n.endswith("_ptr") else "i32") for n in names}
-    signature |= {"w_ptr": "*fp32", "lse_ptr": "*fp32", "delta_ptr": "*fp32", "qk_scale": "fp32", "sm_scale": "fp32"}
-    signature = {k: v for k, v in signature.items() if k in names}
-    meta = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_D": 64, "BLOCK_DV": 64, "INPUT_PRECISION": "tf32"}
-    for extra in ([{"MASK_GRAD": False}, {"MASK_GRAD": True}] if which == "bwd_dkdv" else [{}]):
-        signature = {k: v for k, v in signature.items() if k not in extra}
-        assert _backend.compile_for_gpu(kernel, signature, meta | extra).asm["cubin"], (which, extra)
+for mask_type in ("*i1", "*fp32"):  # bool masks are read as they are; float weights as fp32
+    partition = module._partition_keys_kernel
+    signature = {"w_ptr": mask_type, "order_ptr": "*i32", "count_ptr": "*i32", "LK": "i32", "stride_wb": "i32",
+                 "stride_wn": "i32"}
+    assert _backend.compile_for_gpu(partition, signature, {"BLOCK": 256}).asm["cubin"], ("partition", mask_type)
+    for which in ("fwd", "bwd_dkdv", "bwd_dq"):
+        kernel = getattr(module, f"_region_attn_{which}_kernel")
+        names = kernel.fn.arg_names
+        signature = {n: ("*bf16" if n.endswith("_ptr") else "i32") for n in names}
+        signature |= {"w_ptr": mask_type, "order_ptr": "*i32", "count_ptr": "*i32", "lse_ptr": "*fp32",
+                      "dw_ptr": "*fp32", "qk_scale": "fp32", "sm_scale": "fp32"}
+        signature = {k: v for k, v in signature.items() if k in names}
+        meta = {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_D": 64, "BLOCK_DV": 64, "INPUT_PRECISION": "tf32"}
+        for extra in ([{"MASK_GRAD": False}, {"MASK_GRAD": True}] if which == "bwd_dkdv" else [{}]):
+            signature = {k: v for k, v in signature.items() if k not in extra}
+            assert _backend.compile_for_gpu(kernel, signature, meta | extra).asm["cubin"], (which, extra)
 print("ok")
 """
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable here")
 def test_kernels_compile_for_sm90_bf16():
-    """Forward, dK/dV and dQ lower to a cubin for sm_90 in bf16 (a fresh process: no interpreter there)."""
+    """The key partition, forward, dK/dV and dQ lower to a cubin for sm_90 in bf16, with bool and float masks
+    (a fresh process: no interpreter there)."""
     import subprocess
     import sys
 
