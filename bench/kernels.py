@@ -5,7 +5,9 @@
 * Region attention: our Triton `region_attention` vs SDPA with a dense boolean key mask, and vs FlexAttention with
   a block mask (building the block mask is timed too: the region changes every batch).
 
-Forward and forward+backward, median of `triton.testing.do_bench`. Each row also reports the op's useful FLOPs and
+Ours is timed twice: as user code calls it (the eager route, a plain autograd.Function) and through its
+`torch.library` custom op (`triton_custom_op`, the route torch.compile / export trace) — same kernels, so their
+ratio is the host time the eager route saves. Forward and forward+backward, median of `triton.testing.do_bench`. Each row also reports the op's useful FLOPs and
 the least bytes it must move (definitions in `kernels/roi_align.py` / `kernels/region_attention.py`, numbers in
 bench/KERNELS.md), and the achieved bandwidth as a fraction of a measured device-to-device copy. Before timing,
 every provider's output is checked against the reference, so a fast wrong kernel cannot "win".
@@ -128,6 +130,10 @@ def bench_roi_align(torch, args, device: str, dtype, shapes, copy_bw: float, cud
             with use_backend("triton"):
                 return roi_align_tokens(t, boxes, (gh, gw), (oh, ow), 1.0, -1, False)
 
+        def ours_custom_op(t):  # the same kernels through the custom op: what torch.compile/export trace
+            with use_backend("triton"):
+                return torch.ops.spatialreward.roi_align_tokens(t, boxes, gh, gw, oh, ow, 1.0, -1, False, 0)
+
         def reference(t):
             with use_backend("reference"):
                 return roi_align_tokens(t, boxes, (gh, gw), (oh, ow), 1.0, -1, False)
@@ -138,7 +144,7 @@ def bench_roi_align(torch, args, device: str, dtype, shapes, copy_bw: float, cud
             maps = t.transpose(1, 2).reshape(B, C, gh, gw)  # [B, C, gh, gw]: the copy torchvision needs
             return torchvision.ops.roi_align(maps, vendor_boxes, (oh, ow), 1.0, -1, False).permute(0, 2, 3, 1)
 
-        providers = {"triton": ours, "torchvision": vendor}
+        providers = {"triton": ours, "triton_custom_op": ours_custom_op, "torchvision": vendor}
         if args.with_reference:
             providers["reference"] = reference
         want = reference(tokens).float()
@@ -162,9 +168,9 @@ def bench_roi_align(torch, args, device: str, dtype, shapes, copy_bw: float, cud
                     result[name] = _row(ms, result, copy_bw, err)
                 except Exception as exc:  # noqa: BLE001 - record and keep going (e.g. no bf16 kernel)
                     result[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-            _speedups(result, "triton", ("torchvision", "reference"))
+            _speedups(result, "triton", ("torchvision", "reference", "triton_custom_op"))
             rows.append(result)
-            _print_row(result, ("triton", "torchvision", "reference"))
+            _print_row(result, ("triton", "triton_custom_op", "torchvision", "reference"))
     return rows
 
 
@@ -214,6 +220,10 @@ def bench_attention(torch, args, device: str, dtype, shapes, copy_bw: float, cud
             with use_backend("triton"):
                 return region_attention(q, k, v, key_mask)
 
+        def ours_custom_op(q, k, v):  # the same kernels through the custom op: what torch.compile/export trace
+            with use_backend("triton"):
+                return torch.ops.spatialreward.region_attention(q, k, v, key_mask, q.shape[-1] ** -0.5)[0]
+
         def reference(q, k, v):
             with use_backend("reference"):
                 return region_attention(q, k, v, key_mask)
@@ -221,7 +231,7 @@ def bench_attention(torch, args, device: str, dtype, shapes, copy_bw: float, cud
         def sdpa(q, k, v):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
 
-        providers = {"triton": ours, "sdpa_dense_mask": sdpa}
+        providers = {"triton": ours, "triton_custom_op": ours_custom_op, "sdpa_dense_mask": sdpa}
         if flex is not None:
             providers["flex_block_mask"] = lambda q, k, v: flex(q, k, v, key_mask)
         if args.with_reference:
@@ -248,9 +258,9 @@ def bench_attention(torch, args, device: str, dtype, shapes, copy_bw: float, cud
                     result[name] = _row(ms, result, copy_bw, err)
                 except Exception as exc:  # noqa: BLE001 - record and keep going
                     result[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-            _speedups(result, "triton", ("sdpa_dense_mask", "flex_block_mask", "reference"))
+            _speedups(result, "triton", ("sdpa_dense_mask", "flex_block_mask", "reference", "triton_custom_op"))
             rows.append(result)
-            _print_row(result, ("triton", "sdpa_dense_mask", "flex_block_mask", "reference"))
+            _print_row(result, ("triton", "triton_custom_op", "sdpa_dense_mask", "flex_block_mask", "reference"))
     return rows
 
 
@@ -322,6 +332,14 @@ def run_checks(torch, dry_run: bool = False) -> int:
             mask[-1] = False  # an empty region: zeros, never NaN
             compare(f"region_attention {tag} B={B} H={H} Lq={L} Lk=196 region={region}",
                     lambda a, b, c, m=mask: region_attention(a, b, c, m), [q, k, v], torch.randn_like(q), dtype)
+        # the custom-op route (what torch.compile / torch.export trace) runs the same kernels: check it too
+        mask = am.bench_key_mask(B, 0.25, device=dev)
+        compare(f"region_attention {tag} through the custom op, region=0.25",
+                lambda a, b, c: torch.ops.spatialreward.region_attention(a, b, c, mask, D**-0.5)[0],
+                [q, k, v], torch.randn_like(q), dtype)
+        compare(f"roi_align_tokens {tag} through the custom op",
+                lambda t: torch.ops.spatialreward.roi_align_tokens(t, boxes, 14, 14, 7, 7, 1.0, -1, True, 1),
+                [tokens], torch.randn(boxes.shape[0], 7, 7, C, device=dev, dtype=dtype), dtype)
         q = torch.randn(3, 2, 77, 40, device=dev, dtype=dtype)
         k = torch.randn(3, 2, 150, 40, device=dev, dtype=dtype)
         v = torch.randn(3, 2, 150, 24, device=dev, dtype=dtype)
@@ -361,7 +379,8 @@ def _gate(err: float, dtype, provider: str) -> None:
     """Ours must match the reference to be timed; a vendor baseline is timed anyway (its error is in the row:
     torchvision's fp16 CUDA RoIAlign, for one, rounds in fp16 and lands ~4e-2 away)."""
     tol = FWD_TOL[str(dtype).replace("torch.", "")]
-    if provider not in ("triton", "reference") and err == err:  # finite but imprecise: still a fair timing
+    ours = ("triton", "triton_custom_op", "reference")
+    if provider not in ours and err == err:  # finite but imprecise: still a fair timing
         return
     if not err <= tol:  # also catches NaN
         raise AssertionError(f"output differs from the reference by {err:.3g} (> {tol}); not timed")
@@ -484,7 +503,7 @@ def main(argv=None) -> int:
     path.write_text(json.dumps(payload, indent=1))
     print(f"wrote {path}")
     errors = [(r["op"], p) for r in rows for p, v in r.items() if isinstance(v, dict) and "error" in v]
-    triton_errors = [e for e in errors if e[1] == "triton"]
+    triton_errors = [e for e in errors if e[1] in ("triton", "triton_custom_op")]
     if triton_errors:
         print(f"our Triton provider failed in {len(triton_errors)} rows; see 'error' in the JSON", file=sys.stderr)
         return 1
