@@ -269,6 +269,11 @@ class StudentConfig:
         default=1, metadata={"help": "blocks of joint attention over [instruction; change tokens] (0 = off)"}
     )
     roi_size: int = field(default=2, metadata={"help": "RoIAlign output side (roi_size² cells per region)"})
+    region_floor: float = field(
+        default=0.0,
+        metadata={"help": "token weights of the region and of its complement below this become exactly 0, so the "
+                          "region-attention kernel skips those keys (0 = dense soft weights, as older models)"},
+    )
     head_dim: int = field(default=256, metadata={"help": "hidden width of the score head"})
     head_dropout: float = field(default=0.0, metadata={"help": "dropout inside the score head"})
     logvar_min: float = field(default=-9.0, metadata={"help": "lowest log-variance of a sub-score/25"})
@@ -450,13 +455,19 @@ class Student(nn.Module):
         geometry = self.geometry_proj(torch.cat([boxes / 1000.0, layout], dim=1))  # [B, C]
 
         # Anchored verification: inside the region (is the change there, and right?), outside (was the rest kept?).
+        # Weights under the floor are exact zeros: those keys cost nothing in the kernel, and an empty region gives
+        # its path only its bias (a sigmoid's tail would otherwise spread a "region" over every token).
+        inside_w, outside_w = weights, 1.0 - weights
+        if cfg.region_floor > 0:
+            inside_w = torch.where(inside_w >= cfg.region_floor, inside_w, 0.0)
+            outside_w = torch.where(outside_w >= cfg.region_floor, outside_w, 0.0)
         queries = torch.cat([text.unsqueeze(1), e], dim=1)  # [B, 1+N, C]
-        inside = self.attend_inside(queries, s, weights)  # [B, 1+N, C]
-        outside = self.attend_outside(queries, s, 1.0 - weights)
+        inside = self.attend_inside(queries, s, inside_w)  # [B, 1+N, C]
+        outside = self.attend_outside(queries, s, outside_w)
         parts = [
             text, change.mean(1), change.amax(1), roi, text * roi, geometry, text * geometry,
-            inside[:, 0], weighted_mean(inside[:, 1:], weights),
-            outside[:, 0], weighted_mean(outside[:, 1:], 1.0 - weights),
+            inside[:, 0], weighted_mean(inside[:, 1:], inside_w),
+            outside[:, 0], weighted_mean(outside[:, 1:], outside_w),
             presence_logit.unsqueeze(1), area,
         ]
         if self.cfg.fusion_depth:

@@ -61,7 +61,7 @@ def nano(**overrides) -> StudentConfig:
     """
     cfg = StudentConfig(
         img_size=112, patch_size=16, embed_dim=128, depth=4, num_heads=4, mlp_ratio=3.0,
-        head_dim=192, cross_heads=4, mask_subdivision=4, pixel_stats=False,
+        head_dim=192, cross_heads=4, mask_subdivision=4, pixel_stats=False, region_floor=0.05,
     )
     return replace(cfg, **overrides)
 
