@@ -214,3 +214,31 @@ def test_forward_exports_without_value_dependent_control_flow():
         program = torch.export.export(model, (s, e, t))
     for a, b in zip(program.module()(s, e, t), model(s, e, t)):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.5])  # an untrained mask head predicts ~0.5 everywhere
+def test_region_floor_zeroes_small_weights_of_both_paths(floor):
+    """Weights under `region_floor` reach the attention kernel as exact zeros (so it can skip those keys); without a
+    floor the soft weights pass through unchanged and are never 0."""
+    model = toy_student(region_floor=floor).eval()
+    seen = {}
+    for name in ("attend_inside", "attend_outside"):
+        module = getattr(model, name)
+        module.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[2].detach()))
+    s, e, t = inputs(model.cfg, b=3)
+    with torch.no_grad():
+        model(s, e, t)
+    inside, outside = seen["attend_inside"], seen["attend_outside"]
+    if floor == 0.0:
+        assert torch.all(inside > 0) and torch.allclose(inside + outside, torch.ones_like(inside))
+    else:
+        for w in (inside, outside):
+            assert torch.all((w == 0) | (w >= floor))
+        assert (inside == 0).any() or (outside == 0).any()  # some keys really are dropped
+        kept = (inside > 0) & (outside > 0)
+        assert torch.allclose((inside + outside)[kept], torch.ones_like(inside[kept]))
+
+
+def test_presets_default_region_floor():
+    assert preset_config("nano").region_floor == 0.05
+    assert StudentConfig().region_floor == 0.0  # configs saved before the field load unchanged
