@@ -12,13 +12,15 @@ region): ``d out_i / d w_j = exp(s_ij - lse_i) (v_j - out_i)``, finite at ``w_j 
 and 0 for an empty region, where the output jumps.
 
 Why a kernel: the student attends from image tokens to the tokens inside an edit region, which is often 5-25%
-of a 14x14 grid. Dense SDPA with a mask pays for all keys. This kernel is FlashAttention (Dao et al. 2022/2023):
-one program owns a block of queries of one (sample, head), streams key tiles with an online softmax in fp32, and
-*skips every key tile whose weights are all zero*, so its cost follows the region, not the grid. The weights enter
-as ``+ log2(w)`` in the exp2 domain. The backward follows FlashAttention-2: recompute P from the saved
-log-sum-exp, one kernel for dK/dV (one program per key tile, skipping tiles outside the region: they get zero
-gradient) and one for dQ, so no atomics are needed. Only when the weights need a gradient does the dK/dV kernel
-visit every key tile: a key outside the region still has a derivative w.r.t. its weight.
+of a 14x14 grid. Dense SDPA with a mask pays for all keys. This kernel is FlashAttention (Dao et al. 2022/2023)
+over *compacted* keys: a small kernel first lists each sample's region keys (`partition_keys`: the region's key
+indices, then the rest, and the region's size); one program then owns a block of queries of one (sample, head) and
+streams only the listed keys, gathered a tile at a time, with an online softmax in fp32 — so its cost follows the
+region, not the grid, and its loop has no branch to stop Triton pipelining it. The weights enter as ``+ log2(w)``
+in the exp2 domain. The backward follows FlashAttention-2: recompute P from the saved log-sum-exp, one kernel for
+dK/dV (one program per tile of listed keys; tiles past the region write zeros) and one for dQ, both computing
+``rowsum(dO * O)`` themselves, so no pre-pass and no atomics. Only when the weights need a gradient does the dK/dV
+kernel visit every key: a key outside the region still has a derivative w.r.t. its weight.
 """
 
 from __future__ import annotations
