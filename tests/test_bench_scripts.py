@@ -28,6 +28,7 @@ def test_kernels_bench_dry_run(tmp_path):
     rows = _run("kernels.py", "--dry-run", "--no-flex", "--ops", "roi_align", tmp_path=tmp_path)
     assert {r["mode"] for r in rows} == {"fwd", "fwd_bwd"}
     assert all(r["triton"]["ms"] > 0 and "ms" in r["torchvision"] for r in rows)
+    assert all("ms" in r["triton_custom_op"] and r["speedup_vs_triton_custom_op"] > 0 for r in rows)
 
 
 def test_student_latency_bench_runs(tmp_path):
@@ -36,3 +37,11 @@ def test_student_latency_bench_runs(tmp_path):
     (row,) = rows
     assert row["preset"] == "nano" and row["batch"] == 2 and row["student_ms_per_edit"] > 0
     assert row["cuda_graph"] is False
+
+
+def test_dispatch_overhead_bench_runs(tmp_path):
+    (row,) = _run("dispatch_overhead.py", "--repeats", "100", tmp_path=tmp_path)
+    for route in ("custom_op", "function"):
+        assert row[f"{route}_fwd_us"] > row["body_only_fwd_us"] > 0
+        assert row[f"{route}_fwd_bwd_us"] > row[f"{route}_fwd_us"]
+    assert row["ratio_fwd"] == row["custom_op_fwd_us"] / row["function_fwd_us"]
