@@ -2,10 +2,12 @@
 # Everything that needs a GPU, in one call, most important first, each step bounded so the later ones still run:
 #   tests:     GPU-marked tests: compiled kernels vs references (fwd + bwd, fp32/fp16/bf16) at the student's
 #              shapes, and the student with Triton ops equals the student with references;
+#   graph:     benchmarks timed as CUDA-graph replays (device time, no Python/launch overhead) — attention first;
+#   attention: masked attention vs dense-mask SDPA and FlexAttention, eager (FlexAttention compiles: slow);
 #   check:     bench/kernels.py --check (more edge cases; compiles every dtype, a few minutes);
 #   roi:       RoIAlign benchmark vs torchvision;    student: student latency per preset (bf16 autocast);
-#   graph:     the same benchmarks timed as CUDA-graph replays (device time, no Python/launch overhead);
-#   attention: masked attention vs dense-mask SDPA and FlexAttention, eager (FlexAttention compiles: slow).
+#   dispatch:  host time of the custom-op vs eager routes (CPU only, seconds).
+# Steps run in the order below (the open attention goal first), each capped, until LIMIT_S is spent.
 #
 #   LIMIT_S=520 bash bench/gpu_session.sh                    # logs + JSON into $OUT (or bench/results/gpu-<date>)
 #   STEPS=tests,graph LIMIT_S=300 bash bench/gpu_session.sh  # a subset
@@ -38,7 +40,7 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/pip.log" 2>
 $PY -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__,
   'timm', timm.__version__, torch.cuda.get_device_name())"
 
-STEPS=",${STEPS:-tests,check,roi,student,graph,attention},"
+STEPS=",${STEPS:-tests,graph,attention,check,roi,student,dispatch},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 if want tests; then
   step gpu-tests 200 $PY -m pytest -q -rs -p no:cacheprovider -m gpu --junitxml "$OUT_DIR/gpu_tests.xml" \
@@ -46,16 +48,19 @@ if want tests; then
   # a GPU test that skips on a GPU box means something is misconfigured: count it as a failure
   grep -q 'skipped="0"' "$OUT_DIR/gpu_tests.xml" 2>/dev/null || { echo "== GPU tests skipped on a GPU box"; status=1; }
 fi
+# the open goal first: region attention (v2) vs dense-mask SDPA on device time, then eager with FlexAttention
+want graph && step bench-attention-graph 150 $PY bench/kernels.py --ops attention --graph --no-flex \
+  --out "$OUT_DIR/attn"
+want attention && step bench-attention 300 $PY bench/kernels.py --ops attention --out "$OUT_DIR/attn"
 want check && step kernel-check 240 $PY bench/kernels.py --check
 want roi && step bench-roi 120 $PY bench/kernels.py --ops roi_align --out "$OUT_DIR/roi"
+want graph && step bench-roi-graph 120 $PY bench/kernels.py --ops roi_align --graph --out "$OUT_DIR/roi"
 want student && step student-latency 120 $PY bench/student_latency.py --device cuda --dtype bf16 --no-text \
   --batches 1 8 32 256 --out "$OUT_DIR/student"
 # device time without Python/launch overhead: what a serving loop that replays CUDA graphs pays
 want graph && step student-latency-graph 120 $PY bench/student_latency.py --device cuda --dtype bf16 --no-text \
   --cuda-graph --batches 1 8 32 256 --out "$OUT_DIR/student"
-want graph && step bench-roi-graph 120 $PY bench/kernels.py --ops roi_align --graph --out "$OUT_DIR/roi"
-want graph && step bench-attention-graph 150 $PY bench/kernels.py --ops attention --graph --no-flex \
-  --out "$OUT_DIR/attn"
-want attention && step bench-attention 400 $PY bench/kernels.py --ops attention --out "$OUT_DIR/attn"
+# host time of the custom-op vs eager routes on this box's CPU (seconds)
+want dispatch && step dispatch-overhead 60 $PY bench/dispatch_overhead.py --out "$OUT_DIR"
 echo "== done in $((SECONDS - START))s, status $status"
 exit $status
