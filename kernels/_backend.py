@@ -39,7 +39,10 @@ except Exception as exc:  # noqa: BLE001 - ImportError, or a broken driver probe
     class _Stub:
         """Just enough of `triton` / `triton.language` for kernel *definitions* to import."""
 
-        constexpr = object  # annotations only
+        @staticmethod
+        def constexpr(value=None):  # module-level constants; as an annotation it is never evaluated
+            return value
+
         float32 = float16 = bfloat16 = int32 = int64 = None
 
         @staticmethod

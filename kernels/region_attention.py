@@ -118,7 +118,8 @@ def _bwd_configs() -> list:
     ]
 
 
-_CPU_META = {"BLOCK_M": 16, "BLOCK_N": 16}  # one cheap config for the interpreter
+_CPU_META = {"BLOCK_M": 16, "BLOCK_N": 32}  # one cheap config for the interpreter (BLOCK_N > TAIL_N: both loops run)
+TAIL_N = tl.constexpr(16)  # the region's keys past the last full BLOCK_N tile go 16 at a time (tl.dot's minimum)
 _NO_SPECIALIZE = ["NUM_HEADS", "LQ", "LK"]  # sizes may be 1; keep them runtime values
 _PARTITION_BLOCK = 1024  # keys per chunk in the partition kernel (a 14x14 grid is one chunk)
 
@@ -149,6 +150,39 @@ def _partition_keys_kernel(w_ptr, order_ptr, count_ptr, LK, stride_wb, stride_wn
         seen_in += tl.sum(inside, axis=0)
         seen_out += tl.sum(outside, axis=0)
     tl.store(count_ptr + b, n_inside)
+
+
+@triton.jit
+def _gather_region_tile(order_row, w_row, stride_wn, k_base, stride_kn, stride_kd, v_base, stride_vn, stride_vd,
+                        start_n, n_keys, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, TILE: tl.constexpr):
+    """K ``[TILE, D]``, V ``[TILE, Dv]`` and the log2-weight bias of the region's keys ``order[start_n:+TILE]``;
+    slots past the region load zeros and get bias -inf."""
+    slots = start_n + tl.arange(0, TILE)
+    live = slots < n_keys
+    keys = tl.load(order_row + slots, mask=live, other=0)
+    w = tl.load(w_row + keys * stride_wn, mask=live, other=0).to(tl.float32)
+    k = tl.load(k_base + keys[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=live[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    v = tl.load(v_base + keys[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
+                mask=live[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+    bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))  # log2 w; -inf past the region
+    return k, v, bias
+
+
+@triton.jit
+def _fwd_tile(q, m_i, l_i, acc, order_row, w_row, stride_wn, k_base, stride_kn, stride_kd, v_base, stride_vn,
+              stride_vd, start_n, n_keys, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, qk_scale,
+              TILE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """One online-softmax step over TILE region keys: the updated (running max, running sum, accumulator)."""
+    k, v, bias = _gather_region_tile(order_row, w_row, stride_wn, k_base, stride_kn, stride_kd, v_base, stride_vn,
+                                     stride_vd, start_n, n_keys, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, TILE)
+    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every tile has a live key
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)  # 0 on the first tile (m_i = -inf)
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+    return m_new, l_i, acc
 
 
 @triton.autotune(configs=_fwd_configs(), key=["LQ", "LK", "BLOCK_D", "BLOCK_DV"])
@@ -191,31 +225,21 @@ def _region_attn_fwd_kernel(
     order_row = order_ptr + b * LK
     n_keys = tl.load(count_ptr + b)  # the region's keys are order[b, :n_keys]
 
-    # ---- stream the region's keys, BLOCK_N at a time, with an online softmax (fp32) ---------------------------
+    # ---- stream the region's keys with an online softmax (fp32): BLOCK_N-wide tiles, then 16-wide ones for the
+    # rest, so a 9-key region costs one 16-key step whatever BLOCK_N the autotuner chose for big regions ---------
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for start_n in range(0, n_keys, BLOCK_N):
-        slots = start_n + tl.arange(0, BLOCK_N)
-        live = slots < n_keys
-        keys = tl.load(order_row + slots, mask=live, other=0)
-        w = tl.load(w_ptr + b * stride_wb + keys * stride_wn, mask=live, other=0).to(tl.float32)
-        k = tl.load(
-            k_base + keys[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-            mask=live[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0,
-        )
-        bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))  # log2 w; -inf past the region
-        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))  # finite: every tile has a live key
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)  # 0 on the first tile (m_i = -inf)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(
-            v_base + keys[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-            mask=live[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0,
-        )
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-        m_i = m_new
+    w_row = w_ptr + b * stride_wb
+    n_full = (n_keys // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, order_row, w_row, stride_wn, k_base, stride_kn, stride_kd,
+                                  v_base, stride_vn, stride_vd, start_n, n_keys, offs_d, offs_dv, HEAD_DIM,
+                                  HEAD_DIM_V, qk_scale, BLOCK_N, INPUT_PRECISION)
+    for start_n in range(n_full, n_keys, TAIL_N):
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, order_row, w_row, stride_wn, k_base, stride_kn, stride_kd,
+                                  v_base, stride_vn, stride_vd, start_n, n_keys, offs_d, offs_dv, HEAD_DIM,
+                                  HEAD_DIM_V, qk_scale, TAIL_N, INPUT_PRECISION)
 
     # ---- normalise; an empty region leaves l_i = 0 and writes zeros ------------------------------------------
     nonempty = l_i > 0
@@ -328,6 +352,20 @@ def _region_attn_bwd_dkdv_kernel(
         tl.store(dw_ptr + pid_bh.to(tl.int64) * LK + keys, dw, mask=valid)
 
 
+@triton.jit
+def _dq_tile(dq, q, do, lse, delta, order_row, w_row, stride_wn, k_base, stride_kn, stride_kd, v_base, stride_vn,
+             stride_vd, start_n, n_keys, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, qk_scale,
+             TILE: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """dQ (before the softmax scale) plus the contribution of TILE region keys."""
+    k, v, bias = _gather_region_tile(order_row, w_row, stride_wn, k_base, stride_kn, stride_kd, v_base, stride_vn,
+                                     stride_vd, start_n, n_keys, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, TILE)
+    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]
+    p = tl.math.exp2(s - lse[:, None])  # a non-empty region: lse is finite
+    dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
+
+
 @triton.autotune(configs=_bwd_configs(), key=["LQ", "LK", "BLOCK_D", "BLOCK_DV"])
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _region_attn_bwd_dq_kernel(
@@ -371,23 +409,18 @@ def _region_attn_bwd_dq_kernel(
     order_row = order_ptr + b * LK
     n_keys = tl.load(count_ptr + b)
 
-    # ---- accumulate dS @ K over the region's keys --------------------------------------------------------------
+    # ---- accumulate dS @ K over the region's keys: BLOCK_N-wide tiles, then 16-wide ones (as the forward) ------
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(0, n_keys, BLOCK_N):
-        slots = start_n + tl.arange(0, BLOCK_N)
-        live = slots < n_keys
-        keys = tl.load(order_row + slots, mask=live, other=0)
-        w = tl.load(w_ptr + b * stride_wb + keys * stride_wn, mask=live, other=0).to(tl.float32)
-        k = tl.load(k_base + keys[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=live[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        v = tl.load(v_base + keys[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                    mask=live[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
-        bias = tl.where(w > 0, tl.log2(tl.where(w > 0, w, 1.0)), float("-inf"))
-        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * qk_scale + bias[None, :]
-        p = tl.math.exp2(s - lse[:, None])  # a non-empty region: lse is finite
-        dp = tl.dot(do, tl.trans(v), input_precision=INPUT_PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=INPUT_PRECISION)
+    w_row = w_ptr + b * stride_wb
+    n_full = (n_keys // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        dq = _dq_tile(dq, q, do, lse, delta, order_row, w_row, stride_wn, k_base, stride_kn, stride_kd, v_base,
+                      stride_vn, stride_vd, start_n, n_keys, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, qk_scale,
+                      BLOCK_N, INPUT_PRECISION)
+    for start_n in range(n_full, n_keys, TAIL_N):
+        dq = _dq_tile(dq, q, do, lse, delta, order_row, w_row, stride_wn, k_base, stride_kn, stride_kd, v_base,
+                      stride_vn, stride_vd, start_n, n_keys, offs_d, offs_dv, HEAD_DIM, HEAD_DIM_V, qk_scale,
+                      TAIL_N, INPUT_PRECISION)
     dq = dq * sm_scale
 
     # ---- masked write-back ------------------------------------------------------------------------------------
