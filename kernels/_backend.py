@@ -130,7 +130,8 @@ def eager_fast_path(t: torch.Tensor) -> bool:
     """Whether an op on `t` may launch its Triton kernels through a plain `torch.autograd.Function` instead of its
     `torch.library.custom_op`. The custom op costs host time on every call (dispatch, then a second op for the
     backward); it is only needed where PyTorch traces: `torch.compile`, `torch.export` / ONNX export, `jit.trace`,
-    fake tensors. So: Triton backend, real tensors, eager mode."""
+    fake tensors. So: Triton backend, real tensors, eager mode. (That route's backward then runs on Triton too,
+    whatever the backend is when it runs; the custom op's backward re-reads the backend.)"""
     if not use_triton(t) or t.device.type == "meta":
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
