@@ -141,6 +141,17 @@ def eager_fast_path(t: torch.Tensor) -> bool:
     return not isinstance(t, FakeTensor)
 
 
+def check_int32_span(sizes, strides, what: str) -> None:
+    """The kernels index inside one sample with int32 (half the registers of int64, and vectorised loads): the
+    elements one sample spans, over its `sizes` / `strides` (batch dim excluded), must stay below 2**31."""
+    span = sum((size - 1) * abs(stride) for size, stride in zip(sizes, strides))
+    if span >= 2**31:
+        raise ValueError(
+            f"{what}: one sample spans {span} elements, more than the Triton kernel's int32 in-sample indexing "
+            "allows; split the channels, or run this call with set_backend('reference')"
+        )
+
+
 def launchable(kernel, t: torch.Tensor):
     """The kernel to launch for tensor `t`: the compiled one on CUDA, an interpreted copy on CPU.
 

@@ -30,7 +30,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._backend import eager_fast_path, launchable, tl, triton, use_triton
+from ._backend import check_int32_span, eager_fast_path, launchable, tl, triton, use_triton
 
 __all__ = ["partition_keys", "region_attention", "region_attention_reference"]
 
@@ -467,13 +467,6 @@ def partition_keys(key_mask: Tensor, block: int = _PARTITION_BLOCK) -> tuple[Ten
     return order, count
 
 
-def _check_int32_span(t: Tensor, name: str) -> None:
-    """In-sample offsets are int32 in the kernels (fewer registers); one sample must span < 2**31 elements."""
-    span = sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:])) + 1
-    if span >= 2**31:
-        raise ValueError(f"region_attention: one sample of {name} spans {span} elements; the kernels need < 2**31")
-
-
 def _region_attention_fwd_triton(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: float):
     """(out, natural-log LSE ``[B, H, Lq]`` fp32, order, count) — order/count are reused by the backward."""
     B, H, Lq, D = q.shape
@@ -484,7 +477,7 @@ def _region_attention_fwd_triton(q: Tensor, k: Tensor, v: Tensor, key_mask: Tens
     if B * H * Lq == 0:
         return out, lse, order, count
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _check_int32_span(t, name)
+        check_int32_span(t.shape[1:], t.stride()[1:], f"region_attention {name}")
     grid = lambda meta: (B * H, triton.cdiv(Lq, meta["BLOCK_M"]))  # noqa: E731
     _launch(
         _region_attn_fwd_kernel, q, grid,

@@ -34,7 +34,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._backend import eager_fast_path, launchable, tl, triton, use_triton
+from ._backend import check_int32_span, eager_fast_path, launchable, tl, triton, use_triton
 
 __all__ = ["roi_align", "roi_align_tokens", "roi_align_reference", "roi_align_tokens_reference"]
 
@@ -384,16 +384,6 @@ def _launch(kernel, probe: Tensor, grid_fn, *args, **kwargs) -> None:
         launchable(kernel, probe)[grid_fn](*args, **kwargs, **_CPU_META)
 
 
-def _check_int32_span(strides: Sequence[int], C: int, H: int, W: int, what: str) -> None:
-    """The kernels index inside one sample with int32 (half the registers of int64, and vectorised loads)."""
-    span = (C - 1) * abs(strides[1]) + (H - 1) * abs(strides[2]) + (W - 1) * abs(strides[3])
-    if span >= 2**31:
-        raise ValueError(
-            f"{what}: one sample spans {span} elements, more than the Triton kernel's int32 in-sample indexing "
-            "allows; split the channels, or run this call with set_backend('reference')"
-        )
-
-
 def _grid(K: int, P: int, C: int):
     return lambda meta: (K, triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]))
 
@@ -406,7 +396,7 @@ def _roi_align_fwd_triton(
     K = boxes.shape[0]
     if K == 0 or C == 0 or oh * ow == 0:
         return out
-    _check_int32_span(x_strides, C, H, W, "roi_align input")
+    check_int32_span((C, H, W), x_strides[1:], "roi_align input")
     _launch(
         _roi_align_fwd_kernel, x, _grid(K, oh * ow, C),
         x, boxes, out, C, H, W, oh, ow, *x_strides, boxes.stride(0), boxes.stride(1), *out_strides,
@@ -423,7 +413,7 @@ def _roi_align_bwd_triton(
     K = boxes.shape[0]
     if K == 0 or C == 0 or oh * ow == 0:
         return gx
-    _check_int32_span(gx_strides, C, H, W, "roi_align input gradient")
+    check_int32_span((C, H, W), gx_strides[1:], "roi_align input gradient")
     _launch(
         _roi_align_bwd_kernel, grad, _grid(K, oh * ow, C),
         grad, boxes, gx, C, H, W, oh, ow, *g_strides, boxes.stride(0), boxes.stride(1), *gx_strides,

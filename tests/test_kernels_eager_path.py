@@ -159,3 +159,9 @@ def test_torch_compile_traces_the_custom_ops_and_matches_eager():
             results[name] = [out, *torch.autograd.grad(out, leaves)]
     for a, b in zip(results["eager"], results["compiled"]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_int32_span_check_names_the_item():
+    _backend.check_int32_span((3, 196, 64), (196 * 64, 64, 1), "ok")  # a student-sized sample passes
+    with pytest.raises(ValueError, match=r"region_attention k: one sample spans 2147483649 elements"):
+        _backend.check_int32_span((2, 2**30 + 1), (1, 2), "region_attention k")
