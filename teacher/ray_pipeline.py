@@ -22,7 +22,7 @@ import numpy as np
 from spatialreward.dataset import ShardFormat
 from spatialreward.teacher.pipeline import LabelReport, LabelRun, judge_safely
 from spatialreward.teacher.registry import TeacherSpec, make_teacher, resolve_teacher
-from spatialreward.teacher.vlm import TeacherConfig
+from spatialreward.teacher.config import TeacherConfig
 from spatialreward.types import EditSample, Judgement
 
 
@@ -65,7 +65,7 @@ def label_dataset_ray(
     address: str | None = "local", num_cpus: int | None = 2, num_actors: int | None = None,
     gpus_per_actor: float | None = None, shard_size: int = 256, limit: int | None = None,
     fmt: ShardFormat = "jsonl", split: str | None = None, batch_size: int | None = None,
-    redo_failed: bool = False, progress: bool = True,
+    redo_failed: bool = False, strict: bool = False, progress: bool = True,
 ) -> LabelReport:
     """`label_dataset`, with the judging spread over a Ray actor pool.
 
@@ -82,7 +82,8 @@ def label_dataset_ray(
     import ray.data
 
     config = config or TeacherConfig()
-    parsed, name, prompt_version = resolve_teacher(spec, config)
+    resolved = resolve_teacher(spec, config)
+    parsed = resolved.spec
     started = init_ray(address, num_cpus)
     try:
         resources = ray.cluster_resources()
@@ -97,8 +98,8 @@ def label_dataset_ray(
             raise ValueError(f"num_actors={num_actors} and batch_size={batch_size} must be >= 1")
 
         run = LabelRun(
-            data_dir, name, prompt_version, shard_size=shard_size, limit=limit, fmt=fmt, split=split,
-            redo_failed=redo_failed, progress=progress,
+            data_dir, resolved.name, resolved.prompt_version, identity=resolved.identity, shard_size=shard_size,
+            limit=limit, fmt=fmt, split=split, redo_failed=redo_failed, strict=strict, progress=progress,
         )
         with run:
             if not run.todo:

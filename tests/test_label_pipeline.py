@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fixtures.fake_vlm import build_fake_vlm, write_noise_dataset
 from spatialreward.cli import app
 from spatialreward.cli._errors import CLIError
 from spatialreward.dataset import DatasetError, labels_dir, list_shards, read_label_shards, read_labels, write_samples
 from spatialreward.teacher.pipeline import LOCK_NAME, label_dataset
-from spatialreward.teacher.tiny import build_tiny_vlm, write_tiny_dataset
 from spatialreward.types import EditSample, Judgement
 
 
@@ -52,7 +52,7 @@ class FakeTeacher:
 
 def _interleaved_dataset(root: Path, groups: int = 3, per_group: int = 4) -> list[EditSample]:
     """Samples whose file order interleaves groups (g0, g1, g2, g0, ...): the pipeline must regroup them."""
-    base = write_tiny_dataset(root, groups=1, edits_per_group=1)[0]
+    base = write_noise_dataset(root, groups=1, edits_per_group=1)[0]
     samples = [
         EditSample(sample_id=f"g{g}-e{e}", source=base.source, edited=base.edited, instruction=f"edit {g}",
                    group_id=f"g{g}")
@@ -97,7 +97,7 @@ def test_resume_skips_labelled_and_limit_is_stable(tmp_path):
 
 
 def test_parquet_shards_and_split(tmp_path):
-    base = write_tiny_dataset(tmp_path, groups=1, edits_per_group=1)[0]
+    base = write_noise_dataset(tmp_path, groups=1, edits_per_group=1)[0]
     samples = [EditSample(sample_id=f"s{i}", source=base.source, edited=base.edited, instruction="x",
                           group_id=f"g{i // 2}", split="train" if i < 4 else "val") for i in range(6)]
     write_samples(tmp_path, samples)
@@ -239,9 +239,9 @@ def test_cli_labels_with_a_tiny_vlm_and_reports(tmp_path):
 
 
 def _run_cli_on_tiny_vlm(tmp_path):
-    model = build_tiny_vlm(tmp_path / "tiny-cli", "qwen2_5_vl")
+    model = build_fake_vlm(tmp_path / "fake-cli", "qwen2_5_vl")
     data = tmp_path / "data"
-    write_tiny_dataset(data, groups=1, edits_per_group=2)
+    write_noise_dataset(data, groups=1, edits_per_group=2)
     report_path = tmp_path / "report.json"
     result = CliRunner().invoke(app, [
         "label", "--data", str(data), "--teacher", f"vlm:{model}", "--max-new-tokens", "8", "--retries", "0",
@@ -255,7 +255,7 @@ def _run_cli_on_tiny_vlm(tmp_path):
 
 
 def test_cli_turns_bad_teacher_specs_into_cli_errors(tmp_path):
-    write_tiny_dataset(tmp_path, groups=1, edits_per_group=1)
+    write_noise_dataset(tmp_path, groups=1, edits_per_group=1)
     result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "gpt-4"])
     assert isinstance(result.exception, CLIError) and "unknown teacher" in str(result.exception)
     result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "vlm:x", "--retries", "1",

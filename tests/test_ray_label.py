@@ -9,11 +9,12 @@ import pytest
 ray = pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
 
+from fixtures.fake_vlm import build_fake_vlm, write_noise_dataset  # noqa: E402
 from spatialreward.dataset import labels_dir, read_label_shards  # noqa: E402
+from spatialreward.teacher.config import TeacherConfig  # noqa: E402
 from spatialreward.teacher.pipeline import label_dataset  # noqa: E402
 from spatialreward.teacher.ray_pipeline import label_dataset_ray  # noqa: E402
-from spatialreward.teacher.tiny import build_tiny_vlm, write_tiny_dataset  # noqa: E402
-from spatialreward.teacher.vlm import TeacherConfig, VLMTeacher  # noqa: E402
+from spatialreward.teacher.vlm import VLMTeacher  # noqa: E402
 
 # batch_size=1: a left-padded batch changes float sums slightly, and a random model's greedy choice can flip on
 # that; one request per generate() makes both modes compute exactly the same thing.
@@ -29,9 +30,9 @@ def local_ray():
 
 
 def test_ray_mode_matches_plain_mode_and_resumes(tmp_path, local_ray):
-    model = build_tiny_vlm(tmp_path / "tiny-ray", "qwen2_5_vl")
+    model = build_fake_vlm(tmp_path / "fake-ray", "qwen2_5_vl")
     plain_root, ray_root = tmp_path / "plain", tmp_path / "ray"
-    samples = write_tiny_dataset(plain_root, groups=2, edits_per_group=2)
+    samples = write_noise_dataset(plain_root, groups=2, edits_per_group=2)
     shutil.copytree(plain_root, ray_root)
 
     threads = torch.get_num_threads()
@@ -62,13 +63,13 @@ def test_cli_ray_option_runs_the_ray_pipeline(tmp_path, local_ray):
 
     from spatialreward.cli import app
 
-    model = build_tiny_vlm(tmp_path / "tiny-cli-ray", "qwen2_5_vl")
-    samples = write_tiny_dataset(tmp_path / "data", groups=1, edits_per_group=2)
+    model = build_fake_vlm(tmp_path / "fake-cli-ray", "qwen2_5_vl")
+    samples = write_noise_dataset(tmp_path / "data", groups=1, edits_per_group=2)
     result = CliRunner().invoke(app, [
         "label", "--data", str(tmp_path / "data"), "--teacher", f"vlm:{model}", "--ray", "local",
         "--ray-actors", "1", "--max-new-tokens", "4", "--retries", "0", "--no-progress",
     ])
     assert result.exit_code == 0, result.output
-    records = read_label_shards(labels_dir(tmp_path / "data", "vlm:tiny-cli-ray"))
+    records = read_label_shards(labels_dir(tmp_path / "data", "vlm:fake-cli-ray"))
     assert sorted(j.sample_id for j in records) == sorted(s.sample_id for s in samples)
     assert ray.is_initialized()  # a Ray the pipeline did not start is left running for its owner

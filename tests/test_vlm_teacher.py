@@ -9,24 +9,18 @@ from collections import Counter
 import pytest
 from PIL import Image
 
+from fixtures.fake_vlm import answer_length, build_fake_vlm, write_noise_dataset
 from spatialreward.dataset import labels_dir, read_label_shards
 from spatialreward.formula import reward_from_subscores
+from spatialreward.teacher.config import ChatRequest, Completion, TeacherConfig, TeacherLoadError
 from spatialreward.teacher.pipeline import label_dataset
 from spatialreward.teacher.prompts import load_prompts
 from spatialreward.teacher.registry import make_teacher, parse_teacher_spec, resolve_teacher
-from spatialreward.teacher.tiny import build_tiny_vlm, write_tiny_dataset
-from spatialreward.teacher.vlm import (
-    ChatRequest,
-    Completion,
-    TeacherConfig,
-    TeacherLoadError,
-    VLMTeacher,
-    cap_pixels,
-)
+from spatialreward.teacher.vlm import VLMTeacher, cap_pixels
 from spatialreward.types import EditSample
 
 # Tiny answers: a random model never stops on its own, so every call costs max_new_tokens decoding steps.
-TINY = dict(max_new_tokens=16, batch_size=4, parse_retries=1)
+FAKE = dict(max_new_tokens=16, batch_size=4, parse_retries=1)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,14 +35,14 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen25(tmp_path_factory):
-    return build_tiny_vlm(tmp_path_factory.mktemp("tiny25") / "tiny-qwen2_5_vl", "qwen2_5_vl")
+def fake_qwen25(tmp_path_factory):
+    return build_fake_vlm(tmp_path_factory.mktemp("fake25") / "fake-qwen2_5_vl", "qwen2_5_vl")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    samples = write_tiny_dataset(root, groups=2, edits_per_group=3)
+    samples = write_noise_dataset(root, groups=2, edits_per_group=3)
     return root, samples
 
 
@@ -73,12 +67,12 @@ def _accounted(judgements, samples):
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
-def test_tiny_checkpoint_loads_and_judges(tmp_path, dataset, family):
-    path = build_tiny_vlm(tmp_path / f"tiny-{family}", family)
+def test_fake_checkpoint_loads_and_judges(tmp_path, dataset, family):
+    path = build_fake_vlm(tmp_path / f"fake-{family}", family)
     assert (path / "config.json").exists() and (path / "chat_template.jinja").exists()
-    teacher = make_teacher(f"vlm:{path}", TeacherConfig(**TINY))
+    teacher = make_teacher(f"vlm:{path}", TeacherConfig(**FAKE))
     assert isinstance(teacher, VLMTeacher)
-    assert teacher.name == f"vlm:tiny-{family}" and teacher.prompt_version == "sr-v1"
+    assert teacher.name == f"vlm:fake-{family}" and teacher.prompt_version == "sr-v1"
     root, samples = dataset
     judgements = teacher.judge_batch(samples[:3], root)
     _accounted(judgements, samples[:3])
@@ -88,12 +82,12 @@ def test_tiny_checkpoint_loads_and_judges(tmp_path, dataset, family):
         # Each attempt decodes at most max_new_tokens; gibberish is re-asked once (parse_retries=1).
         attempts = extra["sc_attempts"] + extra["pq_attempts"]
         assert 2 <= attempts <= 4
-        assert 0 < extra["completion_tokens"] <= attempts * TINY["max_new_tokens"]
+        assert 0 < extra["completion_tokens"] <= attempts * FAKE["max_new_tokens"]
 
 
-def test_tiny_label_pipeline_accounts_for_every_record(tiny_qwen25, tmp_path):
-    samples = write_tiny_dataset(tmp_path, groups=2, edits_per_group=2)
-    teacher = VLMTeacher.from_pretrained(tiny_qwen25, TeacherConfig(**TINY))
+def test_fake_label_pipeline_accounts_for_every_record(fake_qwen25, tmp_path):
+    samples = write_noise_dataset(tmp_path, groups=2, edits_per_group=2)
+    teacher = VLMTeacher.from_pretrained(fake_qwen25, TeacherConfig(**FAKE))
     report = label_dataset(tmp_path, teacher, shard_size=3, fmt="parquet", progress=False)  # extras survive Arrow
     records = read_label_shards(labels_dir(tmp_path, teacher.name))
     assert sorted(j.sample_id for j in records) == sorted(s.sample_id for s in samples)
@@ -106,12 +100,13 @@ def test_tiny_label_pipeline_accounts_for_every_record(tiny_qwen25, tmp_path):
     assert all(j.prompt_version == "sr-v1" for j in records)
 
 
-def test_unloadable_image_fails_only_that_sample(tiny_qwen25, dataset, tmp_path):
+def test_unloadable_image_fails_only_that_sample(fake_qwen25, dataset, tmp_path):
     root, samples = dataset
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     bad = EditSample(sample_id="bad", source=str(broken), edited=samples[0].edited, instruction="x", group_id="z")
-    teacher = VLMTeacher.from_pretrained(tiny_qwen25, TeacherConfig(**TINY))
+    # An absolute path is allowed here on purpose: this test is about an image that does not decode.
+    teacher = VLMTeacher.from_pretrained(fake_qwen25, TeacherConfig(**FAKE, allow_outside_root=True))
     judgements = teacher.judge_batch([samples[0], bad, samples[1]], root)
     assert [j.sample_id for j in judgements] == [samples[0].sample_id, "bad", samples[1].sample_id]
     failed = judgements[1]
@@ -123,7 +118,7 @@ def test_unloadable_image_fails_only_that_sample(tiny_qwen25, dataset, tmp_path)
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TeacherLoadError, match="cannot load a VLM"):
-        VLMTeacher.from_pretrained(tmp_path / "no-such-model", TeacherConfig(**TINY))
+        VLMTeacher.from_pretrained(tmp_path / "no-such-model", TeacherConfig(**FAKE))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,7 +157,7 @@ class ScriptedBackend:
 
 
 def _one_sample(tmp_path):
-    samples = write_tiny_dataset(tmp_path, groups=1, edits_per_group=1)
+    samples = write_noise_dataset(tmp_path, groups=1, edits_per_group=1)
     return samples[0]
 
 
@@ -264,7 +259,7 @@ def test_images_are_capped_keeping_aspect():
 
 
 def test_requests_carry_capped_images(tmp_path):
-    samples = write_tiny_dataset(tmp_path, groups=1, edits_per_group=1, size=(300, 400))
+    samples = write_noise_dataset(tmp_path, groups=1, edits_per_group=1, size=(300, 400))
     backend = ScriptedBackend({"sc": GOOD_SC, "pq": GOOD_PQ})
     VLMTeacher(backend, TeacherConfig(max_image_pixels=100 * 100)).judge(samples[0], tmp_path)
     for request, _ in backend.requests:
@@ -287,7 +282,11 @@ def test_teacher_specs():
     for bad in ("", "vlm:", "gpt", "openai:#m"):
         with pytest.raises(TeacherLoadError):
             parse_teacher_spec(bad)
-    spec, name, version = resolve_teacher("vlm:SpatialReward/SpatialReward-8B")
-    assert name == "vlm:SpatialReward/SpatialReward-8B" and version == "sr-v1"
+    resolved = resolve_teacher("vlm:SpatialReward/SpatialReward-8B")
+    assert resolved.name == resolved.identity == "vlm:SpatialReward/SpatialReward-8B"
+    assert resolved.prompt_version == "sr-v1"
+    resolved = resolve_teacher("openai:http://h:8000#org/m")  # a named model: the server is not asked
+    assert resolved.name == resolved.identity == "openai:http://h:8000/v1#org/m"  # the URL is part of the name
+    assert str(resolved.spec) == "openai:http://h:8000/v1#org/m"
     with pytest.raises(TeacherLoadError, match="unknown teacher options"):
         make_teacher("vlm:x", not_an_option=1)

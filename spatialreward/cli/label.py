@@ -67,7 +67,7 @@ def label(
     from rich.console import Console
 
     from spatialreward.teacher.registry import make_teacher, parse_teacher_spec
-    from spatialreward.teacher.vlm import TeacherConfig, TeacherLoadError
+    from spatialreward.teacher.config import TeacherConfig, TeacherLoadError
 
     if format not in ("jsonl", "parquet"):
         raise CLIError(f"--format {format!r}: use jsonl or parquet")
