@@ -19,7 +19,7 @@ from fixtures.fake_vlm import build_fake_vlm, write_noise_dataset
 from spatialreward.cli import app
 from spatialreward.cli._errors import CLIError
 from spatialreward.dataset import DatasetError, labels_dir, list_shards, read_label_shards, read_labels, write_samples
-from spatialreward.teacher.pipeline import LOCK_NAME, label_dataset
+from spatialreward.teacher.pipeline import LOCK_NAME, MANIFEST_NAME, label_dataset
 from spatialreward.types import EditSample, Judgement
 
 
@@ -161,6 +161,86 @@ def test_live_lock_refuses_a_second_run_and_stale_lock_is_taken_over(tmp_path):
     dead.wait()
     lock.write_text(f"{dead.pid}@{socket.gethostname()}")
     assert label_dataset(tmp_path, FakeTeacher(), progress=False).labelled == 12
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume never mixes teachers or prompt versions (issue 12)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class OtherPrompt(FakeTeacher):
+    prompt_version = "fake-v2"
+
+    def judge_batch(self, samples, root):
+        return [j.model_copy(update={"prompt_version": self.prompt_version}) for j in super().judge_batch(samples, root)]
+
+
+def test_resume_with_another_prompt_version_is_refused_naming_both(tmp_path):
+    _interleaved_dataset(tmp_path)
+    label_dataset(tmp_path, FakeTeacher(), limit=4, progress=False)
+    manifest = json.loads((labels_dir(tmp_path, "fake") / MANIFEST_NAME).read_text())
+    assert manifest == {"teacher": "fake", "identity": "fake", "prompt_version": "fake-v1"}
+    teacher = OtherPrompt()
+    with pytest.raises(DatasetError, match=r"prompt_version 'fake-v1' there, 'fake-v2' in this run") as info:
+        label_dataset(tmp_path, teacher, progress=False)
+    assert "--teacher-name" in str(info.value)
+    assert teacher.seen == [] and len(_records(tmp_path)) == 4  # nothing asked, nothing written
+    assert not (labels_dir(tmp_path, "fake") / LOCK_NAME).exists()
+
+
+def test_same_name_but_another_identity_is_refused(tmp_path):
+    """Two servers (or checkpoints) under one --teacher-name: the folder knows which one wrote it."""
+    _interleaved_dataset(tmp_path)
+
+    class Served(FakeTeacher):
+        def __init__(self, identity):
+            super().__init__()
+            self.identity = identity
+
+    label_dataset(tmp_path, Served("openai:http://a:8000/v1#m"), limit=4, progress=False)
+    with pytest.raises(DatasetError, match=r"identity 'openai:http://a:8000/v1#m' there, 'openai:http://b:8000/v1#m'"):
+        label_dataset(tmp_path, Served("openai:http://b:8000/v1#m"), progress=False)
+    assert label_dataset(tmp_path, Served("openai:http://a:8000/v1#m"), progress=False).labelled == 8
+
+
+def test_folder_without_manifest_is_checked_by_its_records(tmp_path):
+    """Label folders written before teacher.json existed: the records' prompt versions are compared."""
+    _interleaved_dataset(tmp_path)
+    label_dataset(tmp_path, FakeTeacher(), limit=4, progress=False)
+    (labels_dir(tmp_path, "fake") / MANIFEST_NAME).unlink()
+    with pytest.raises(DatasetError, match=r"prompt versions \['fake-v1'\]; this run is 'fake' with prompt 'fake-v2'"):
+        label_dataset(tmp_path, OtherPrompt(), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Damaged files during a resume (issue 12)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_damaged_shard_is_reported_and_its_samples_relabelled(tmp_path):
+    _interleaved_dataset(tmp_path)
+    label_dataset(tmp_path, FakeTeacher(), shard_size=4, limit=8, progress=False)
+    folder = labels_dir(tmp_path, "fake")
+    damaged = folder / "part-00001.jsonl"
+    damaged.write_bytes(damaged.read_bytes()[:40] + b"\xff\xfe" + damaged.read_bytes()[42:])
+    teacher = FakeTeacher()
+    report = label_dataset(tmp_path, teacher, shard_size=4, progress=False)
+    assert report.unreadable_existing == 1 and "part-00001.jsonl:1: invalid UTF-8" in report.existing_errors[0]
+    assert any("bad existing label record" in line for line in report.problems())
+    assert report.already_labelled == 7 and report.labelled == 5  # the damaged line's sample is labelled again
+    with pytest.raises(DatasetError, match=r"part-00001.jsonl:1: invalid UTF-8"):
+        label_dataset(tmp_path, FakeTeacher(), strict=True, progress=False)
+
+
+def test_bad_sample_lines_are_reported_and_the_rest_labelled(tmp_path):
+    _interleaved_dataset(tmp_path)
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(path.read_bytes() + b'{"sample_id": "\xc3\x28"}\n')
+    report = label_dataset(tmp_path, FakeTeacher(), progress=False)
+    assert report.labelled == 12 and report.bad_sample_records == 1
+    assert "samples.jsonl:13: invalid UTF-8" in report.sample_errors[0]
+    with pytest.raises(DatasetError, match=r"samples.jsonl:13: invalid UTF-8"):
+        label_dataset(tmp_path, FakeTeacher(), strict=True, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------

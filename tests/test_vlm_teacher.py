@@ -116,6 +116,50 @@ def test_unloadable_image_fails_only_that_sample(fake_qwen25, dataset, tmp_path)
     assert judgements[0].model_extra["sc_attempts"] >= 1
 
 
+# A valid SC answer the fake model is forced to write to every request (PQ ignores its regions): the ok branch of
+# generate → slicing off the prompt → decoding → parsing, checked against a known verdict.
+FORCED = '{"edit_region": [{"id": 0, "bbox_2d": [100, 150, 400, 500]}], "reasoning": "<|bbox_0|>", "score": [20, 15]}'
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_forced_answer_comes_back_ok_through_the_real_generate_path(tmp_path, dataset, family):
+    model = build_fake_vlm(tmp_path / f"fake-{family}", family, answer=FORCED)
+    n_tokens = answer_length(FORCED)
+    config = TeacherConfig(max_new_tokens=n_tokens + 8, batch_size=3, parse_retries=1)
+    teacher = VLMTeacher.from_pretrained(model, config)
+    root, samples = dataset
+    judgements = teacher.judge_batch(samples[:3], root)  # one left-padded batch of 3 per call type
+    _accounted(judgements, samples[:3])
+    for j in judgements:
+        assert j.status == "ok", j.error
+        assert j.subscores == [20, 15, 20, 15] and j.boxes == [[100, 150, 400, 500]]
+        assert j.reward == pytest.approx(reward_from_subscores([20, 15, 20, 15]))
+        assert j.reasoning == "<|bbox_0|>" and j.model_extra["region_ids"] == ["0"]
+        assert json.loads(j.raw_text) == {"sc": [FORCED], "pq": [FORCED]}  # decoded exactly, no prompt, no padding
+        extra = j.model_extra
+        assert extra["sc_attempts"] == extra["pq_attempts"] == 1  # read at once: no re-ask
+        assert extra["completion_tokens"] == 2 * n_tokens  # up to and including <|im_end|>, per call
+        assert extra["parse_flags"] == [] and extra["sc_boxes_dropped"] == 0
+
+
+def test_sample_paths_outside_the_dataset_are_not_read(fake_qwen25, dataset, tmp_path):
+    root, samples = dataset
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), "white").save(outside)
+    absolute = EditSample(sample_id="abs", source=str(outside), edited=samples[0].edited, instruction="x",
+                          group_id="z")
+    climbing = EditSample(sample_id="up", source=samples[0].source, edited=f"../{outside.parent.name}/secret.png",
+                          instruction="x", group_id="z")
+    backend = ScriptedBackend({"sc": GOOD_SC, "pq": GOOD_PQ})
+    judgements = VLMTeacher(backend, TeacherConfig()).judge_batch([absolute, climbing, samples[0]], root)
+    assert [j.status for j in judgements] == ["failed", "failed", "ok"]
+    assert "abs: source: image path" in judgements[0].error and "absolute" in judgements[0].error
+    assert "up: edited: image path" in judgements[1].error and "'..'" in judgements[1].error
+    assert len(backend.requests) == 2  # only the confined sample's SC + PQ were sent anywhere
+    allowed = VLMTeacher(ScriptedBackend({"sc": GOOD_SC, "pq": GOOD_PQ}), TeacherConfig(allow_outside_root=True))
+    assert all(j.ok for j in allowed.judge_batch([absolute, climbing], root))
+
+
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TeacherLoadError, match="cannot load a VLM"):
         VLMTeacher.from_pretrained(tmp_path / "no-such-model", TeacherConfig(**FAKE))
@@ -198,6 +242,39 @@ def test_unreadable_after_all_retries_is_parse_error_without_reward(tmp_path):
     assert j.model_extra["sc_status"] == "ok" and j.model_extra["sc_score"] == [20, 15]
     assert j.boxes == [[100, 100, 400, 500]]  # the readable SC part is kept, but no reward
     assert j.model_extra["pq_score"] is None
+
+
+def test_pixel_boxes_are_read_against_the_sent_edited_image(tmp_path):
+    samples = write_noise_dataset(tmp_path, groups=1, edits_per_group=1, size=(1000, 1500))  # H × W
+    pixels = '{"edit_region": [[300, 100, 1200, 900]], "reasoning": "", "score": [20, 15]}'
+    j = VLMTeacher(ScriptedBackend({"sc": pixels, "pq": GOOD_PQ}), TeacherConfig(max_image_pixels=1500 * 1000)).judge(
+        samples[0], tmp_path)
+    assert j.status == "ok" and j.boxes == [[200, 100, 800, 900]]  # 1500 × 1000 px → 0–1000
+    assert j.model_extra["parse_flags"] == ["sc:boxes_from_pixels"]
+
+
+def test_all_boxes_dropped_while_edited_is_parse_error_and_a_partial_drop_is_counted(tmp_path):
+    sample = _one_sample(tmp_path)
+    dropped = '{"edit_region": [[100, 100, 100, 900]], "reasoning": "", "score": [20, 15]}'
+    j = VLMTeacher(ScriptedBackend({"sc": dropped, "pq": GOOD_PQ}), TeacherConfig(parse_retries=0)).judge(
+        sample, tmp_path)
+    assert j.status == "parse_error" and j.reward is None and "the only box was dropped" in j.error
+    partial = '{"edit_region": [[100, 100, 100, 900], [10, 10, 300, 300]], "reasoning": "", "score": [20, 15]}'
+    j = VLMTeacher(ScriptedBackend({"sc": partial, "pq": GOOD_PQ}), TeacherConfig()).judge(sample, tmp_path)
+    assert j.status == "ok" and j.boxes == [[10, 10, 300, 300]] and j.model_extra["sc_boxes_dropped"] == 1
+
+
+def test_prompt_score_range_converts_answers_and_flags_them(tmp_path):
+    sample = _one_sample(tmp_path)
+    prompt_file = tmp_path / "ten.json"
+    prompt_file.write_text(json.dumps({"style": "python", "score_range": 10,
+                                       "sc": "Rate {instruction} from 0 to {score_range}.", "pq": "0 to {score_range}"}))
+    sc = '{"edit_region": [[0, 0, 500, 500]], "reasoning": "", "score": [8, 6]}'
+    pq = '{"reasoning": "", "score": [10, 4]}'
+    j = VLMTeacher(ScriptedBackend({"sc": sc, "pq": pq}), TeacherConfig(prompt_file=str(prompt_file))).judge(
+        sample, tmp_path)
+    assert j.status == "ok" and j.subscores == [20, 15, 25, 10]
+    assert j.model_extra["parse_flags"] == ["sc:scores_rescaled", "pq:scores_rescaled"]
 
 
 def test_no_answer_is_failed_and_not_reasked(tmp_path):
