@@ -33,7 +33,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,91 @@ CRASH_PREFIX = "teacher raised "
 MAX_CONSECUTIVE_CRASHES = 3
 STATUSES = ("ok", "parse_error", "failed")
 SCALE_CHECK_MIN_OK = 20  # ok labels before "no score above 10" is worth a warning
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The knobs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelConfig:
+    """How a labeling run goes (what the teacher is told is `TeacherConfig`). ``spatialreward label`` has one flag
+    per field.
+
+    Shards:
+        shard_size: judgements per shard file; at most this many are lost to a ``kill -9``.
+        format: ``jsonl`` or ``parquet`` shards.
+    What to label:
+        split: only samples of this split.
+        limit: only the first N samples in group order (see the module docstring).
+        redo_failed: label again the samples whose latest record is ``failed``.
+        batch_size: samples per ``judge_batch`` call (default: the teacher's ``batch_size``, else 16).
+    Errors and output:
+        strict: stop at the first bad sample record or unreadable label shard (file and line) instead of reporting
+            it and going on.
+        progress: a progress bar with edits/s and the running parse-failure rate.
+    Ray mode (`ray_pipeline.label_dataset_ray`):
+        ray: ``local`` (a private Ray here), ``auto`` (this machine's cluster) or an address; None: no Ray.
+        ray_actors: teachers in the actor pool (default: one per GPU for ``vlm:``, 2 for ``openai:``).
+        ray_cpus: CPUs of a Ray started here.
+        ray_gpus_per_actor: GPUs per actor (default: 1 for ``vlm:`` on a cluster with GPUs, else 0).
+    """
+
+    # Shards
+    shard_size: int = field(default=256, metadata={"help": "Judgements per shard file (at most this many lost to "
+                                                           "a crash)."})
+    format: ShardFormat = field(default="jsonl", metadata={"help": "Shard format."})
+    # What to label
+    split: str | None = field(default=None, metadata={"help": "Only samples of this split."})
+    limit: int | None = field(default=None, metadata={"help": "Label only the first N samples in group order."})
+    redo_failed: bool = field(default=False, metadata={"help": "Label again samples whose latest record is "
+                                                                "'failed'."})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Samples per teacher call, and requests per generate() for vlm: teachers "
+                                        "(default: the teacher's)."}
+    )
+    # Errors and output
+    strict: bool = field(default=False, metadata={"help": "Stop at the first bad sample line or unreadable label "
+                                                           "shard instead of reporting it and going on."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar with edits/s and parse failures."})
+    # Ray mode
+    ray: str | None = field(
+        default=None, metadata={"help": "Run on Ray: 'local' (private Ray here), 'auto' (this machine's cluster) "
+                                        "or an address."}
+    )
+    ray_actors: int | None = field(default=None, metadata={"help": "Teachers in the Ray actor pool (default: one "
+                                                                    "per GPU)."})
+    ray_cpus: int = field(default=2, metadata={"help": "CPUs of a Ray started here (--ray local)."})
+    ray_gpus_per_actor: float | None = field(
+        default=None, metadata={"help": "GPUs per Ray actor (default: 1 for vlm: teachers when there are GPUs)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("shard_size", "ray_cpus"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("batch_size", "ray_actors"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1 (or unset for the default)")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit={self.limit} must be >= 0")
+        if self.ray_gpus_per_actor is not None and self.ray_gpus_per_actor < 0:
+            raise ValueError(f"ray_gpus_per_actor={self.ray_gpus_per_actor} must be >= 0")
+        if self.format not in ("jsonl", "parquet"):
+            raise ValueError(f"format={self.format!r}: use 'jsonl' or 'parquet'")
+
+
+def label_config(config: LabelConfig | None, overrides: dict[str, Any]) -> LabelConfig:
+    """``config`` (default `LabelConfig()`) with ``overrides`` of its fields; unknown names are refused."""
+    config = config or LabelConfig()
+    if not overrides:
+        return config
+    names = {f.name for f in fields(LabelConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown labeling options {unknown}; LabelConfig has {sorted(names)}")
+    return replace(config, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,20 +292,14 @@ class LabelRun:
     """
 
     def __init__(
-        self, data_dir: str | Path, teacher_name: str, prompt_version: str, *, identity: str | None = None,
-        shard_size: int = 256, limit: int | None = None, fmt: ShardFormat = "jsonl", split: str | None = None,
-        redo_failed: bool = False, strict: bool = False, progress: bool = True,
+        self, data_dir: str | Path, teacher_name: str, prompt_version: str, config: LabelConfig | None = None, *,
+        identity: str | None = None,
     ):
-        if shard_size < 1:
-            raise ValueError(f"shard_size={shard_size} must be >= 1")
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit={limit} must be >= 0")
-        if fmt not in ("jsonl", "parquet"):
-            raise ValueError(f"fmt={fmt!r}: use 'jsonl' or 'parquet'")
+        config = config or LabelConfig()
         self.root = Path(data_dir)
         self.out_dir = labels_dir(self.root, teacher_name)
-        self.shard_size, self.limit, self.fmt, self.split = shard_size, limit, fmt, split
-        self.redo_failed, self.strict, self.show_progress = redo_failed, strict, progress
+        self.shard_size, self.limit, self.fmt, self.split = config.shard_size, config.limit, config.format, config.split
+        self.redo_failed, self.strict, self.show_progress = config.redo_failed, config.strict, config.progress
         self.identity = identity or teacher_name
         self.report = LabelReport(teacher=teacher_name, prompt_version=prompt_version, out_dir=self.out_dir)
         self.todo: list[EditSample] = []
@@ -388,32 +467,19 @@ def judge_safely(teacher: Teacher, samples: Sequence[EditSample], root: str | Pa
 
 
 def label_dataset(
-    data_dir: str | Path, teacher: Teacher, *, shard_size: int = 256, limit: int | None = None,
-    fmt: ShardFormat = "jsonl", split: str | None = None, batch_size: int | None = None, redo_failed: bool = False,
-    strict: bool = False, progress: bool = True,
+    data_dir: str | Path, teacher: Teacher, config: LabelConfig | None = None, **overrides: Any
 ) -> LabelReport:
     """Label every sample of ``data_dir`` not yet labelled by ``teacher``; shards go to ``labels/<teacher>/``.
 
     Arguments:
         data_dir: dataset folder (``samples.jsonl`` + images).
         teacher: any `Teacher` (`make_teacher` builds one from a spec).
-        shard_size: judgements per shard file; at most this many are lost to a ``kill -9``.
-        limit: label only the first N samples in group order (see the module docstring).
-        fmt: ``jsonl`` or ``parquet`` shards.
-        split: only samples of this split.
-        batch_size: samples per ``judge_batch`` call (default: the teacher's ``batch_size``, else 16).
-        redo_failed: label again the samples whose latest record is ``failed``.
-        strict: stop at the first bad sample record or unreadable label shard (file and line) instead of reporting
-            it and going on.
-        progress: show a progress bar with edits/s and the running parse-failure rate.
+        config: how the run goes (`LabelConfig`; its ``ray*`` fields are for `label_dataset_ray`).
+        overrides: `LabelConfig` fields, e.g. ``label_dataset(root, teacher, shard_size=64, progress=False)``.
     """
-    batch_size = batch_size or getattr(teacher, "batch_size", None) or 16
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    run = LabelRun(
-        data_dir, teacher.name, teacher.prompt_version, identity=teacher_identity(teacher), shard_size=shard_size,
-        limit=limit, fmt=fmt, split=split, redo_failed=redo_failed, strict=strict, progress=progress,
-    )
+    config = label_config(config, overrides)
+    batch_size = config.batch_size or getattr(teacher, "batch_size", None) or 16
+    run = LabelRun(data_dir, teacher.name, teacher.prompt_version, config, identity=teacher_identity(teacher))
     with run:
         for start in range(0, len(run.todo), batch_size):
             run.record(judge_safely(teacher, run.todo[start : start + batch_size], run.root))

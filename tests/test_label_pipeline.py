@@ -101,7 +101,7 @@ def test_parquet_shards_and_split(tmp_path):
     samples = [EditSample(sample_id=f"s{i}", source=base.source, edited=base.edited, instruction="x",
                           group_id=f"g{i // 2}", split="train" if i < 4 else "val") for i in range(6)]
     write_samples(tmp_path, samples)
-    report = label_dataset(tmp_path, FakeTeacher(), shard_size=3, fmt="parquet", split="val", progress=False)
+    report = label_dataset(tmp_path, FakeTeacher(), shard_size=3, format="parquet", split="val", progress=False)
     assert report.samples == 2 and report.labelled == 2
     assert [p.suffix for p in report.shards] == [".parquet"]
     assert sorted(read_labels(tmp_path, "fake")) == ["s4", "s5"]
@@ -324,7 +324,7 @@ def _run_cli_on_tiny_vlm(tmp_path):
     write_noise_dataset(data, groups=1, edits_per_group=2)
     report_path = tmp_path / "report.json"
     result = CliRunner().invoke(app, [
-        "label", "--data", str(data), "--teacher", f"vlm:{model}", "--max-new-tokens", "8", "--retries", "0",
+        "label", "--data", str(data), "--teacher", f"vlm:{model}", "--max-new-tokens", "8", "--parse-retries", "0",
         "--no-progress", "--shard-size", "1", "--report", str(report_path),
     ])
     assert result.exit_code == 0, result.output
@@ -338,6 +338,55 @@ def test_cli_turns_bad_teacher_specs_into_cli_errors(tmp_path):
     write_noise_dataset(tmp_path, groups=1, edits_per_group=1)
     result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "gpt-4"])
     assert isinstance(result.exception, CLIError) and "unknown teacher" in str(result.exception)
-    result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "vlm:x", "--retries", "1",
-                                      "--format", "csv"])
-    assert isinstance(result.exception, CLIError) and "csv" in str(result.exception)
+    result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "vlm:x", "--format", "csv"])
+    assert result.exit_code == 2 and "csv" in result.output  # a Literal field: typer names the choices
+    result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "vlm:x", "--shard-size", "0"])
+    assert isinstance(result.exception, CLIError) and "shard_size=0" in str(result.exception)
+    result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--prompt-file", "p.json"])
+    assert isinstance(result.exception, CLIError) and "--prompt-file apply to vlm:" in str(result.exception)
+
+
+def test_every_config_field_has_a_label_flag():
+    """Adding a field to TeacherConfig or LabelConfig adds its flag (issue 13): nothing is typed twice."""
+    from spatialreward.cli._options import missing_flags
+    from spatialreward.cli.label import label
+    from spatialreward.teacher.config import TeacherConfig
+    from spatialreward.teacher.pipeline import LabelConfig
+
+    assert missing_flags(label, TeacherConfig) == []
+    assert missing_flags(label, LabelConfig) == []
+    result = CliRunner().invoke(app, ["label", "--help"], env={"COLUMNS": "200"})
+    for flag in ("--allow-outside-root", "--allow-insecure-api-key", "--max-response-bytes", "--strict",
+                 "--ray-gpus-per-actor", "--parse-retries", "--timeout-s", "--name"):
+        assert flag in result.output, flag
+
+
+def test_cli_flags_reach_both_configs(tmp_path, monkeypatch):
+    """One run of the command with non-default flags: each lands in its config field."""
+    import spatialreward.teacher.pipeline as pipeline
+    import spatialreward.teacher.registry as registry
+
+    seen = {}
+
+    def fake_make_teacher(spec, config):
+        seen["teacher"] = config
+        return FakeTeacher()
+
+    def fake_label_dataset(data, teacher, config):
+        seen["label"] = config
+        return pipeline.LabelReport(teacher="fake", prompt_version="fake-v1", out_dir=tmp_path)
+
+    monkeypatch.setattr(registry, "make_teacher", fake_make_teacher)
+    monkeypatch.setattr(pipeline, "label_dataset", fake_label_dataset)
+    result = CliRunner().invoke(app, [
+        "label", "--data", str(tmp_path), "--teacher", "vlm:x", "--batch-size", "3", "--parse-retries", "0",
+        "--allow-outside-root", "--timeout-s", "7.5", "--format", "parquet", "--strict", "--no-progress",
+        "--shard-size", "9", "--name", "mine",
+    ])
+    assert result.exit_code == 0, result.output
+    teacher, run = seen["teacher"], seen["label"]
+    assert (teacher.batch_size, teacher.parse_retries, teacher.allow_outside_root, teacher.timeout_s,
+            teacher.name) == (3, 0, True, 7.5, "mine")
+    assert (run.batch_size, run.format, run.strict, run.progress, run.shard_size) == (3, "parquet", True, False, 9)
+    result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "vlm:x"])
+    assert seen["teacher"].batch_size == 8 and seen["label"].batch_size is None  # unset: each keeps its default

@@ -44,10 +44,10 @@ def test_ray_mode_matches_plain_mode_and_resumes(tmp_path, local_ray):
     finally:
         torch.set_num_threads(threads)
 
-    first = label_dataset_ray(ray_root, f"vlm:{model}", CONFIG, address="local", num_actors=1, shard_size=3,
+    first = label_dataset_ray(ray_root, f"vlm:{model}", CONFIG, ray="local", ray_actors=1, shard_size=3,
                               limit=3, progress=False)
     assert first.labelled == 3
-    rest = label_dataset_ray(ray_root, f"vlm:{model}", CONFIG, address="local", num_actors=1, shard_size=3,
+    rest = label_dataset_ray(ray_root, f"vlm:{model}", CONFIG, ray="local", ray_actors=1, shard_size=3,
                              progress=False)
     assert rest.already_labelled == 3 and rest.labelled == 1
     assert rest.counts + first.counts == plain.counts
@@ -71,7 +71,7 @@ def test_cli_ray_option_runs_the_ray_pipeline(tmp_path, local_ray):
     samples = write_noise_dataset(tmp_path / "data", groups=1, edits_per_group=2)
     result = CliRunner().invoke(app, [
         "label", "--data", str(tmp_path / "data"), "--teacher", f"vlm:{model}", "--ray", "local",
-        "--ray-actors", "1", "--max-new-tokens", "4", "--retries", "0", "--no-progress",
+        "--ray-actors", "1", "--max-new-tokens", "4", "--parse-retries", "0", "--no-progress",
     ])
     assert result.exit_code == 0, result.output
     records = read_label_shards(labels_dir(tmp_path / "data", "vlm:fake-cli-ray"))

@@ -88,7 +88,7 @@ def test_fake_checkpoint_loads_and_judges(tmp_path, dataset, family):
 def test_fake_label_pipeline_accounts_for_every_record(fake_qwen25, tmp_path):
     samples = write_noise_dataset(tmp_path, groups=2, edits_per_group=2)
     teacher = VLMTeacher.from_pretrained(fake_qwen25, TeacherConfig(**FAKE))
-    report = label_dataset(tmp_path, teacher, shard_size=3, fmt="parquet", progress=False)  # extras survive Arrow
+    report = label_dataset(tmp_path, teacher, shard_size=3, format="parquet", progress=False)  # extras survive Arrow
     records = read_label_shards(labels_dir(tmp_path, teacher.name))
     assert sorted(j.sample_id for j in records) == sorted(s.sample_id for s in samples)
     assert report.labelled == len(samples) == sum(report.counts.values())
