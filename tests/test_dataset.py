@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from spatialreward.adapters import read_editreward_bench, read_mer_bench
+from spatialreward.benchmarks import read_editreward_bench, read_mer_bench
 from spatialreward.dataset import (
     DatasetError,
     ReadReport,
