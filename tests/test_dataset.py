@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from spatialreward.adapters import read_editreward_bench, read_mer_bench
+from spatialreward.benchmarks import read_editreward_bench, read_mer_bench
 from spatialreward.dataset import (
     DatasetError,
     OutsideRootError,
