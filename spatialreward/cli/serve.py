@@ -13,7 +13,6 @@ SERVE_EXAMPLES = """
 Examples:
   spatialreward serve --model runs/nano                                  # http://127.0.0.1:23456, loopback only
   spatialreward serve --model runs/nano --host 0.0.0.0 --token-file ~/.sr_token   # clients send a bearer token
-  spatialreward serve --model runs/nano --ray auto                       # Ray Serve deployment, same routes
 """
 
 
@@ -33,10 +32,6 @@ def serve(
     timeout_s: Annotated[float, typer.Option(help="Per-request deadline, seconds (then 504).")] = 120.0,
     token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token clients must send.")] = None,
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback --host without a token.")] = False,
-    ray: Annotated[str | None, typer.Option(help="Serve with Ray Serve: 'local', 'auto' or a cluster address.")]
-    = None,
-    num_gpus: Annotated[float, typer.Option(help="(--ray) GPUs per replica; fractions share a GPU.")] = 0.0,
-    replicas: Annotated[int, typer.Option(help="(--ray) Number of replicas.")] = 1,
 ) -> None:
     """Serve rewards over HTTP: POST /v1/score (JSON), POST / (SpatialReward reward-server protocol), GET /ping,
     /health, /metrics."""
@@ -56,11 +51,6 @@ def serve(
                           request_timeout_s=timeout_s, token=token, insecure=insecure)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
-    if ray is not None:
-        from spatialreward.serving.ray_serve import run_ray
-
-        run_ray(cfg, address=ray, num_gpus=num_gpus, replicas=replicas)
-        return
     from spatialreward.serving.server import serve as run
 
     run(cfg)
