@@ -22,16 +22,19 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Rerunnable: synth and label resume, and distill resumes the run in $(RUN) (a finished one: nothing left to
+# train, re-export and re-evaluate), starting over only when there is no checkpoint to resume.
 demo: install
 	$(BIN)/spatialreward synth --out $(DATA) --groups $(DEMO_GROUPS) --seed 0
 	$(BIN)/spatialreward label --teacher oracle --data $(DATA)
 	$(BIN)/spatialreward inspect --data $(DATA) --split heldout --index 0 --out $(DATA)/contact_sheet.png
-	$(BIN)/spatialreward distill --preset nano --data $(DATA) --out $(RUN) --max-minutes $(DEMO_MINUTES)
+	$(BIN)/spatialreward distill --preset nano --data $(DATA) --out $(RUN) --max-minutes $(DEMO_MINUTES) --resume --overwrite
 	$(BIN)/spatialreward eval --model $(RUN) --data $(DATA) --split heldout
 
 test: install
 	$(BIN)/python -m pytest -q
 
+# The long checks kept out of `make test` (a longer distillation that must reach a quality bar, ...): minutes on a CPU.
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 

@@ -7,11 +7,14 @@ cost). Reports per batch size:
 * ``latency_per_edit_s`` — wall time / edits (both calls); ``batch_latency_s`` p50 / max per ``judge_batch``;
 * ``generated_tokens_per_s`` — generated tokens (to the first end-of-turn) / wall time;
 * ``prompt_tokens_per_edit`` / ``generated_tokens_per_edit`` — SC + PQ, text and image tokens;
-* status counts (a random tiny model's answers are gibberish: all ``parse_error``; the cost is what matters).
+* status counts (a random fake model's answers are gibberish: all ``parse_error``; the cost is what matters).
+
+The fake checkpoint comes from ``tests/fixtures/fake_vlm.py`` (test fakes are not shipped in the package), so
+``--model fake`` needs a source checkout; a real model folder or hub id does not.
 
 With the student's latency on the same machine this gives the student-vs-teacher cost ratio.
 
-    python bench/teacher_cost.py                                   # tiny random Qwen2.5-VL on this CPU
+    python bench/teacher_cost.py                                   # a fake (tiny random) Qwen2.5-VL on this CPU
     python bench/teacher_cost.py --model SpatialReward/SpatialReward-8B --edits 32    # the real teacher, GPU
 
 Results go to ``<out>/<date>-<device>-teacher_cost.json`` with the machine, versions and settings.
@@ -26,21 +29,24 @@ import os
 import platform
 import statistics
 import tempfile
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # the fake VLM and noise dataset builders live in tests/fixtures
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="tiny",
-                   help="model folder or hub id; 'tiny' builds a random tiny checkpoint (see --family)")
-    p.add_argument("--family", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl", help="family of 'tiny'")
+    p.add_argument("--model", default="fake",
+                   help="model folder or hub id; 'fake' builds a tiny random checkpoint (see --family)")
+    p.add_argument("--family", choices=["qwen2_5_vl", "qwen3_vl"], default="qwen2_5_vl", help="family of 'fake'")
     p.add_argument("--batch-sizes", default="1,8", help="comma list of generate() batch sizes")
     p.add_argument("--edits", type=int, default=16, help="edits timed per batch size (after one warm-up batch)")
     p.add_argument("--image-size", type=int, default=512, help="synthetic image side in pixels (training size 512)")
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="answer cap per call (default 512; 64 for 'tiny', whose answers never end on their own)")
+                   help="answer cap per call (default 512; 64 for 'fake', whose answers never end on their own)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float16 | float32")
     p.add_argument("--threads", type=int, default=None,
@@ -74,7 +80,8 @@ def machine() -> dict:
 
 
 def run_batch_size(model: str, data: Path, samples: list, batch_size: int, args) -> dict:
-    from spatialreward.teacher.vlm import TeacherConfig, VLMTeacher
+    from spatialreward.teacher.config import TeacherConfig
+    from spatialreward.teacher.vlm import VLMTeacher
 
     config = TeacherConfig(batch_size=batch_size, max_new_tokens=args.max_new_tokens, parse_retries=0,
                            device=args.device, dtype=args.dtype)
@@ -109,24 +116,25 @@ def run_batch_size(model: str, data: Path, samples: list, batch_size: int, args)
 
 
 def main(argv=None) -> Path:
-    from spatialreward.teacher.tiny import build_tiny_vlm, write_tiny_dataset
-
     args = parse_args(argv)
+    sys.path.insert(0, str(TESTS))
+    from fixtures.fake_vlm import build_fake_vlm, write_noise_dataset
+
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.max_new_tokens is None:
-        args.max_new_tokens = 64 if args.model == "tiny" else 512
+        args.max_new_tokens = 64 if args.model == "fake" else 512
     with tempfile.TemporaryDirectory(prefix="teacher_cost_") as tmp:
         model = args.model
-        if model == "tiny":
-            model = str(build_tiny_vlm(Path(tmp) / f"tiny-{args.family}", args.family))
+        if model == "fake":
+            model = str(build_fake_vlm(Path(tmp) / f"fake-{args.family}", args.family))
         data = Path(tmp) / "data"
         needed = args.edits + max(batch_sizes)
         groups = -(-needed // 4)
-        samples = write_tiny_dataset(data, groups=groups, edits_per_group=4, size=(args.image_size, args.image_size))
+        samples = write_noise_dataset(data, groups=groups, edits_per_group=4, size=(args.image_size, args.image_size))
         rows = []
         for b in batch_sizes:
             row = run_batch_size(model, data, samples, b, args)
@@ -137,7 +145,7 @@ def main(argv=None) -> Path:
                   f"{row['prompt_tokens_per_edit']:7.1f} prompt tok/edit, {row['status_counts']}")
     result = {
         "benchmark": "teacher_cost", "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "model": args.model if args.model != "tiny" else f"tiny-{args.family} (random weights)",
+        "model": args.model if args.model != "fake" else f"fake-{args.family} (tiny, random weights)",
         "image_size": args.image_size, "max_new_tokens": args.max_new_tokens, "machine": machine(), "rows": rows,
     }
     device = result["machine"].get("gpu", "cpu").replace(" ", "-")

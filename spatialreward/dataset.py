@@ -80,16 +80,26 @@ def iter_jsonl(
 ) -> Iterator[tuple[int, M]]:
     """Yield ``(line_number, record)`` for each line of a JSONL file that validates as ``model``.
 
-    Blank lines are skipped; bad lines go to ``report`` (or raise `DatasetError` when ``strict``).
+    Blank lines are skipped; bad lines — invalid UTF-8 included — go to ``report`` (or raise `DatasetError` naming
+    the file and line when ``strict``). A file that cannot be opened raises `DatasetError`.
     """
     path = Path(path)
     report = report if report is not None else ReadReport()
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")  # bytes: each line is decoded inside the per-line try, so one bad byte is one bad line
     except OSError as exc:
         raise DatasetError(f"{path}: cannot open ({exc.strerror or exc})") from exc
     with fh:
-        for lineno, line in enumerate(fh, start=1):
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reason = f"invalid UTF-8 at byte {exc.start} of the line ({raw[max(0, exc.start - 8):exc.end + 8]!r})"
+                err = RecordError(str(path), lineno, reason)
+                if strict:
+                    raise DatasetError(str(err)) from exc
+                report.errors.append(err)
+                continue
             if not line.strip():
                 continue
             try:
@@ -191,6 +201,37 @@ def read_samples(
     return unique
 
 
+class OutsideRootError(DatasetError):
+    """A sample's image path leaves the dataset folder (absolute, or through ``..``) and that was not allowed."""
+
+
+def sample_image_path(
+    root: str | Path, path: str, *, allow_outside_root: bool = False, name: str | None = None
+) -> Path:
+    """The file a sample's image ``path`` names, confined to the dataset folder ``root``.
+
+    A dataset file is data, not a command: a relative path without ``..`` is all it may say, so it cannot make a
+    reader open (and a remote teacher upload) an arbitrary file. Absolute paths and ``..`` are accepted only with
+    ``allow_outside_root`` (e.g. for a `spatialreward convert`ed benchmark, whose paths are absolute). The check is
+    on the path as written; links placed inside the folder by its owner are followed. ``name`` (e.g.
+    ``"g0-e1: source"``) leads the error message.
+    """
+    lead = f"{name}: " if name else ""
+    p = Path(path)
+    if not allow_outside_root:
+        if p.is_absolute() or p.drive or p.anchor:
+            raise OutsideRootError(
+                f"{lead}image path {path!r} is absolute; dataset paths must be relative to {root} (pass "
+                "--allow-outside-root / allow_outside_root=True if you trust this dataset)"
+            )
+        if ".." in p.parts:
+            raise OutsideRootError(
+                f"{lead}image path {path!r} climbs out of {root} with '..' (pass --allow-outside-root / "
+                "allow_outside_root=True if you trust this dataset)"
+            )
+    return p if p.is_absolute() else Path(root) / p
+
+
 def group_samples(samples: Sequence[EditSample]) -> OrderedDict[str, list[EditSample]]:
     """Samples by ``group_id``, groups in first-seen order, members in file order."""
     groups: OrderedDict[str, list[EditSample]] = OrderedDict()
@@ -253,8 +294,8 @@ def _read_parquet_shard(path: Path, strict: bool, report: ReadReport) -> list[Ju
 
     try:
         rows = pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise DatasetError(f"{path}: unreadable Parquet shard ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 — a damaged file raises ArrowInvalid, OSError, ... depending on the damage
+        raise DatasetError(f"{path}: unreadable Parquet shard ({type(exc).__name__}: {exc})") from exc
     out = []
     for i, row in enumerate(rows, start=1):
         try:
@@ -271,14 +312,24 @@ def _read_parquet_shard(path: Path, strict: bool, report: ReadReport) -> list[Ju
 def read_label_shards(
     directory: str | Path, *, strict: bool = False, report: ReadReport | None = None
 ) -> list[Judgement]:
-    """All judgements in a label folder, shard by shard (JSONL and Parquet may be mixed)."""
+    """All judgements in a label folder, shard by shard (JSONL and Parquet may be mixed).
+
+    A shard that cannot be read at all (damaged Parquet, no permission) is one error in ``report`` with line 0,
+    and the other shards are still read; with ``strict`` it raises `DatasetError` naming the file.
+    """
     report = report if report is not None else ReadReport()
     out: list[Judgement] = []
     for shard in list_shards(directory):
-        if shard.suffix == ".jsonl":
-            out.extend(read_jsonl(shard, Judgement, strict=strict, report=report))
-        else:
-            out.extend(_read_parquet_shard(shard, strict, report))
+        try:
+            if shard.suffix == ".jsonl":
+                out.extend(read_jsonl(shard, Judgement, strict=strict, report=report))
+            else:
+                out.extend(_read_parquet_shard(shard, strict, report))
+        except DatasetError as exc:
+            if strict:
+                raise
+            reason = str(exc).removeprefix(f"{shard}: ")
+            report.errors.append(RecordError(str(shard), 0, f"whole shard skipped: {reason}"))
     return out
 
 

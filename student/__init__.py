@@ -7,8 +7,8 @@ from user code goes through `spatialreward.RewardModel`.
 
 from spatialreward.student.distill import DistillConfig, Distiller
 from spatialreward.student.evaluate import evaluate_model_dir
-from spatialreward.student.model import Student, StudentConfig, StudentOutput, build_student
-from spatialreward.student.presets import list_presets, preset_config, register_preset
+from spatialreward.student.model import Student, StudentConfig, StudentOutput
+from spatialreward.student.presets import build_student, list_presets, preset_config, register_preset
 
 __all__ = [
     "DistillConfig",

@@ -35,6 +35,12 @@ WHOLE_IMAGE = (0.0, 0.0, 1000.0, 1000.0)
 MASK_CELLS_PER_TOKEN = 4  # mask targets live on a grid 4× finer than the tokens (28×28 for a 7×7 grid)
 
 
+def mask_target_size(grid: tuple[int, int]) -> tuple[int, int]:
+    """Side of the mask targets for a student's token ``grid`` (training and evaluation use the same)."""
+    gh, gw = grid
+    return gh * MASK_CELLS_PER_TOKEN, gw * MASK_CELLS_PER_TOKEN
+
+
 def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
     """RGB PIL image → ``uint8 [3, size, size]`` (bilinear with antialiasing). The one resize used everywhere:
     training, evaluation and `RewardModel`, so the student never sees a different resampling at inference."""

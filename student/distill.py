@@ -20,7 +20,6 @@ schedule depends on the clock by design).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -31,10 +30,13 @@ from typing import Any, Literal
 import torch
 
 from spatialreward.student import checkpoint as ckpt
-from spatialreward.student.data import EditData, GroupBatchSampler, load_split, token_coverage
+from spatialreward.student.data import EditData, GroupBatchSampler, load_split, mask_target_size, token_coverage
 from spatialreward.student.losses import LossWeights, distill_loss
 from spatialreward.student.model import Student, StudentConfig
+from spatialreward.student.monitor import TrainingMonitor, eval_note, flat_metrics, plot_training_curves
 from spatialreward.student.presets import preset_config
+from spatialreward.student.run_folder import CURVES_FILE, DATA_REPORT_FILE, DISTILL_CONFIG_FILE, METRICS_LOG, RunFolder
+from spatialreward.student.text import text_encoder_for
 
 
 @dataclass
@@ -46,7 +48,8 @@ class DistillConfig:
     Optimisation: ``groups_per_batch``, ``lr``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio``,
     ``grad_clip``, ``amp``, ``ema_decay``, ``seed``, ``num_threads``. Losses: ``subscore_loss``, ``ranking_loss``,
     ``ranking_temperature``, ``w_*``, ``teacher_forcing``. Output: ``out``, ``eval_every_minutes``,
-    ``eval_every_steps``, ``save_every_minutes``, ``log_every_steps``, ``tensorboard``, ``progress``, ``resume``.
+    ``eval_every_steps``, ``save_every_minutes``, ``save_every_steps``, ``log_every_steps``, ``tensorboard``,
+    ``progress``, ``resume``, ``overwrite``.
     """
 
     # Data
@@ -99,10 +102,15 @@ class DistillConfig:
     eval_every_minutes: float = field(default=3.0, metadata={"help": "periodic evaluation interval (0 = off)"})
     eval_every_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps instead"})
     save_every_minutes: float = field(default=5.0, metadata={"help": "checkpoint interval"})
+    save_every_steps: int | None = field(default=None, metadata={"help": "also checkpoint every N steps"})
     log_every_steps: int = field(default=10, metadata={"help": "TensorBoard / metrics.jsonl interval"})
     tensorboard: bool = field(default=True, metadata={"help": "write TensorBoard scalars to OUT/tensorboard"})
     progress: bool = field(default=True, metadata={"help": "show a rich progress bar"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoint"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace a run already in OUT (with resume: only when there is no checkpoint to resume)"},
+    )
 
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_minutes is None:
@@ -111,6 +119,9 @@ class DistillConfig:
             raise ValueError(f"max_steps={self.max_steps} must be >= 1")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes={self.max_minutes} must be > 0")
+        for name in ("save_every_steps", "eval_every_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1 (or None = off)")
         if self.groups_per_batch < 1:
             raise ValueError(
                 f"groups_per_batch={self.groups_per_batch}: a batch holds whole GRPO groups, at least 1; the "
@@ -143,10 +154,6 @@ class DistillConfig:
         return asdict(self)
 
 
-DISTILL_CONFIG_FILE = "distill_config.json"
-METRICS_LOG = "metrics.jsonl"
-
-
 def _dist_info() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -162,10 +169,16 @@ def lr_factor(progress: float, step: int, warmup_steps: int, min_ratio: float) -
 
 class Distiller:
     """Trains a `Student` on one teacher's labels. ``text_encoder`` (anything with ``encode(list[str])``) may be
-    injected, e.g. to share one loaded MiniLM between runs; by default the config's encoder is loaded."""
+    injected, e.g. to share one loaded MiniLM between runs; by default the config's encoder is loaded.
+
+    Set-up in ``__init__`` (processes, run folder, model, data, optimiser, EMA, AMP), one optimiser step in
+    `train_step`, the loop in `train`. The run folder's policy (resume, overwrite, when to save, the metrics log)
+    is `RunFolder`'s; held-out evaluation, the progress bar and the curves are `TrainingMonitor`'s.
+    """
 
     def __init__(self, cfg: DistillConfig, *, text_encoder=None, student_config: StudentConfig | None = None):
         self.cfg = cfg
+        # -- processes and device
         self.rank, self.local_rank, self.world_size = _dist_info()
         self.is_main = self.rank == 0
         self.distributed = self.world_size > 1
@@ -175,20 +188,21 @@ class Distiller:
         if self.distributed and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend=backend)
-        self.out = Path(cfg.out)
-        if not cfg.out:
-            raise ValueError("DistillConfig.out is empty; pass an output folder (--out runs/nano)")
+
+        # -- the run folder: resume, replace or start (rank 0 recovers or clears; then every rank loads the same)
+        self.run = RunFolder(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, is_main=self.is_main)
+        self.out = self.run.out
+        if self.is_main:
+            self.run.prepare()
+        if self.distributed:
+            torch.distributed.barrier()
         resume_state = None
-        if cfg.resume:
-            ckpt_dir = self.out / ckpt.CHECKPOINT_DIR
-            if not ckpt_dir.is_dir():
-                raise FileNotFoundError(f"{ckpt_dir}: nothing to resume from (drop --resume to start fresh)")
-            resume_state = ckpt.load_training_checkpoint(ckpt_dir)
+        resume_dir = self.run.checkpoint_to_resume()
+        if resume_dir is not None:
+            resume_state = ckpt.load_training_checkpoint(resume_dir)
             student_config = StudentConfig.from_dict(resume_state["student_config"])
-        elif self.is_main and (self.out / ckpt.CHECKPOINT_DIR).exists():
-            raise FileExistsError(
-                f"{self.out / ckpt.CHECKPOINT_DIR} exists; pass --resume to continue it or choose another --out"
-            )
+
+        # -- the model
         if student_config is None:
             overrides = {"img_size": cfg.img_size} if cfg.img_size else {}
             student_config = preset_config(cfg.preset, **overrides)
@@ -198,33 +212,33 @@ class Distiller:
         if cfg.pretrained and resume_state is None:
             self.backbone_report = self.model.load_pretrained_backbone(cfg.pretrained)
 
-        if text_encoder is None:
-            from spatialreward.student.text import get_text_encoder
-
-            text_encoder = get_text_encoder(student_config.text_encoder)
-        gh, gw = student_config.grid
-        from spatialreward.student.data import MASK_CELLS_PER_TOKEN
-
-        self.mask_size = (gh * MASK_CELLS_PER_TOKEN, gw * MASK_CELLS_PER_TOKEN)
+        # -- the data: train split on every rank, the eval split on rank 0
+        text_encoder = text_encoder_for(student_config, text_encoder)
+        self.mask_size = mask_target_size(student_config.grid)
         self.train_data: EditData = load_split(
             cfg.data, split=cfg.train_split, teacher=cfg.teacher, img_size=student_config.img_size,
             mask_size=self.mask_size, text_encoder=text_encoder, max_groups=cfg.max_train_groups,
             workers=cfg.workers, progress=cfg.progress and self.is_main,
         )
-        self.eval_data: EditData | None = None
+        eval_data: EditData | None = None
         if cfg.eval_split and self.is_main:
             try:
-                self.eval_data = load_split(
+                eval_data = load_split(
                     cfg.data, split=cfg.eval_split, teacher=cfg.teacher, img_size=student_config.img_size,
                     mask_size=self.mask_size, text_encoder=text_encoder, max_groups=cfg.max_eval_groups,
                     workers=cfg.workers, progress=cfg.progress,
                 )
             except ValueError as exc:  # no such split: train anyway, say so
                 self._print(f"[yellow]no periodic evaluation: {exc}[/yellow]")
+        self.monitor = TrainingMonitor(
+            eval_data, device=self.device, eval_every_steps=cfg.eval_every_steps,
+            eval_every_minutes=cfg.eval_every_minutes, progress=self.is_main and cfg.progress,
+        )
         self.sampler = GroupBatchSampler(
             self.train_data.group, cfg.groups_per_batch, seed=cfg.seed, rank=self.rank, world_size=self.world_size
         )
 
+        # -- optimiser (no weight decay on norms, biases, position embedding, class token) and EMA
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or "pos_embed" in name or "cls_token" in name else decay).append(p)
@@ -244,6 +258,9 @@ class Distiller:
                 self.ema = {k: v.float() for k, v in resume_state["ema_state"].items()}
             state = resume_state["trainer_state"]
             self.step, self.elapsed = int(state["step"]), float(state["elapsed_seconds"])
+            self.run.resumed_step = self.step
+
+        # -- DDP and mixed precision
         self.ddp_model = self.model
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -252,8 +269,6 @@ class Distiller:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
         self.amp_dtype = self._amp_dtype(cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.writer = None
-        self.last_eval: dict[str, Any] | None = None
 
     # -- set-up helpers -------------------------------------------------------------------------------------------
 
@@ -281,6 +296,15 @@ class Distiller:
             from rich.console import Console
 
             Console(stderr=True).print(msg)
+
+    @property
+    def eval_data(self) -> EditData | None:
+        return self.monitor.eval_data
+
+    @property
+    def last_eval(self) -> dict[str, Any] | None:
+        """Metrics of the latest held-out evaluation (None before the first)."""
+        return self.monitor.last_eval
 
     # -- one step -------------------------------------------------------------------------------------------------
 
@@ -362,7 +386,7 @@ class Distiller:
                        "batch_edits": len(batch["index"])})
         return result
 
-    # -- evaluation, checkpoints, logs ----------------------------------------------------------------------------
+    # -- what the loop calls --------------------------------------------------------------------------------------
 
     def eval_model(self) -> Student:
         """The weights to evaluate and export: the EMA when enabled, else the live model."""
@@ -373,19 +397,12 @@ class Distiller:
         return model
 
     def evaluate(self) -> dict[str, Any] | None:
-        if self.eval_data is None:
-            return None
-        from spatialreward.student.evaluate import evaluate_data
-
-        metrics, _ = evaluate_data(self.eval_model(), self.eval_data, device=self.device)
-        self.last_eval = metrics
-        return metrics
+        """Held-out metrics of `eval_model` (None without an eval split)."""
+        return self.monitor.evaluate(self.eval_model())
 
     def save_checkpoint(self) -> None:
-        if not self.is_main:
-            return
-        ckpt.save_training_checkpoint(
-            self.out,
+        self.run.save(
+            self.elapsed,
             model_state=self.model.state_dict(),
             student_config=asdict(self.model.cfg),
             optimizer_state=self.optimizer.state_dict(),
@@ -393,72 +410,58 @@ class Distiller:
             ema_state=self.ema,
         )
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def should_stop(self) -> bool:
+        cfg = self.cfg
+        done = (cfg.max_steps is not None and self.step >= cfg.max_steps) or (
+            cfg.max_minutes is not None and self.elapsed >= 60.0 * cfg.max_minutes
+        )
+        if self.distributed:  # all ranks must agree, or one would wait forever in all-reduce
+            flag = torch.tensor([1.0 if done else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            done = bool(flag.item() > 0)
+        return done
+
+    def _log_eval(self, metrics: dict[str, Any] | None, **extra: Any) -> None:
+        self.run.log({"step": self.step, "elapsed_s": round(self.elapsed, 2), **extra,
+                      **{f"eval/{k}": v for k, v in flat_metrics(metrics).items()}})
+
+    def _write_run_info(self) -> None:
+        """distill_config.json, data_report.json and the opening lines (rank 0)."""
         if not self.is_main:
             return
-        with open(self.out / METRICS_LOG, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and v is not None and k not in ("step",):
-                    self.writer.add_scalar(k, v, record["step"])
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.run.write_json(DISTILL_CONFIG_FILE, cfg.to_dict())
+        report = {"train": self.train_data.report.to_dict()}
+        if self.eval_data is not None:
+            report["eval"] = self.eval_data.report.to_dict()
+        if self.backbone_report is not None:
+            report["pretrained_backbone"] = {k: len(v) for k, v in self.backbone_report.items()}
+        self.run.write_json(DATA_REPORT_FILE, report)
+        self._print(f"train: {self.train_data.report.summary()}")
+        if self.eval_data is not None:
+            self._print(f"{cfg.eval_split}: {self.eval_data.report.summary()}")
+        if self.run.resumed_step is not None:
+            self._print(f"resuming {self.out / ckpt.CHECKPOINT_DIR} at step {self.step}")
+        self._print(
+            f"student {self.model.cfg.embed_dim}w×{self.model.cfg.depth} at {self.model.cfg.img_size}px: "
+            f"{self.model.num_params() / 1e6:.2f} M params; kernels backend {self.model.kernel_backend}; "
+            f"{len(self.sampler)} steps/epoch × {self.world_size} process(es)"
+        )
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def train(self) -> Path:
         """Train until ``max_steps`` or ``max_minutes``; write the final student to ``out``. Returns ``out``."""
         cfg = self.cfg
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            ckpt.atomic_write_json(self.out / DISTILL_CONFIG_FILE, cfg.to_dict())
-            report = {"train": self.train_data.report.to_dict()}
-            if self.eval_data is not None:
-                report["eval"] = self.eval_data.report.to_dict()
-            if self.backbone_report is not None:
-                report["pretrained_backbone"] = {k: len(v) for k, v in self.backbone_report.items()}
-            ckpt.atomic_write_json(self.out / "data_report.json", report)
-            self._print(f"train: {self.train_data.report.summary()}")
-            if self.eval_data is not None:
-                self._print(f"{cfg.eval_split}: {self.eval_data.report.summary()}")
-            self._print(
-                f"student {self.model.cfg.embed_dim}w×{self.model.cfg.depth} at {self.model.cfg.img_size}px: "
-                f"{self.model.num_params() / 1e6:.2f} M params; kernels backend {self.model.kernel_backend}; "
-                f"{len(self.sampler)} steps/epoch × {self.world_size} process(es)"
-            )
-            if cfg.tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    self.writer = SummaryWriter(str(self.out / "tensorboard"))
-                except ImportError:
-                    self._print("[yellow]tensorboard is not installed; scalars go to metrics.jsonl only[/yellow]")
-
-        progress_bar = None
-        if self.is_main and cfg.progress:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            progress_bar = Progress(
-                TextColumn("[bold]distill[/bold] step {task.fields[step]}"), BarColumn(),
-                TextColumn("{task.percentage:>5.1f}%"), TextColumn("loss {task.fields[loss]:.4f}"),
-                TextColumn("{task.fields[rate]:.0f} edits/s"), TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
-            )
-            progress_bar.start()
-            task = progress_bar.add_task("distill", total=1000, step=self.step, loss=float("nan"), rate=0.0, note="")
-
-        def stop() -> bool:
-            done = (cfg.max_steps is not None and self.step >= cfg.max_steps) or (
-                cfg.max_minutes is not None and self.elapsed >= 60.0 * cfg.max_minutes
-            )
-            if self.distributed:  # all ranks must agree, or one would wait forever in all-reduce
-                flag = torch.tensor([1.0 if done else 0.0], device=self.device)
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                done = bool(flag.item() > 0)
-            return done
-
-        last_save = last_eval = self.elapsed
+        self._write_run_info()
+        self.run.open_log(tensorboard=cfg.tensorboard, warn=self._print)
+        self.run.last_save_elapsed = self.elapsed
+        self.monitor.start(self.step, self.elapsed)
         window_edits, window_time, ema_loss = 0, 0.0, None
         try:
-            while not stop():
+            while not self.should_stop():
+                # one optimiser step, timed (the clock counts training only, not evaluation or saving)
                 t0 = time.perf_counter()
                 parts = self.train_step()
                 dt = time.perf_counter() - t0
@@ -466,70 +469,41 @@ class Distiller:
                 window_edits += parts["batch_edits"] * self.world_size
                 window_time += dt
                 ema_loss = parts["loss/total"] if ema_loss is None else 0.9 * ema_loss + 0.1 * parts["loss/total"]
+
+                # log the loss parts and the throughput since the last record
                 if self.step % cfg.log_every_steps == 0 or self.step == 1:
                     rate = window_edits / max(window_time, 1e-9)
-                    self._log({"step": self.step, "elapsed_s": round(self.elapsed, 2), "edits_per_s": rate, **parts})
+                    self.run.log({"step": self.step, "elapsed_s": round(self.elapsed, 2), "edits_per_s": rate, **parts})
                     window_edits, window_time = 0, 0.0
-                    if progress_bar is not None:
-                        progress_bar.update(task, rate=rate)
-                due_eval = (
-                    (cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0)
-                    or (not cfg.eval_every_steps and cfg.eval_every_minutes
-                        and self.elapsed - last_eval >= 60.0 * cfg.eval_every_minutes)
-                )
-                if due_eval and self.is_main and self.eval_data is not None:
-                    last_eval = self.elapsed
-                    m = self.evaluate()
-                    self._log({"step": self.step, "elapsed_s": round(self.elapsed, 2),
-                               **{f"eval/{k}": v for k, v in _flat(m).items()}})
-                    if progress_bar is not None:
-                        progress_bar.update(task, note=_eval_note(m))
-                if self.elapsed - last_save >= 60.0 * cfg.save_every_minutes:
-                    last_save = self.elapsed
+                    self.monitor.update(rate=rate)
+
+                # evaluate on the held-out split (rank 0; monitoring only)
+                if self.is_main and self.monitor.eval_due(self.step, self.elapsed):
+                    self.monitor.last_eval_elapsed = self.elapsed
+                    metrics = self.evaluate()
+                    self._log_eval(metrics)
+                    self.monitor.update(metrics=metrics)
+
+                # checkpoint
+                if self.run.save_due(self.step, self.elapsed, every_minutes=cfg.save_every_minutes,
+                                     every_steps=cfg.save_every_steps):
                     self.save_checkpoint()
-                if progress_bar is not None:
-                    progress_bar.update(
-                        task, completed=int(1000 * min(1.0, self.progress_fraction())), step=self.step, loss=ema_loss
-                    )
+                self.monitor.update(completed=self.progress_fraction(), step=self.step, loss=ema_loss)
         finally:
-            if progress_bar is not None:
-                progress_bar.stop()
+            self.monitor.stop()
+
+        # the end: a last checkpoint, the final student, its held-out metrics and the curves
         self.save_checkpoint()
         if self.is_main:
-            final = self.eval_model()
-            final.save_pretrained(self.out)
+            self.eval_model().save_pretrained(self.out)
             if self.eval_data is not None:
-                m = self.evaluate()
-                self._log({"step": self.step, "elapsed_s": round(self.elapsed, 2), "final": True,
-                           **{f"eval/{k}": v for k, v in _flat(m).items()}})
-                self._print(f"final {cfg.eval_split} ({self.step} steps, {self.elapsed / 60:.1f} min): {_eval_note(m)}")
-            if self.writer is not None:
-                self.writer.close()
-            from spatialreward.student.evaluate import plot_training_curves
-
-            plot_training_curves(self.out / METRICS_LOG, self.out / "curves.png",
+                metrics = self.evaluate()
+                self._log_eval(metrics, final=True)
+                self._print(f"final {cfg.eval_split} ({self.step} steps, {self.elapsed / 60:.1f} min): "
+                            f"{eval_note(metrics)}")
+            self.run.close_log()
+            plot_training_curves(self.out / METRICS_LOG, self.out / CURVES_FILE,
                                  title=f"{cfg.preset} on {Path(cfg.data).name}")
         if self.distributed:
             torch.distributed.barrier()
         return self.out
-
-
-def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _eval_note(m: dict[str, Any] | None) -> str:
-    if not m:
-        return ""
-
-    def f(x):
-        return "n/a" if x is None else f"{x:.3f}"
-
-    return (f"pair-acc {f(m.get('pairwise_accuracy'))} spearman {f(m.get('spearman'))} "
-            f"adv-corr {f(m.get('group_advantage_corr'))} IoU {f(m.get('mask_iou'))}")

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from spatialreward.boxes import boxes_to_mask
 from spatialreward.student.data import EditData, GroupBatchSampler
 from spatialreward.student.metrics import reward_metrics
+from spatialreward.student.model import subscore_std_points
 from spatialreward.types import SUBSCORE_NAMES
 
 
@@ -54,7 +55,7 @@ def predict(model, data: EditData, *, device: torch.device | str = "cpu", groups
         ix = np.asarray(indices)
         reward[ix] = out.reward.float().cpu().numpy()
         subscores[ix] = out.subscores.float().cpu().numpy()
-        uncertainty[ix] = (25.0 * torch.exp(0.5 * out.subscore_logvar.float())).cpu().numpy()
+        uncertainty[ix] = subscore_std_points(out.subscore_logvar.float()).cpu().numpy()
         presence[ix] = torch.sigmoid(out.presence_logit.float()).cpu().numpy()
         up = F.interpolate(out.edit_mask_logits.float().unsqueeze(1), size=(side, side), mode="bilinear",
                            align_corners=False)[:, 0]
@@ -96,8 +97,11 @@ def metrics_markdown(metrics: dict[str, Any], title: str) -> str:
     for name in SUBSCORE_NAMES:
         rows.append((f"MAE {name}", (metrics.get("subscore_mae") or {}).get(name), "0–25 points"))
     rows += [
-        ("mask IoU", metrics.get("mask_iou"), "both empty = 1"),
-        ("mask IoU (edits with boxes)", metrics.get("mask_iou_edited_only"), ""),
+        ("mask IoU (all edits)", metrics.get("mask_iou"),
+         f"{metrics.get('edits')} edits; {metrics.get('mask_edits_without_boxes')} without boxes count 1 if "
+         "predicted empty"),
+        ("mask IoU (edited only)", metrics.get("mask_iou_edited_only"),
+         f"{metrics.get('mask_edits_with_boxes')} edits the teacher boxed"),
         ("presence accuracy", metrics.get("presence_accuracy"), ""),
     ]
     lines = [f"### {title}", "", "| metric | value | over |", "|---|---:|---|"]
@@ -109,7 +113,8 @@ def write_report(
     metrics: dict[str, Any], preds: Predictions, data: EditData, out_dir: str | Path, *, title: str, overlays: int = 6
 ) -> dict[str, Path]:
     """Write ``metrics.json``, ``metrics.md`` and ``eval.png`` into ``out_dir``."""
-    from spatialreward.student.checkpoint import atomic_write_bytes, atomic_write_json
+    from spatialreward.dataset import atomic_write_bytes
+    from spatialreward.student.checkpoint import atomic_write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -186,16 +191,14 @@ def evaluate_model_dir(
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Load a student directory, evaluate it on ``split`` of ``data_dir``, write the report (default
     ``MODEL_DIR/eval-<split>``)."""
-    from spatialreward.student.data import MASK_CELLS_PER_TOKEN, load_split
+    from spatialreward.student.data import load_split, mask_target_size
     from spatialreward.student.model import Student
-    from spatialreward.student.text import get_text_encoder
+    from spatialreward.student.text import text_encoder_for
 
     model = Student.from_pretrained(model_dir, map_location=device).to(device)
-    text_encoder = text_encoder or get_text_encoder(model.cfg.text_encoder)
-    gh, gw = model.cfg.grid
     data = load_split(
         data_dir, split=split, teacher=teacher, img_size=model.cfg.img_size,
-        mask_size=(gh * MASK_CELLS_PER_TOKEN, gw * MASK_CELLS_PER_TOKEN), text_encoder=text_encoder,
+        mask_size=mask_target_size(model.cfg.grid), text_encoder=text_encoder_for(model.cfg, text_encoder),
         max_groups=max_groups, progress=progress,
     )
     metrics, preds = evaluate_data(model, data, device=device)
@@ -207,50 +210,3 @@ def evaluate_model_dir(
 
 def load_metrics(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
-
-
-def plot_training_curves(metrics_log: str | Path, out_png: str | Path, *, title: str = "") -> Path:
-    """Training loss parts and periodic held-out metrics from ``metrics.jsonl`` against training minutes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in Path(metrics_log).read_text().splitlines() if line.strip()]
-    train = [r for r in records if "loss/total" in r]
-    evals = [r for r in records if "eval/pairwise_accuracy" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    ax = axes[0]
-    for key in sorted({k for r in train for k in r if k.startswith("loss/")}):
-        xs = [r["elapsed_s"] / 60 for r in train if key in r]
-        ys = [r[key] for r in train if key in r]
-        if len(ys) > 20:  # light smoothing: per-step losses of 8 groups are noisy
-            k = max(1, len(ys) // 50)
-            ys = np.convolve(ys, np.ones(k) / k, mode="same").tolist()
-        ax.plot(xs, ys, label=key[5:], lw=1.2 if key == "loss/total" else 0.8)
-    ax.set_xlabel("training minutes")
-    ax.set_ylabel("loss")
-    ax.set_title("training losses")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    ax = axes[1]
-    names = {"eval/pairwise_accuracy": "pairwise acc", "eval/spearman": "Spearman",
-             "eval/group_advantage_corr": "group-adv corr", "eval/mask_iou": "mask IoU",
-             "eval/presence_accuracy": "presence acc"}
-    for key, label in names.items():
-        pts = [(r["elapsed_s"] / 60, r[key]) for r in evals if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", ms=3, label=label)
-    ax.axhline(0.9, color="k", ls=":", lw=0.8)
-    ax.axhline(0.6, color="grey", ls=":", lw=0.8)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("training minutes")
-    ax.set_title("held-out metrics (targets: 0.90; mask IoU 0.60)")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)

@@ -10,9 +10,12 @@ GRPO only consumes rewards through group-normalised advantages, so the headline 
   are all equal (no advantage to match), are skipped and counted; a student constant within a group where the
   teacher is not scores 0 (its advantages are all zero).
 
-Then global ones: Spearman and Kendall (tau-b) of rewards over all edits, MAE per sub-score, mask IoU against the
-teacher's boxes (both empty → 1: agreeing nothing changed), presence accuracy. A metric with nothing to measure is
-``None`` with its count 0, never a made-up number.
+Then global ones: Spearman and Kendall (tau-b) of rewards over all edits, MAE per sub-score, presence accuracy and
+mask IoU against the teacher's boxes, twice: over all edits (``mask_iou``; both empty → 1, agreeing nothing
+changed) and over the edits the teacher boxed (``mask_iou_edited_only``). No-op edits are an eighth of a
+synthetic group, and a student that predicts "nothing" everywhere would score 1 on each of them, so the first
+alone flatters; every report shows both, with their counts. A metric with nothing to measure is ``None`` with its
+count 0, never a made-up number.
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ def reward_metrics(
         has_edit = np.asarray(target_masks, bool).reshape(len(target_masks), -1).any(1)
         out["mask_iou"] = float(ious.mean()) if len(ious) else None
         out["mask_iou_edited_only"] = float(ious[has_edit].mean()) if has_edit.any() else None
+        out["mask_edits_with_boxes"] = int(has_edit.sum())
+        out["mask_edits_without_boxes"] = int(len(ious) - has_edit.sum())
     if pred_presence is not None and target_presence is not None:
         p = np.asarray(pred_presence, np.float64) > 0.5
         t = np.asarray(target_presence, np.float64) > 0.5

@@ -13,6 +13,9 @@ Read top to bottom, nanoGPT-style:
     StudentConfig        every knob, with help text
     Student              forward(), encode_images()/forward_tokens() for cached sources, from_pretrained, ...
 
+Imports point one way: this file uses `checkpoint.py` (the folder format behind `save_pretrained` /
+`from_pretrained`) and `presets.py` uses this file (`build_student`, the builder from a preset name, lives there).
+
 Region features are pooled with `spatialreward.kernels.roi_align_tokens` over one box per edit: the bounding box
 of the predicted mask at inference, of the teacher's boxes when the distiller passes them (teacher forcing). The
 reward is the shared formula over the predicted sub-scores (`spatialreward.formula`), so its weights can be
@@ -22,7 +25,6 @@ whole network traces to ONNX; only `is None` checks on optional arguments pick t
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,12 +38,10 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from spatialreward.formula import DEFAULT_WEIGHTS, RewardWeights, reward_from_subscores
 from spatialreward.kernels import get_backend, region_attention, roi_align_tokens
+from spatialreward.student import checkpoint
+from spatialreward.student.text import MINILM_DIM, MINILM_NAME
 from spatialreward.types import SCORE_MAX
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_NAME = "spatialreward-student"
-FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LAYOUT_CELLS = 3  # instructions point at a 3×3 layout (upper-left … lower-right)
@@ -210,6 +210,11 @@ class ScoreHead(nn.Module):
         return subscores, logvar
 
 
+def subscore_std_points(logvar: torch.Tensor) -> torch.Tensor:
+    """The score head's log-variance (of subscore/25) as a standard deviation in 0–25 points."""
+    return SCORE_MAX * torch.exp(0.5 * logvar)
+
+
 def weighted_mean(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``Σ w·x / (Σ w + ε)`` over tokens: ``[B, N, C]``, ``[B, N]`` → ``[B, C]`` (zeros for an empty region)."""
     return (tokens * weights.unsqueeze(-1)).sum(1) / (weights.sum(1, keepdim=True) + 1e-6)
@@ -257,8 +262,8 @@ class StudentConfig:
     num_heads: int = field(default=3, metadata={"help": "attention heads in the backbone"})
     mlp_ratio: float = field(default=4.0, metadata={"help": "backbone MLP hidden size / width"})
     drop_path_rate: float = field(default=0.0, metadata={"help": "stochastic depth in the backbone"})
-    text_encoder: str = field(default="all-MiniLM-L6-v2", metadata={"help": "frozen sentence encoder of the instruction"})
-    text_dim: int = field(default=384, metadata={"help": "width of the instruction embedding (MiniLM-L6: 384)"})
+    text_encoder: str = field(default=MINILM_NAME, metadata={"help": "frozen sentence encoder of the instruction"})
+    text_dim: int = field(default=MINILM_DIM, metadata={"help": "width of the instruction embedding (MiniLM-L6: 384)"})
     change_depth: int = field(default=1, metadata={"help": "transformer blocks over the per-token change features"})
     mask_subdivision: int = field(default=1, metadata={"help": "mask cells per token side (1 = token grid)"})
     pixel_stats: bool = field(
@@ -488,32 +493,16 @@ class Student(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` into ``directory`` (each file atomically)."""
-        from spatialreward.student.checkpoint import atomic_write_json, save_safetensors
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_safetensors(self.state_dict(), directory / WEIGHTS_FILE)
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "student": asdict(self.cfg)}
-        atomic_write_json(directory / CONFIG_FILE, meta)
-        return directory
+        """Write ``model.safetensors`` + ``config.json`` into ``directory`` as one unit (`checkpoint` has the format)."""
+        return checkpoint.write_student_folder(directory, self.state_dict(), asdict(self.cfg))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Student:
-        """Load a directory written by `save_pretrained`; refuses missing, unexpected or mis-shaped weights."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: missing (is {directory} a student directory from `distill`?)")
-        meta = json.loads(config_path.read_text())
-        if meta.get("format") != FORMAT_NAME:
-            raise ValueError(f"{config_path}: format {meta.get('format')!r} is not {FORMAT_NAME!r}")
-        model = cls(StudentConfig.from_dict(meta["student"]))
-        state = load_file(str(weights_path), device=str(map_location))
-        load_state_checked(model, state, source=str(weights_path))
+        """Load a directory written by `save_pretrained`; refuses torn saves, non-finite values and missing,
+        unexpected or mis-shaped weights."""
+        student_config, state = checkpoint.read_student_folder(directory, device=str(map_location))
+        model = cls(StudentConfig.from_dict(student_config))
+        load_state_checked(model, state, source=str(Path(directory) / checkpoint.WEIGHTS_FILE))
         return model.eval()
 
     def load_pretrained_backbone(self, source: str | Path) -> dict:
@@ -523,23 +512,8 @@ class Student(nn.Module):
         weights elsewhere and pass the file. The position embedding is resampled to this grid and the patch
         embedding to this patch size; the classifier head is dropped. Returns what was loaded, resampled, skipped.
         """
-        from spatialreward.student.checkpoint import read_backbone_state
-
-        state = read_backbone_state(source)
+        state = checkpoint.read_backbone_state(source)
         return adapt_and_load_backbone(self.encoder.vit, state, source=str(source))
-
-
-def build_student(cfg: StudentConfig | str, **overrides) -> Student:
-    """The one builder: a config (or a preset name plus overrides) → a `Student` in train mode."""
-    if isinstance(cfg, str):
-        from spatialreward.student.presets import preset_config
-
-        cfg = preset_config(cfg, **overrides)
-    elif overrides:
-        from dataclasses import replace
-
-        cfg = replace(cfg, **overrides)
-    return Student(cfg)
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

@@ -1,7 +1,7 @@
 """Named student sizes, registered like timm's ``@register_model``: a name maps to a function returning a config.
 
-A preset function only returns a `StudentConfig` (caller overrides win); `build_student` in `model.py` is the one
-builder that turns a config into a network. Registering a name twice warns and keeps the newer function, as timm
+A preset function only returns a `StudentConfig` (caller overrides win); `build_student` below is the one
+builder that turns a preset name or a config into a network. Registering a name twice warns and keeps the newer function, as timm
 does, so a notebook can redefine a preset while experimenting.
 
     >>> from spatialreward.student import list_presets, preset_config
@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 
-from spatialreward.student.model import StudentConfig
+from spatialreward.student.model import Student, StudentConfig
 
 PresetFn = Callable[..., StudentConfig]
 _PRESETS: dict[str, PresetFn] = {}
@@ -42,6 +42,15 @@ def preset_config(name: str, **overrides) -> StudentConfig:
     if name not in _PRESETS:
         raise KeyError(f"unknown student preset {name!r}; choose one of {', '.join(list_presets())}")
     return _PRESETS[name](**overrides)
+
+
+def build_student(cfg: StudentConfig | str, **overrides) -> Student:
+    """The one builder: a config (or a preset name plus overrides) → a `Student` in train mode."""
+    if isinstance(cfg, str):
+        cfg = preset_config(cfg, **overrides)
+    elif overrides:
+        cfg = replace(cfg, **overrides)
+    return Student(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ class Teacher(Protocol):
 
     name: str
     prompt_version: str
+    # Optional: ``identity`` says exactly what answers (checkpoint folder, server URL + model); see `teacher_identity`.
 
     def judge_batch(self, samples: Sequence[EditSample], root: str | Path) -> list[Judgement]:
         """One `Judgement` per sample, in order. Image paths in samples are relative to ``root``.
@@ -27,3 +28,11 @@ class Teacher(Protocol):
         ``'parse_error'``) with the reason in ``error``.
         """
         ...
+
+
+def teacher_identity(teacher: Teacher) -> str:
+    """What answers, exactly: the teacher's ``identity`` (checkpoint folder, server URL + model), else its name.
+
+    The label folder records it, so a resumed run cannot mix labels of two teachers that share a name.
+    """
+    return str(getattr(teacher, "identity", None) or teacher.name)

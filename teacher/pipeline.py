@@ -4,9 +4,15 @@ Guarantees, in the order the code provides them:
 
 - **One writer per label folder.** A lock file (pid + host) refuses a second concurrent run; a lock left by a
   killed run (its pid is gone) is taken over.
-- **Resume.** Sample ids already in the folder's shards are skipped, so a run killed at any moment (even
-  ``kill -9``) loses at most the judgements not yet written and never writes one twice. ``redo_failed`` relabels
-  samples whose latest record is ``failed`` (no answer at all); the new record supersedes the old one.
+- **Resume, never a mix.** Sample ids already in the folder's shards are skipped, so a run killed at any moment
+  (even ``kill -9``) loses at most the judgements not yet written and never writes one twice. ``redo_failed``
+  relabels samples whose latest record is ``failed`` (no answer at all); the new record supersedes the old one.
+  A folder belongs to one teacher identity (checkpoint folder or server URL + model) and one prompt version,
+  written to ``teacher.json`` by its first run: a run with another teacher or another ``--prompt-file`` is refused
+  with both named, as is a folder holding records of another prompt version, so labels never mix silently.
+- **Damaged shards.** An existing shard that cannot be read (invalid UTF-8, damaged Parquet, a bad record) is
+  reported per line / per shard and its samples are labelled again; with ``strict`` the first one stops the run
+  with the file and line.
 - **Atomic shards.** Judgements are buffered and written ``shard_size`` at a time through
   `spatialreward.dataset.write_label_shard` (temp file + rename): a shard exists whole or not at all.
 - **GRPO groups together.** Work runs group by group (`group_samples`), so the edits of one source + instruction
@@ -21,12 +27,13 @@ command finishes the same N samples instead of labelling N more.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,7 @@ from spatialreward.dataset import (
     DatasetError,
     ReadReport,
     ShardFormat,
+    atomic_write_bytes,
     group_samples,
     labels_dir,
     next_shard_path,
@@ -41,13 +49,100 @@ from spatialreward.dataset import (
     read_samples,
     write_label_shard,
 )
-from spatialreward.teacher.base import Teacher
+from spatialreward.teacher.base import Teacher, teacher_identity
 from spatialreward.types import EditSample, Judgement
 
 LOCK_NAME = ".labeling.lock"
+MANIFEST_NAME = "teacher.json"  # who wrote this label folder: teacher name, identity, prompt version
 CRASH_PREFIX = "teacher raised "
 MAX_CONSECUTIVE_CRASHES = 3
 STATUSES = ("ok", "parse_error", "failed")
+SCALE_CHECK_MIN_OK = 20  # ok labels before "no score above 10" is worth a warning
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The knobs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelConfig:
+    """How a labeling run goes (what the teacher is told is `TeacherConfig`). ``spatialreward label`` has one flag
+    per field.
+
+    Shards:
+        shard_size: judgements per shard file; at most this many are lost to a ``kill -9``.
+        format: ``jsonl`` or ``parquet`` shards.
+    What to label:
+        split: only samples of this split.
+        limit: only the first N samples in group order (see the module docstring).
+        redo_failed: label again the samples whose latest record is ``failed``.
+        batch_size: samples per ``judge_batch`` call (default: the teacher's ``batch_size``, else 16).
+    Errors and output:
+        strict: stop at the first bad sample record or unreadable label shard (file and line) instead of reporting
+            it and going on.
+        progress: a progress bar with edits/s and the running parse-failure rate.
+    Ray mode (`ray_pipeline.label_dataset_ray`):
+        ray: ``local`` (a private Ray here), ``auto`` (this machine's cluster) or an address; None: no Ray.
+        ray_actors: teachers in the actor pool (default: one per GPU for ``vlm:``, 2 for ``openai:``).
+        ray_cpus: CPUs of a Ray started here.
+        ray_gpus_per_actor: GPUs per actor (default: 1 for ``vlm:`` on a cluster with GPUs, else 0).
+    """
+
+    # Shards
+    shard_size: int = field(default=256, metadata={"help": "Judgements per shard file (at most this many lost to "
+                                                           "a crash)."})
+    format: ShardFormat = field(default="jsonl", metadata={"help": "Shard format."})
+    # What to label
+    split: str | None = field(default=None, metadata={"help": "Only samples of this split."})
+    limit: int | None = field(default=None, metadata={"help": "Label only the first N samples in group order."})
+    redo_failed: bool = field(default=False, metadata={"help": "Label again samples whose latest record is "
+                                                                "'failed'."})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Samples per teacher call, and requests per generate() for vlm: teachers "
+                                        "(default: the teacher's)."}
+    )
+    # Errors and output
+    strict: bool = field(default=False, metadata={"help": "Stop at the first bad sample line or unreadable label "
+                                                           "shard instead of reporting it and going on."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar with edits/s and parse failures."})
+    # Ray mode
+    ray: str | None = field(
+        default=None, metadata={"help": "Run on Ray: 'local' (private Ray here), 'auto' (this machine's cluster) "
+                                        "or an address."}
+    )
+    ray_actors: int | None = field(default=None, metadata={"help": "Teachers in the Ray actor pool (default: one "
+                                                                    "per GPU)."})
+    ray_cpus: int = field(default=2, metadata={"help": "CPUs of a Ray started here (--ray local)."})
+    ray_gpus_per_actor: float | None = field(
+        default=None, metadata={"help": "GPUs per Ray actor (default: 1 for vlm: teachers when there are GPUs)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("shard_size", "ray_cpus"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("batch_size", "ray_actors"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1 (or unset for the default)")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit={self.limit} must be >= 0")
+        if self.ray_gpus_per_actor is not None and self.ray_gpus_per_actor < 0:
+            raise ValueError(f"ray_gpus_per_actor={self.ray_gpus_per_actor} must be >= 0")
+        if self.format not in ("jsonl", "parquet"):
+            raise ValueError(f"format={self.format!r}: use 'jsonl' or 'parquet'")
+
+
+def label_config(config: LabelConfig | None, overrides: dict[str, Any]) -> LabelConfig:
+    """``config`` (default `LabelConfig()`) with ``overrides`` of its fields; unknown names are refused."""
+    config = config or LabelConfig()
+    if not overrides:
+        return config
+    names = {f.name for f in fields(LabelConfig)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unknown labeling options {unknown}; LabelConfig has {sorted(names)}")
+    return replace(config, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,6 +166,10 @@ class LabelReport:
     shards: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     unreadable_existing: int = 0  # bad records found in existing shards (their samples are labelled again)
+    existing_errors: list[str] = field(default_factory=list)  # where and why, "file:line: reason" (first 50)
+    bad_sample_records: int = 0  # lines of samples.jsonl that were skipped (not labelled)
+    sample_errors: list[str] = field(default_factory=list)  # "file:line: reason" (first 50)
+    max_subscore: float | None = None  # highest sub-score of this run's ok labels (a 0–10 answerer stays <= 10)
 
     @property
     def edits_per_s(self) -> float:
@@ -88,6 +187,8 @@ class LabelReport:
             "call_counts": {c: {s: n[s] for s in STATUSES} for c, n in self.call_counts.items()},
             "shards": [str(p) for p in self.shards], "seconds": round(self.seconds, 3),
             "edits_per_s": round(self.edits_per_s, 3), "unreadable_existing": self.unreadable_existing,
+            "existing_errors": self.existing_errors, "bad_sample_records": self.bad_sample_records,
+            "sample_errors": self.sample_errors, "max_subscore": self.max_subscore, "problems": self.problems(),
         }
 
     def table(self):
@@ -108,6 +209,25 @@ class LabelReport:
             f"{len(self.shards)} shard(s) written"
         )
         return table
+
+    def problems(self) -> list[str]:
+        """What a user should look at: skipped records and shards (first 5 of each), a suspicious score scale."""
+        lines = []
+        for what, count, errors in (("sample record", self.bad_sample_records, self.sample_errors),
+                                    ("existing label record / shard", self.unreadable_existing, self.existing_errors)):
+            if count:
+                lines.append(f"{count} bad {what}(s) skipped:")
+                lines.extend(f"  {e}" for e in errors[:5])
+                if count > 5:
+                    lines.append(f"  ... and {count - 5} more (see the JSON report)")
+        ok = self.counts["ok"]
+        if self.call_counts and ok >= SCALE_CHECK_MIN_OK and self.max_subscore is not None \
+                and self.max_subscore <= 10:
+            lines.append(
+                f"no sub-score above {self.max_subscore:g} in {ok} ok labels: is the teacher answering on a 0–10 "
+                "scale? If so, set \"score_range\": 10 in the prompt file so answers are converted"
+            )
+        return lines
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -172,20 +292,15 @@ class LabelRun:
     """
 
     def __init__(
-        self, data_dir: str | Path, teacher_name: str, prompt_version: str, *, shard_size: int = 256,
-        limit: int | None = None, fmt: ShardFormat = "jsonl", split: str | None = None, redo_failed: bool = False,
-        progress: bool = True,
+        self, data_dir: str | Path, teacher_name: str, prompt_version: str, config: LabelConfig | None = None, *,
+        identity: str | None = None,
     ):
-        if shard_size < 1:
-            raise ValueError(f"shard_size={shard_size} must be >= 1")
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit={limit} must be >= 0")
-        if fmt not in ("jsonl", "parquet"):
-            raise ValueError(f"fmt={fmt!r}: use 'jsonl' or 'parquet'")
+        config = config or LabelConfig()
         self.root = Path(data_dir)
         self.out_dir = labels_dir(self.root, teacher_name)
-        self.shard_size, self.limit, self.fmt, self.split = shard_size, limit, fmt, split
-        self.redo_failed, self.show_progress = redo_failed, progress
+        self.shard_size, self.limit, self.fmt, self.split = config.shard_size, config.limit, config.format, config.split
+        self.redo_failed, self.strict, self.show_progress = config.redo_failed, config.strict, config.progress
+        self.identity = identity or teacher_name
         self.report = LabelReport(teacher=teacher_name, prompt_version=prompt_version, out_dir=self.out_dir)
         self.todo: list[EditSample] = []
         self._lock = LabelLock(self.out_dir)
@@ -196,7 +311,11 @@ class LabelRun:
         self._started = 0.0
 
     def __enter__(self) -> LabelRun:
-        samples = read_samples(self.root, split=self.split)  # before the lock: a bad folder leaves no lock behind
+        # Before the lock: a bad folder leaves no lock behind.
+        sample_report = ReadReport()
+        samples = read_samples(self.root, split=self.split, strict=self.strict, report=sample_report)
+        self.report.bad_sample_records = sample_report.bad
+        self.report.sample_errors = [str(e) for e in sample_report.errors[:50]]
         self._lock.acquire()
         try:
             self._plan(samples)
@@ -219,7 +338,10 @@ class LabelRun:
 
     def _plan(self, samples: list[EditSample]) -> None:
         existing_report = ReadReport()
-        latest = {j.sample_id: j for j in read_label_shards(self.out_dir, report=existing_report)}
+        latest = {
+            j.sample_id: j for j in read_label_shards(self.out_dir, strict=self.strict, report=existing_report)
+        }
+        self._check_owner(latest)
         done = {sid for sid, j in latest.items() if not (self.redo_failed and j.status == "failed")}
         ordered = [s for group in group_samples(samples).values() for s in group]
         if self.limit is not None:
@@ -230,6 +352,39 @@ class LabelRun:
         self.report.selected = len(ordered)
         self.report.already_labelled = len(ordered) - len(self.todo)
         self.report.unreadable_existing = existing_report.bad
+        self.report.existing_errors = [str(e) for e in existing_report.errors[:50]]
+
+    def _check_owner(self, latest: dict[str, Judgement]) -> None:
+        """Refuse to add labels of another teacher or prompt version to this folder; claim it when new."""
+        me = {"teacher": self.report.teacher, "identity": self.identity,
+              "prompt_version": self.report.prompt_version}
+        fix = (f"label into another folder (--teacher-name NEW_NAME), or move {self.out_dir} away to start over")
+        manifest = self.out_dir / MANIFEST_NAME
+        if manifest.exists():
+            try:
+                owner = json.loads(manifest.read_bytes())
+                if not isinstance(owner, dict):
+                    raise ValueError(f"expected a JSON object, got {type(owner).__name__}")
+            except ValueError as exc:
+                raise DatasetError(f"{manifest}: unreadable ({exc}); it says who wrote these labels. {fix}") from exc
+            differences = [f"{key} {owner.get(key)!r} there, {value!r} in this run"
+                           for key, value in me.items() if owner.get(key) != value]
+            if differences:
+                raise DatasetError(
+                    f"{self.out_dir} holds labels of another teacher setup ({'; '.join(differences)}); resuming "
+                    f"would mix them. {fix}"
+                )
+        versions = sorted({j.prompt_version for j in latest.values()} - {me["prompt_version"]})
+        teachers = sorted({j.teacher for j in latest.values()} - {me["teacher"]})
+        if versions or teachers:
+            found = [f"prompt versions {versions}"] if versions else []
+            found += [f"teachers {teachers}"] if teachers else []
+            raise DatasetError(
+                f"{self.out_dir} holds records of {' and '.join(found)}; this run is {me['teacher']!r} with prompt "
+                f"{me['prompt_version']!r}, and resuming would mix them. {fix}"
+            )
+        if not manifest.exists():
+            atomic_write_bytes(manifest, (json.dumps(me, indent=2) + "\n").encode("utf-8"))
 
     def record(self, judgements: Iterable[Judgement]) -> None:
         """Take the judgements of one batch: check, buffer, write full shards, count."""
@@ -264,6 +419,8 @@ class LabelRun:
         report = self.report
         for j in judgements:
             report.counts[j.status] += 1
+            if j.ok and j.subscores:
+                report.max_subscore = max(report.max_subscore or 0.0, *j.subscores)
             extra = j.model_extra or {}
             for call in ("sc", "pq"):
                 status = extra.get(f"{call}_status")
@@ -310,30 +467,19 @@ def judge_safely(teacher: Teacher, samples: Sequence[EditSample], root: str | Pa
 
 
 def label_dataset(
-    data_dir: str | Path, teacher: Teacher, *, shard_size: int = 256, limit: int | None = None,
-    fmt: ShardFormat = "jsonl", split: str | None = None, batch_size: int | None = None, redo_failed: bool = False,
-    progress: bool = True,
+    data_dir: str | Path, teacher: Teacher, config: LabelConfig | None = None, **overrides: Any
 ) -> LabelReport:
     """Label every sample of ``data_dir`` not yet labelled by ``teacher``; shards go to ``labels/<teacher>/``.
 
     Arguments:
         data_dir: dataset folder (``samples.jsonl`` + images).
         teacher: any `Teacher` (`make_teacher` builds one from a spec).
-        shard_size: judgements per shard file; at most this many are lost to a ``kill -9``.
-        limit: label only the first N samples in group order (see the module docstring).
-        fmt: ``jsonl`` or ``parquet`` shards.
-        split: only samples of this split.
-        batch_size: samples per ``judge_batch`` call (default: the teacher's ``batch_size``, else 16).
-        redo_failed: label again the samples whose latest record is ``failed``.
-        progress: show a progress bar with edits/s and the running parse-failure rate.
+        config: how the run goes (`LabelConfig`; its ``ray*`` fields are for `label_dataset_ray`).
+        overrides: `LabelConfig` fields, e.g. ``label_dataset(root, teacher, shard_size=64, progress=False)``.
     """
-    batch_size = batch_size or getattr(teacher, "batch_size", None) or 16
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    run = LabelRun(
-        data_dir, teacher.name, teacher.prompt_version, shard_size=shard_size, limit=limit, fmt=fmt, split=split,
-        redo_failed=redo_failed, progress=progress,
-    )
+    config = label_config(config, overrides)
+    batch_size = config.batch_size or getattr(teacher, "batch_size", None) or 16
+    run = LabelRun(data_dir, teacher.name, teacher.prompt_version, config, identity=teacher_identity(teacher))
     with run:
         for start in range(0, len(run.todo), batch_size):
             run.record(judge_safely(teacher, run.todo[start : start + batch_size], run.root))

@@ -5,10 +5,10 @@ order, write shards, count — through the same `LabelRun`. Ray does the judging
 pool, each actor holding one teacher built from the spec (one transformers model per GPU, or one HTTP client
 pool per actor). Records travel back as JSON strings, so Arrow never reshapes a field.
 
-``address``: ``local`` (or ``""``) starts a private Ray on this machine with ``num_cpus``; ``auto`` joins the Ray
-cluster running on this machine, else starts a private one; anything else (``ray://head:10001``) is passed to
-``ray.init``. A cluster is the same code with an address; its workers need this package installed and the
-dataset folder at the same path (a shared filesystem).
+``ray`` (the address, `LabelConfig.ray`): ``local`` (or ``""``) starts a private Ray on this machine with
+``ray_cpus``; ``auto`` joins the Ray cluster running on this machine, else starts a private one; anything else
+(``ray://head:10001``) is passed to ``ray.init``. A cluster is the same code with an address; its workers need
+this package installed and the dataset folder at the same path (a shared filesystem).
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from spatialreward.dataset import ShardFormat
-from spatialreward.teacher.pipeline import LabelReport, LabelRun, judge_safely
+from spatialreward.teacher.pipeline import LabelConfig, LabelReport, LabelRun, judge_safely, label_config
 from spatialreward.teacher.registry import TeacherSpec, make_teacher, resolve_teacher
-from spatialreward.teacher.vlm import TeacherConfig
+from spatialreward.teacher.config import TeacherConfig
 from spatialreward.types import EditSample, Judgement
 
 
@@ -61,45 +60,41 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
 
 
 def label_dataset_ray(
-    data_dir: str | Path, spec: str | TeacherSpec, config: TeacherConfig | None = None, *,
-    address: str | None = "local", num_cpus: int | None = 2, num_actors: int | None = None,
-    gpus_per_actor: float | None = None, shard_size: int = 256, limit: int | None = None,
-    fmt: ShardFormat = "jsonl", split: str | None = None, batch_size: int | None = None,
-    redo_failed: bool = False, progress: bool = True,
+    data_dir: str | Path, spec: str | TeacherSpec, config: TeacherConfig | None = None,
+    label: LabelConfig | None = None, **overrides: Any,
 ) -> LabelReport:
     """`label_dataset`, with the judging spread over a Ray actor pool.
 
-    Arguments (the rest as in `label_dataset`):
+    Arguments:
+        data_dir: dataset folder.
         spec: a teacher spec (``oracle``, ``vlm:...``, ``openai:...``); each actor builds its own teacher from it.
         config: VLM teacher settings, shipped to every actor.
-        address / num_cpus: where Ray runs (module docstring); ``num_cpus`` only for a Ray started here.
-        num_actors: teachers in the pool. Default: one per GPU for ``vlm:`` (1 without GPUs), 2 for ``openai:``
-            (each already keeps ``concurrency`` requests in flight), CPUs − 1 for ``oracle``.
-        gpus_per_actor: default 1 for ``vlm:`` on a cluster with GPUs, else 0.
-        batch_size: samples per actor call (default ``config.batch_size`` for vlm, ``concurrency`` for openai).
+        label: how the run goes (`LabelConfig`), with ``overrides`` of its fields. Ray fields: ``ray`` (where Ray
+            runs, module docstring; default ``local`` here), ``ray_cpus`` (only for a Ray started here),
+            ``ray_actors`` (default: one per GPU for ``vlm:`` — 1 without GPUs —, 2 for ``openai:``, each already
+            keeping ``concurrency`` requests in flight, CPUs − 1 for ``oracle``), ``ray_gpus_per_actor`` (default 1
+            for ``vlm:`` on a cluster with GPUs, else 0). ``batch_size`` defaults to ``config.batch_size`` for vlm,
+            ``concurrency`` for openai.
     """
     import ray
     import ray.data
 
     config = config or TeacherConfig()
-    parsed, name, prompt_version = resolve_teacher(spec, config)
-    started = init_ray(address, num_cpus)
+    label = label_config(label, overrides)
+    resolved = resolve_teacher(spec, config)
+    parsed = resolved.spec
+    started = init_ray(label.ray if label.ray is not None else "local", label.ray_cpus)
     try:
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
+        gpus_per_actor = label.ray_gpus_per_actor
         if gpus_per_actor is None:
             gpus_per_actor = 1.0 if parsed.kind == "vlm" and gpus > 0 else 0.0
-        if num_actors is None:
-            num_actors = {"vlm": max(1, gpus), "openai": 2, "oracle": max(1, cpus - 1)}[parsed.kind]
-        if batch_size is None:
-            batch_size = {"vlm": config.batch_size, "openai": config.concurrency, "oracle": 16}[parsed.kind]
-        if num_actors < 1 or batch_size < 1:
-            raise ValueError(f"num_actors={num_actors} and batch_size={batch_size} must be >= 1")
+        num_actors = label.ray_actors or {"vlm": max(1, gpus), "openai": 2, "oracle": max(1, cpus - 1)}[parsed.kind]
+        batch_size = label.batch_size or {"vlm": config.batch_size, "openai": config.concurrency,
+                                          "oracle": 16}[parsed.kind]
 
-        run = LabelRun(
-            data_dir, name, prompt_version, shard_size=shard_size, limit=limit, fmt=fmt, split=split,
-            redo_failed=redo_failed, progress=progress,
-        )
+        run = LabelRun(data_dir, resolved.name, resolved.prompt_version, label, identity=resolved.identity)
         with run:
             if not run.todo:
                 return run.report

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from spatialreward.teacher.base import Teacher
-from spatialreward.teacher.vlm import TeacherConfig, TeacherLoadError
+from spatialreward.teacher.base import Teacher, teacher_identity
+from spatialreward.teacher.config import TeacherConfig, TeacherLoadError
 
 Kind = Literal["oracle", "vlm", "openai"]
 SPEC_HELP = "oracle | vlm:PATH_OR_HUB_ID | openai:URL[#MODEL]"
@@ -60,12 +60,8 @@ def make_teacher(spec: str | TeacherSpec, config: TeacherConfig | None = None, *
     """
     parsed = spec if isinstance(spec, TeacherSpec) else parse_teacher_spec(spec)
     if parsed.kind == "oracle":
-        try:
-            from spatialreward.teacher.oracle import OracleTeacher
-        except ModuleNotFoundError as exc:
-            if exc.name != "spatialreward.teacher.oracle":
-                raise
-            raise TeacherLoadError("the oracle teacher is not in this checkout (teacher/oracle.py)") from exc
+        from spatialreward.teacher.oracle import OracleTeacher
+
         return OracleTeacher(**options)
     config = _with_options(config or TeacherConfig(), options)
     from spatialreward.teacher.vlm import VLMTeacher
@@ -85,27 +81,38 @@ def _with_options(config: TeacherConfig, options: dict[str, Any]) -> TeacherConf
     return TeacherConfig(**{**values, **options})
 
 
-def resolve_teacher(spec: str | TeacherSpec, config: TeacherConfig | None = None) -> tuple[TeacherSpec, str, str]:
-    """``(spec, name, prompt_version)`` without loading a model: what a driver needs before workers build it.
+@dataclass(frozen=True)
+class ResolvedTeacher:
+    """What a driver knows of a teacher before any worker builds it (`resolve_teacher`)."""
+
+    spec: TeacherSpec  # complete: an ``openai:`` spec names its model
+    name: str  # label records' ``teacher`` field and the label folder
+    identity: str  # exactly what answers (see `teacher_identity`)
+    prompt_version: str
+
+
+def resolve_teacher(spec: str | TeacherSpec, config: TeacherConfig | None = None) -> ResolvedTeacher:
+    """The name, identity and prompt version of a teacher without loading a model.
 
     An ``openai:`` spec without ``#MODEL`` is completed by asking the server once, so every worker uses the same
     model name. The oracle teacher is cheap and is built to read its name.
     """
     from spatialreward.teacher.prompts import load_prompts
-    from spatialreward.teacher.vlm import vlm_name
+    from spatialreward.teacher.transformers_backend import vlm_identity, vlm_name
 
     parsed = spec if isinstance(spec, TeacherSpec) else parse_teacher_spec(spec)
     config = config or TeacherConfig()
     if parsed.kind == "oracle":
         oracle = make_teacher(parsed)
-        return parsed, oracle.name, oracle.prompt_version
+        return ResolvedTeacher(parsed, oracle.name, teacher_identity(oracle), oracle.prompt_version)
     version = load_prompts(config.prompt_file).version
     if parsed.kind == "vlm":
-        return parsed, config.name or vlm_name(parsed.target), version
+        return ResolvedTeacher(parsed, config.name or vlm_name(parsed.target), vlm_identity(parsed.target), version)
+    from spatialreward.teacher.openai_backend import OpenAIBackend, normalize_base_url, openai_name
+
     model = parsed.model
     if model is None:
-        from spatialreward.teacher.openai_backend import OpenAIBackend
-
         model = OpenAIBackend.from_config(parsed.target, None, config).model
-        parsed = TeacherSpec("openai", parsed.target, model)
-    return parsed, config.name or f"openai:{model}", version
+    parsed = TeacherSpec("openai", normalize_base_url(parsed.target), model)
+    identity = openai_name(parsed.target, model)
+    return ResolvedTeacher(parsed, config.name or identity, identity, version)

@@ -8,15 +8,24 @@ Protocol of the released model (arXiv 2602.07458), two calls per edit:
 
 Greedy decoding, up to 512 new tokens, images capped near 512×512 pixels (the model's training size).
 
-This file holds what does not depend on where the model runs: `TeacherConfig`, the request/answer records,
-`VLMTeacher` (prompting, parsing, the retry policy, combining both calls into one `Judgement`) and the
-**transformers** backend. The OpenAI-compatible HTTP backend lives in `openai_backend.py`.
+This file holds what does not depend on where the model runs: `VLMTeacher` (prompting, parsing, the retry policy,
+combining both calls into one `Judgement`). The backends live in `transformers_backend.py` and `openai_backend.py`;
+what they share with the teacher (`TeacherConfig`, the request / answer records, the `Backend` protocol) in
+`config.py`.
 
 Retry policy (explicit, configurable): an answer that cannot be read is asked again ``parse_retries`` times with
 sampling (``retry_temperature``, a seed fixed per sample and attempt); if none can be read the call is
 ``parse_error``. A call that got no answer at all (HTTP error after the backend's own retries, a generation
 crash) is ``failed``. The judgement is ``ok`` only when both calls are; otherwise it carries no reward and says
 which call failed and why. Nothing is ever filled with a default score.
+
+Besides the contract fields, every record carries (same keys on every row, for Parquet): ``sc_status`` /
+``pq_status``, ``sc_attempts`` / ``pq_attempts``, ``sc_score`` / ``pq_score``, token counts, ``parse_warnings``,
+``parse_flags`` (``"sc:conflicting_answers"``, ``"sc:boxes_from_pixels"``, ``"pq:scores_rescaled"``: read, but
+not as the prompt asked; see `parsing.FLAGS`) and ``sc_boxes_dropped`` (boxes the model gave that were not kept).
+
+Sample images are read only inside the dataset folder unless ``allow_outside_root`` (a dataset file must not be
+able to make the teacher read — and, over HTTP, upload — any image on the disk).
 
 Example::
 
@@ -30,147 +39,21 @@ import json
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from PIL import Image
 
+from spatialreward.dataset import sample_image_path
 from spatialreward.images import load_image
+from spatialreward.teacher.config import Backend, ChatRequest, TeacherConfig
 from spatialreward.teacher.parsing import CallType, ParsedAnswer, parse_answer
 from spatialreward.teacher.prompts import load_prompts
+from spatialreward.teacher.transformers_backend import TransformersBackend
 from spatialreward.types import EditSample, Judgement
 
 CallStatus = Literal["ok", "parse_error", "failed"]
-TRAINING_PIXELS = 512 * 512  # SpatialReward-8B was trained on images near 512×512
-
-
-class TeacherLoadError(ValueError):
-    """A teacher that cannot be built (missing model, unreachable server); the message says what to do."""
-
-
-@dataclass
-class TeacherConfig:
-    """Everything the VLM teacher and its labeler can be told, with the defaults of the released protocol.
-
-    Prompts:
-        prompt_file: JSON file with the wording to use instead of the packaged ``sr-v1`` (see `prompts`).
-        name: teacher name in label records and the label folder (default: derived from the model).
-    Images:
-        max_image_pixels: images larger than this are downscaled (aspect kept) before they are sent.
-    Generation:
-        max_new_tokens: answer length cap per call.
-        batch_size: requests per ``generate`` call (transformers backend).
-    Parse policy:
-        parse_retries: how many times an unreadable answer is asked again, with sampling.
-        retry_temperature: sampling temperature of those retries.
-    Transformers backend:
-        device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``, ...
-        dtype: ``auto`` (bfloat16 on GPU, float32 on CPU), ``bfloat16``, ``float16`` or ``float32``.
-    HTTP backend:
-        concurrency: requests in flight at once.
-        timeout_s: per request.
-        http_retries: retries of a request after a timeout, a 429/5xx or a malformed body.
-        backoff_s: first retry delay; doubles each retry (with jitter).
-        api_key_env: environment variable holding the API key (none sent when unset).
-    """
-
-    # Prompts
-    prompt_file: str | None = field(default=None, metadata={"help": "JSON prompts replacing the packaged sr-v1."})
-    name: str | None = field(default=None, metadata={"help": "Teacher name for label records and folder."})
-    # Images
-    max_image_pixels: int = field(default=TRAINING_PIXELS, metadata={"help": "Downscale images above this."})
-    # Generation
-    max_new_tokens: int = field(default=512, metadata={"help": "Answer length cap per call."})
-    batch_size: int = field(default=8, metadata={"help": "Requests per generate() call (transformers)."})
-    # Parse policy
-    parse_retries: int = field(default=1, metadata={"help": "Re-asks, with sampling, of an unreadable answer."})
-    retry_temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of those re-asks."})
-    # Transformers backend
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N."})
-    dtype: str = field(default="auto", metadata={"help": "auto | bfloat16 | float16 | float32."})
-    # HTTP backend
-    concurrency: int = field(default=16, metadata={"help": "HTTP requests in flight at once."})
-    timeout_s: float = field(default=120.0, metadata={"help": "HTTP timeout per request, seconds."})
-    http_retries: int = field(default=4, metadata={"help": "Retries after a timeout, 429/5xx or bad body."})
-    backoff_s: float = field(default=1.0, metadata={"help": "First HTTP retry delay, doubled each retry."})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Env variable with the API key."})
-
-    def __post_init__(self) -> None:
-        smallest = 56 * 56  # Qwen processors need at least 2×2 merged patches of 14–16 px
-        if self.max_image_pixels < smallest:
-            raise ValueError(
-                f"max_image_pixels={self.max_image_pixels} is below {smallest} (56×56); use >= {smallest}"
-            )
-        for name in ("max_new_tokens", "batch_size", "concurrency"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("parse_retries", "http_retries"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0 disables retries)")
-        if self.parse_retries > 0 and not self.retry_temperature > 0:
-            raise ValueError(
-                f"retry_temperature={self.retry_temperature}: re-asks with greedy decoding repeat the same answer; "
-                "use a temperature > 0 (0.7) or parse_retries=0"
-            )
-        if not (self.timeout_s > 0 and self.backoff_s >= 0):
-            raise ValueError(f"timeout_s={self.timeout_s} must be > 0 and backoff_s={self.backoff_s} >= 0")
-        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
-            raise ValueError(f"dtype={self.dtype!r}: use auto, bfloat16, float16 or float32")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values, to rebuild the config in another process (Ray actors)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# What goes to a backend and what comes back
-# ---------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ChatRequest:
-    """One call: images first, then text, as a single user turn. ``seed`` makes sampled re-asks repeatable."""
-
-    images: list[Image.Image]
-    text: str
-    system: str | None = None
-    seed: int = 0
-
-
-@dataclass
-class Completion:
-    """A backend's answer to one request: ``text``, or ``error`` when no answer came."""
-
-    text: str | None
-    error: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-class Backend(Protocol):
-    """Runs chat requests. Must return one `Completion` per request, in order, and not raise for one bad one."""
-
-    name: str
-    preferred_batch_size: int
-
-    def complete(self, requests: Sequence[ChatRequest], *, temperature: float) -> list[Completion]: ...
-
-
-def chat_messages(request: ChatRequest) -> list[dict[str, Any]]:
-    """The request as chat messages in the transformers content-list format."""
-    messages: list[dict[str, Any]] = []
-    if request.system:
-        messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in request.images]
-    content.append({"type": "text", "text": request.text})
-    messages.append({"role": "user", "content": content})
-    return messages
-
-
-def vlm_name(model: str | Path) -> str:
-    """Teacher name of a transformers model: ``vlm:`` + the hub id, or + the folder name of a local checkpoint."""
-    return f"vlm:{Path(model).resolve().name if Path(model).is_dir() else model}"
 
 
 def cap_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
@@ -181,115 +64,6 @@ def cap_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
     scale = math.sqrt(max_pixels / (w * h))
     size = (max(1, int(w * scale)), max(1, int(h * scale)))
     return image.resize(size, Image.Resampling.BICUBIC)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Transformers backend
-# ---------------------------------------------------------------------------------------------------------------
-
-
-class TransformersBackend:
-    """`AutoProcessor` + `AutoModelForImageTextToText` (Qwen2.5-VL, Qwen3-VL, ...), batched with left padding.
-
-    Arguments:
-        model: local folder or hub id (the hub is only reached when the folder does not exist).
-        device / dtype: see `TeacherConfig`.
-        batch_size: requests per ``generate``; a batch that runs out of GPU memory is split in half and retried.
-        max_new_tokens: answer cap.
-    """
-
-    def __init__(
-        self, model: str | Path, *, device: str = "auto", dtype: str = "auto", batch_size: int = 8,
-        max_new_tokens: int = 512,
-    ):
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if device == "auto" else device)
-        if dtype == "auto":
-            torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        else:
-            torch_dtype = getattr(torch, dtype)
-        try:
-            self.processor = AutoProcessor.from_pretrained(str(model))
-            self.model = AutoModelForImageTextToText.from_pretrained(str(model), dtype=torch_dtype)
-        except (OSError, ValueError, KeyError) as exc:
-            raise TeacherLoadError(
-                f"cannot load a VLM from {str(model)!r} ({type(exc).__name__}: {exc}). Pass a local folder made by "
-                "save_pretrained (config.json, processor and tokenizer files, weights), or a hub id such as "
-                "SpatialReward/SpatialReward-8B on a machine that can download it"
-            ) from exc
-        self.model.to(self.device).eval()
-        tokenizer = self.processor.tokenizer
-        tokenizer.padding_side = "left"  # decoder-only batching: prompts end where generation starts
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        eos = self.model.generation_config.eos_token_id
-        self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self.batch_size = batch_size
-        self.preferred_batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.model_id = str(model)
-        self.name = vlm_name(model)
-
-    def complete(self, requests: Sequence[ChatRequest], *, temperature: float) -> list[Completion]:
-        out: list[Completion] = []
-        for start in range(0, len(requests), self.batch_size):
-            out.extend(self._complete_chunk(list(requests[start : start + self.batch_size]), temperature))
-        return out
-
-    def _complete_chunk(self, chunk: list[ChatRequest], temperature: float) -> list[Completion]:
-        import torch
-
-        try:
-            return self._generate(chunk, temperature)
-        except torch.OutOfMemoryError as exc:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(chunk) == 1:
-                return [Completion(text=None, error=f"out of memory on one request: {exc}")]
-            half = len(chunk) // 2
-            return self._complete_chunk(chunk[:half], temperature) + self._complete_chunk(chunk[half:], temperature)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            # A generation crash fails this chunk's calls, not the run; the labeler records them as failed.
-            error = f"generation failed: {type(exc).__name__}: {exc}"
-            return [Completion(text=None, error=error) for _ in chunk]
-
-    def _generate(self, chunk: list[ChatRequest], temperature: float) -> list[Completion]:
-        import torch
-
-        prompts = [
-            self.processor.apply_chat_template(chat_messages(r), tokenize=False, add_generation_prompt=True)
-            for r in chunk
-        ]
-        inputs = self.processor(
-            text=prompts, images=[r.images for r in chunk], padding=True, return_tensors="pt"
-        ).to(self.device)
-        options: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
-        if temperature > 0:
-            torch.manual_seed(chunk[0].seed)  # one seed per chunk: repeatable for a fixed batch composition
-            options.update(do_sample=True, temperature=temperature)
-        else:
-            # Checkpoints ship sampling defaults (Qwen3-VL: top_k=20, top_p=0.8); greedy needs none of them.
-            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, **options)
-        prompt_length = inputs["input_ids"].shape[1]
-        new_tokens = output[:, prompt_length:]  # [B, T_new]; left padding puts every prompt end at prompt_length
-        texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-        prompt_counts = inputs["attention_mask"].sum(dim=1).tolist()
-        return [
-            Completion(text=t, prompt_tokens=int(p), completion_tokens=self._answer_length(row.tolist()))
-            for t, p, row in zip(texts, prompt_counts, new_tokens, strict=True)
-        ]
-
-    def _answer_length(self, tokens: list[int]) -> int:
-        """Generated tokens up to and including the first end-of-turn token (the rest is padding)."""
-        for i, t in enumerate(tokens):
-            if t in self._eos_ids:
-                return i + 1
-        return len(tokens)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -324,6 +98,7 @@ class VLMTeacher:
         self.config = config or TeacherConfig()
         self.prompts = load_prompts(self.config.prompt_file)
         self.name = self.config.name or backend.name
+        self.identity = getattr(backend, "identity", None) or backend.name  # what answers; see base.teacher_identity
         self.prompt_version = self.prompts.version
         self.batch_size = backend.preferred_batch_size  # samples the labeler hands over at once
 
@@ -378,8 +153,12 @@ class VLMTeacher:
 
     def _images(self, sample: EditSample, root: str | Path) -> tuple[Image.Image, Image.Image]:
         cap = self.config.max_image_pixels
-        source = load_image(sample.source_path(root), name=f"{sample.sample_id}: source {sample.source}")
-        edited = load_image(sample.edited_path(root), name=f"{sample.sample_id}: edited {sample.edited}")
+        images = []
+        for role, path in (("source", sample.source), ("edited", sample.edited)):
+            name = f"{sample.sample_id}: {role}"
+            file = sample_image_path(root, path, allow_outside_root=self.config.allow_outside_root, name=name)
+            images.append(load_image(file, name=f"{name} {path}"))
+        source, edited = images
         return cap_pixels(source, cap), cap_pixels(edited, cap)
 
     def _run_calls(self, requests: list[ChatRequest], calls: list[CallType]) -> list[CallOutcome]:
@@ -407,7 +186,10 @@ class VLMTeacher:
                         outcome.error = f"{outcome.error}; re-ask {attempt}: {done.error}"
                     continue
                 outcome.texts.append(done.text)
-                outcome.parsed = parse_answer(done.text, outcome.call)
+                outcome.parsed = parse_answer(
+                    done.text, outcome.call, image_size=requests[i].images[-1].size,  # the edited image, as sent
+                    score_range=self.prompts.score_range,
+                )
                 if outcome.parsed.ok:
                     outcome.status, outcome.error = "ok", None
                 else:
@@ -430,6 +212,9 @@ class VLMTeacher:
             "prompt_tokens": sc.prompt_tokens + pq.prompt_tokens,
             "completion_tokens": sc.completion_tokens + pq.completion_tokens,
             "parse_warnings": [f"{o.call}: {w}" for o in (sc, pq) if o.parsed for w in o.parsed.warnings],
+            # Read, but not as asked (parsing.FLAGS): conflicting answers, pixel boxes, another score scale.
+            "parse_flags": [f"{o.call}:{f}" for o in (sc, pq) if o.status == "ok" for f in o.parsed.flags],
+            "sc_boxes_dropped": sc.parsed.boxes_dropped if sc.status == "ok" else None,
         }
 
     def _combine(self, sample: EditSample, sc: CallOutcome, pq: CallOutcome) -> Judgement:

@@ -1,12 +1,14 @@
 """Dataset I/O: samples and label shards round trip; bad lines are reported by file and line, or raise in strict."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from spatialreward.adapters import read_editreward_bench, read_mer_bench
+from spatialreward.benchmarks import read_editreward_bench, read_mer_bench
 from spatialreward.dataset import (
     DatasetError,
+    OutsideRootError,
     ReadReport,
     group_samples,
     labels_dir,
@@ -15,6 +17,7 @@ from spatialreward.dataset import (
     read_label_shards,
     read_labels,
     read_samples,
+    sample_image_path,
     write_label_shard,
     write_samples,
 )
@@ -149,3 +152,57 @@ def test_mer_bench_adapter_accepts_field_spellings(tmp_path):
     assert [s.sample_id for s in samples] == ["mer-a-0", "mer-a-1", "mer-a-2", "mer-7-0", "mer-7-1"]
     assert samples[0].source == "/data/o.png" and samples[0].meta["category"] == "remove"
     assert sorted(e.line for e in report.errors) == [3, 4]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Damaged files (issue 12): one bad line or shard is reported and skipped; strict names file and line
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_invalid_utf8_line_is_one_bad_record(tmp_path):
+    good = _samples(3)
+    lines = [good[0].model_dump_json().encode(), b'{"sample_id": "\xff\xfe broken"}', good[2].model_dump_json().encode()]
+    (tmp_path / "samples.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    report = ReadReport()
+    samples = read_samples(tmp_path, report=report)
+    assert [s.sample_id for s in samples] == ["g0-0", "g1-0"]
+    (err,) = report.errors
+    assert err.line == 2 and "invalid UTF-8" in err.reason
+    with pytest.raises(DatasetError, match=r"samples.jsonl:2: invalid UTF-8"):
+        read_samples(tmp_path, strict=True)
+
+
+def test_damaged_shards_are_skipped_per_shard_or_named_in_strict(tmp_path):
+    d = labels_dir(tmp_path, "oracle")
+    good = _judgements()
+    write_label_shard(d / "part-00000.jsonl", good[:1])
+    (d / "part-00001.parquet").write_bytes(b"PAR1 this is not a parquet file PAR1")
+    (d / "part-00002.jsonl").write_bytes(b"\x80\x81\x82\n")
+    write_label_shard(d / "part-00003.parquet", good[1:])
+    report = ReadReport()
+    labels = read_label_shards(d, report=report)
+    assert [j.sample_id for j in labels] == ["g0-0", "g0-1"]  # the shards around the damaged ones are read
+    reasons = {e.path.rsplit("/", 1)[-1]: (e.line, e.reason) for e in report.errors}
+    assert reasons["part-00001.parquet"][0] == 0 and "unreadable Parquet shard" in reasons["part-00001.parquet"][1]
+    assert reasons["part-00002.jsonl"][0] == 1 and "invalid UTF-8" in reasons["part-00002.jsonl"][1]
+    with pytest.raises(DatasetError, match=r"part-00001.parquet: unreadable Parquet shard"):
+        read_label_shards(d, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sample paths stay inside the dataset folder (issue 12)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../outside.png", "images/../../outside.png"])
+def test_sample_paths_outside_the_root_are_refused(tmp_path, path):
+    with pytest.raises(OutsideRootError, match="g0-0: source: image path") as info:
+        sample_image_path(tmp_path, path, name="g0-0: source")
+    assert "--allow-outside-root" in str(info.value)
+    allowed = sample_image_path(tmp_path, path, allow_outside_root=True)
+    assert allowed == (Path(path) if Path(path).is_absolute() else tmp_path / path)
+
+
+def test_relative_sample_paths_resolve_under_the_root(tmp_path):
+    assert sample_image_path(tmp_path, "images/g0/a.png") == tmp_path / "images/g0/a.png"
+    assert sample_image_path(tmp_path, "./images/a..b.png") == tmp_path / "images/a..b.png"  # '..' in a name is fine

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)  # two processes share the two cores
     from spatialreward.student.distill import DistillConfig, Distiller
     from spatialreward.student.presets import preset_config
-    from spatialreward.student.testing import HashingTextEncoder
+    from tests.fixtures.students import HashingTextEncoder
 
     data, out = sys.argv[1], sys.argv[2]
     sc = preset_config("nano", img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32,
@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent(
 
 def test_two_process_gloo_ddp(tmp_path):
     pytest.importorskip("torch.distributed")
-    from spatialreward.student.testing import make_fake_dataset
+    from tests.fixtures.students import make_fake_dataset
 
     # 8 train groups: 3 steps × 1 group × 2 ranks = 6 distinct groups.
     data = make_fake_dataset(tmp_path / "data", groups=10, size=48, heldout_fraction=0.2)

@@ -12,7 +12,7 @@ from spatialreward.student.data import GroupBatchSampler, load_split
 from spatialreward.student.distill import DistillConfig, Distiller, lr_factor
 from spatialreward.student.model import Student
 from spatialreward.student.presets import preset_config
-from spatialreward.student.testing import HashingTextEncoder, make_fake_dataset
+from tests.fixtures.students import HashingTextEncoder, make_fake_dataset
 
 torch.set_num_threads(2)
 
@@ -210,3 +210,128 @@ def test_decoded_images_are_cached_and_invalidated_by_file_changes(fake_data, tm
     third = load_split(root, **kwargs)
     assert len(calls) == len(set(calls)) > 0  # decoded again
     assert not torch.equal(first.images, third.images)
+
+
+def test_crash_between_the_checkpoint_renames_is_recovered_on_resume(fake_data, tmp_path):
+    """The swap renames checkpoint/ away, then the new folder in; a crash in between leaves no checkpoint/ but
+    the previous one intact as .checkpoint.old.PID: --resume must pick it up, not say there is nothing there."""
+    enc = HashingTextEncoder()
+    cfg = quick_cfg(fake_data, tmp_path / "run", max_steps=6)
+    a = Distiller(cfg, text_encoder=enc, student_config=toy_config())
+    for _ in range(3):
+        a.train_step()
+    a.save_checkpoint()
+    next_a = a.train_step()
+    run = tmp_path / "run"
+    (run / "checkpoint").rename(run / ".checkpoint.old.4242")  # exactly what the crash leaves
+    b = Distiller(replace(cfg, resume=True), text_encoder=enc)
+    assert b.step == 3 and (run / "checkpoint").is_dir() and not (run / ".checkpoint.old.4242").exists()
+    assert b.train_step() == next_a
+
+
+CRASH_SCRIPT = """
+import os, sys, torch
+from spatialreward.student import checkpoint as ckpt
+
+out = sys.argv[1]
+state = {"w": torch.arange(4.0)}
+def save(step):
+    ckpt.save_training_checkpoint(out, model_state=state, student_config={"step": step}, optimizer_state={},
+                                  trainer_state={"step": step, "elapsed_seconds": 0.0})
+save(1)
+real_replace = os.replace
+def replace(src, dst):
+    if os.path.basename(str(src)).startswith(ckpt.NEW_PREFIX):
+        os._exit(3)  # a hard crash (no handler runs) between the two renames
+    real_replace(src, dst)
+ckpt.os.replace = replace
+save(2)
+"""
+
+
+def test_a_hard_crash_mid_swap_leaves_a_recoverable_checkpoint(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from spatialreward.student import checkpoint as ckpt
+
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert not (out / "checkpoint").exists()
+    leftovers = sorted(p.name.split(".")[2] for p in ckpt.swap_leftovers(out))
+    assert leftovers == ["new", "old"]  # both whole: step 1 renamed away, step 2 built but not yet renamed in
+    found = ckpt.find_checkpoint(out)
+    assert found == out / "checkpoint"
+    assert ckpt.load_training_checkpoint(found)["trainer_state"]["step"] == 2  # the newest whole one
+    assert ckpt.swap_leftovers(out)[0].name.startswith(ckpt.OLD_PREFIX)  # the old one stays until the next save
+
+    # With only the old folder left (the new one lost), that one is recovered.
+    shutil_out = tmp_path / "run2"
+    shutil_out.mkdir()
+    (out / "checkpoint").rename(shutil_out / ".checkpoint.new.x")
+    (shutil_out / ".checkpoint.new.x" / "trainer_state.json").unlink()  # not whole: never chosen
+    ckpt.swap_leftovers(out)[0].rename(shutil_out / ".checkpoint.old.7")
+    assert ckpt.load_training_checkpoint(ckpt.find_checkpoint(shutil_out))["trainer_state"]["step"] == 1
+
+
+def test_resume_after_a_crash_logs_every_step_once(fake_data, tmp_path, monkeypatch):
+    enc = HashingTextEncoder()
+    cfg = quick_cfg(fake_data, tmp_path / "run", max_steps=6, save_every_steps=3, eval_every_steps=3)
+    a = Distiller(cfg, text_encoder=enc, student_config=toy_config())
+    real_step = a.train_step
+
+    def dies_before_step_6():
+        if a.step == 5:
+            raise KeyboardInterrupt  # steps 4 and 5 are logged but not in the checkpoint (step 3)
+        return real_step()
+
+    monkeypatch.setattr(a, "train_step", dies_before_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        a.train()
+    b = Distiller(replace(cfg, resume=True), text_encoder=enc)
+    assert b.step == 3
+    b.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss/total" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if "eval/pairwise_accuracy" in r and not r.get("final")] == [3, 6]
+    assert [r["step"] for r in records if r.get("final")] == [6]
+
+
+def test_cli_rerun_into_an_existing_folder_resumes_or_replaces_explicitly(fake_data, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import spatialreward.student.text as text
+    from spatialreward.cli import app
+
+    monkeypatch.setattr(text, "get_text_encoder", lambda *a, **k: HashingTextEncoder())
+    runner = CliRunner()
+    out = tmp_path / "run"
+    args = ["distill", "--data", str(fake_data), "--out", str(out), "--max-steps", "2", "--img-size", "48",
+            "--groups-per-batch", "2", "--no-progress", "--eval-every-minutes", "0"]
+
+    def steps():
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in records if "loss/total" in r], [r["step"] for r in records if r.get("final")]
+
+    res = runner.invoke(app, [*args, "--resume", "--overwrite"])  # nothing to resume yet: starts
+    assert res.exit_code == 0, res.output
+    assert steps() == ([1], [2])  # the CLI logs step 1 and every 10th
+    res = runner.invoke(app, args)  # a plain rerun refuses, naming both ways out (a CLI error, not a traceback)
+    assert res.exit_code != 0 and "--resume" in str(res.exception) and "--overwrite" in str(res.exception)
+    res = runner.invoke(app, [*args, "--resume", "--overwrite"])  # a finished run: resumes with nothing to do
+    assert res.exit_code == 0, res.output
+    assert steps() == ([1], [2])
+    res = runner.invoke(app, [*args[:5], "--max-steps", "3", *args[7:], "--resume"])  # a longer budget continues
+    assert res.exit_code == 0, res.output
+    assert steps() == ([1], [3])
+    (out / "notes.txt").write_text("mine")
+    res = runner.invoke(app, [*args, "--overwrite"])  # replaces the run, keeps what the run did not write
+    assert res.exit_code == 0, res.output
+    assert steps() == ([1], [2]) and (out / "notes.txt").read_text() == "mine"
+    res = runner.invoke(app, [*args[:4], str(tmp_path / "empty"), *args[5:], "--resume"])
+    assert res.exit_code != 0 and "nothing to resume" in str(res.exception)

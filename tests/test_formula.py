@@ -59,3 +59,43 @@ def test_bad_weights_raise():
         RewardWeights(alpha=1.5)
     with pytest.raises(ValueError, match="w_if"):
         RewardWeights(w_if=-0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(w_if=1.0, w_cons=1.0), r"w_if=1.0 \+ w_cons=1.0 = 2, not 1"),  # the 1.74 reward
+        (dict(w_nat=0.7), r"w_nat=0.7 \+ w_art=0.5 = 1.2, not 1"),
+        (dict(w_if=1.2, w_cons=-0.2), "w_if=1.2 must be in"),
+        (dict(alpha=float("nan")), "alpha=nan must be a finite number"),
+        (dict(w_art=float("inf")), "w_art=inf must be a finite number"),
+        (dict(alpha=-0.1), "exponent"),
+    ],
+)
+def test_weights_must_keep_the_reward_in_unit_range(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RewardWeights(**kwargs)
+
+
+def test_valid_weights_span_exactly_zero_to_one():
+    w = RewardWeights(w_if=0.7, w_cons=0.3, w_nat=0.1, w_art=0.9, alpha=0.3)  # decimal pairs sum to 1 in floats
+    assert reward_from_subscores([25, 25, 25, 25], w) == pytest.approx(1.0)
+    assert reward_from_subscores([0, 0, 0, 0], w) == 0.0
+
+
+def test_torch_path_clamps_and_flags_non_finite_rows_with_nan():
+    s = torch.tensor([
+        [20.0, 15.0, 22.0, 18.0],
+        [float("nan"), 15.0, 22.0, 18.0],
+        [20.0, float("inf"), 22.0, 18.0],
+        [40.0, 30.0, 26.0, 99.0],  # out of range: clamped to 25 each, so the reward is at most 1
+        [-3.0, 0.0, 22.0, 18.0],
+    ])
+    r = reward_from_subscores(s)
+    assert r[0].item() == pytest.approx(reward_from_subscores([20, 15, 22, 18]), rel=1e-6)
+    assert torch.isnan(r[1]) and torch.isnan(r[2])  # flagged, never a clamped-to-plausible number
+    assert r[3].item() == pytest.approx(1.0)
+    assert r[4].item() == 0.0
+    assert torch.isfinite(r[[0, 3, 4]]).all()
+    with pytest.raises(ValueError, match="last dimension 4"):
+        reward_from_subscores(torch.zeros(2, 3))

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fixtures.fake_vlm import build_fake_vlm, write_noise_dataset
 from spatialreward.cli import app
 from spatialreward.cli._errors import CLIError
 from spatialreward.dataset import DatasetError, labels_dir, list_shards, read_label_shards, read_labels, write_samples
-from spatialreward.teacher.pipeline import LOCK_NAME, label_dataset
-from spatialreward.teacher.tiny import build_tiny_vlm, write_tiny_dataset
+from spatialreward.teacher.pipeline import LOCK_NAME, MANIFEST_NAME, label_dataset
 from spatialreward.types import EditSample, Judgement
 
 
@@ -52,7 +52,7 @@ class FakeTeacher:
 
 def _interleaved_dataset(root: Path, groups: int = 3, per_group: int = 4) -> list[EditSample]:
     """Samples whose file order interleaves groups (g0, g1, g2, g0, ...): the pipeline must regroup them."""
-    base = write_tiny_dataset(root, groups=1, edits_per_group=1)[0]
+    base = write_noise_dataset(root, groups=1, edits_per_group=1)[0]
     samples = [
         EditSample(sample_id=f"g{g}-e{e}", source=base.source, edited=base.edited, instruction=f"edit {g}",
                    group_id=f"g{g}")
@@ -97,11 +97,11 @@ def test_resume_skips_labelled_and_limit_is_stable(tmp_path):
 
 
 def test_parquet_shards_and_split(tmp_path):
-    base = write_tiny_dataset(tmp_path, groups=1, edits_per_group=1)[0]
+    base = write_noise_dataset(tmp_path, groups=1, edits_per_group=1)[0]
     samples = [EditSample(sample_id=f"s{i}", source=base.source, edited=base.edited, instruction="x",
                           group_id=f"g{i // 2}", split="train" if i < 4 else "val") for i in range(6)]
     write_samples(tmp_path, samples)
-    report = label_dataset(tmp_path, FakeTeacher(), shard_size=3, fmt="parquet", split="val", progress=False)
+    report = label_dataset(tmp_path, FakeTeacher(), shard_size=3, format="parquet", split="val", progress=False)
     assert report.samples == 2 and report.labelled == 2
     assert [p.suffix for p in report.shards] == [".parquet"]
     assert sorted(read_labels(tmp_path, "fake")) == ["s4", "s5"]
@@ -161,6 +161,86 @@ def test_live_lock_refuses_a_second_run_and_stale_lock_is_taken_over(tmp_path):
     dead.wait()
     lock.write_text(f"{dead.pid}@{socket.gethostname()}")
     assert label_dataset(tmp_path, FakeTeacher(), progress=False).labelled == 12
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resume never mixes teachers or prompt versions (issue 12)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class OtherPrompt(FakeTeacher):
+    prompt_version = "fake-v2"
+
+    def judge_batch(self, samples, root):
+        return [j.model_copy(update={"prompt_version": self.prompt_version}) for j in super().judge_batch(samples, root)]
+
+
+def test_resume_with_another_prompt_version_is_refused_naming_both(tmp_path):
+    _interleaved_dataset(tmp_path)
+    label_dataset(tmp_path, FakeTeacher(), limit=4, progress=False)
+    manifest = json.loads((labels_dir(tmp_path, "fake") / MANIFEST_NAME).read_text())
+    assert manifest == {"teacher": "fake", "identity": "fake", "prompt_version": "fake-v1"}
+    teacher = OtherPrompt()
+    with pytest.raises(DatasetError, match=r"prompt_version 'fake-v1' there, 'fake-v2' in this run") as info:
+        label_dataset(tmp_path, teacher, progress=False)
+    assert "--teacher-name" in str(info.value)
+    assert teacher.seen == [] and len(_records(tmp_path)) == 4  # nothing asked, nothing written
+    assert not (labels_dir(tmp_path, "fake") / LOCK_NAME).exists()
+
+
+def test_same_name_but_another_identity_is_refused(tmp_path):
+    """Two servers (or checkpoints) under one --teacher-name: the folder knows which one wrote it."""
+    _interleaved_dataset(tmp_path)
+
+    class Served(FakeTeacher):
+        def __init__(self, identity):
+            super().__init__()
+            self.identity = identity
+
+    label_dataset(tmp_path, Served("openai:http://a:8000/v1#m"), limit=4, progress=False)
+    with pytest.raises(DatasetError, match=r"identity 'openai:http://a:8000/v1#m' there, 'openai:http://b:8000/v1#m'"):
+        label_dataset(tmp_path, Served("openai:http://b:8000/v1#m"), progress=False)
+    assert label_dataset(tmp_path, Served("openai:http://a:8000/v1#m"), progress=False).labelled == 8
+
+
+def test_folder_without_manifest_is_checked_by_its_records(tmp_path):
+    """Label folders written before teacher.json existed: the records' prompt versions are compared."""
+    _interleaved_dataset(tmp_path)
+    label_dataset(tmp_path, FakeTeacher(), limit=4, progress=False)
+    (labels_dir(tmp_path, "fake") / MANIFEST_NAME).unlink()
+    with pytest.raises(DatasetError, match=r"prompt versions \['fake-v1'\]; this run is 'fake' with prompt 'fake-v2'"):
+        label_dataset(tmp_path, OtherPrompt(), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Damaged files during a resume (issue 12)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_damaged_shard_is_reported_and_its_samples_relabelled(tmp_path):
+    _interleaved_dataset(tmp_path)
+    label_dataset(tmp_path, FakeTeacher(), shard_size=4, limit=8, progress=False)
+    folder = labels_dir(tmp_path, "fake")
+    damaged = folder / "part-00001.jsonl"
+    damaged.write_bytes(damaged.read_bytes()[:40] + b"\xff\xfe" + damaged.read_bytes()[42:])
+    teacher = FakeTeacher()
+    report = label_dataset(tmp_path, teacher, shard_size=4, progress=False)
+    assert report.unreadable_existing == 1 and "part-00001.jsonl:1: invalid UTF-8" in report.existing_errors[0]
+    assert any("bad existing label record" in line for line in report.problems())
+    assert report.already_labelled == 7 and report.labelled == 5  # the damaged line's sample is labelled again
+    with pytest.raises(DatasetError, match=r"part-00001.jsonl:1: invalid UTF-8"):
+        label_dataset(tmp_path, FakeTeacher(), strict=True, progress=False)
+
+
+def test_bad_sample_lines_are_reported_and_the_rest_labelled(tmp_path):
+    _interleaved_dataset(tmp_path)
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(path.read_bytes() + b'{"sample_id": "\xc3\x28"}\n')
+    report = label_dataset(tmp_path, FakeTeacher(), progress=False)
+    assert report.labelled == 12 and report.bad_sample_records == 1
+    assert "samples.jsonl:13: invalid UTF-8" in report.sample_errors[0]
+    with pytest.raises(DatasetError, match=r"samples.jsonl:13: invalid UTF-8"):
+        label_dataset(tmp_path, FakeTeacher(), strict=True, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,12 +319,12 @@ def test_cli_labels_with_a_tiny_vlm_and_reports(tmp_path):
 
 
 def _run_cli_on_tiny_vlm(tmp_path):
-    model = build_tiny_vlm(tmp_path / "tiny-cli", "qwen2_5_vl")
+    model = build_fake_vlm(tmp_path / "fake-cli", "qwen2_5_vl")
     data = tmp_path / "data"
-    write_tiny_dataset(data, groups=1, edits_per_group=2)
+    write_noise_dataset(data, groups=1, edits_per_group=2)
     report_path = tmp_path / "report.json"
     result = CliRunner().invoke(app, [
-        "label", "--data", str(data), "--teacher", f"vlm:{model}", "--max-new-tokens", "8", "--retries", "0",
+        "label", "--data", str(data), "--teacher", f"vlm:{model}", "--max-new-tokens", "8", "--parse-retries", "0",
         "--no-progress", "--shard-size", "1", "--report", str(report_path),
     ])
     assert result.exit_code == 0, result.output
@@ -255,9 +335,58 @@ def _run_cli_on_tiny_vlm(tmp_path):
 
 
 def test_cli_turns_bad_teacher_specs_into_cli_errors(tmp_path):
-    write_tiny_dataset(tmp_path, groups=1, edits_per_group=1)
+    write_noise_dataset(tmp_path, groups=1, edits_per_group=1)
     result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "gpt-4"])
     assert isinstance(result.exception, CLIError) and "unknown teacher" in str(result.exception)
-    result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "vlm:x", "--retries", "1",
-                                      "--format", "csv"])
-    assert isinstance(result.exception, CLIError) and "csv" in str(result.exception)
+    result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "vlm:x", "--format", "csv"])
+    assert result.exit_code == 2 and "csv" in result.output  # a Literal field: typer names the choices
+    result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "vlm:x", "--shard-size", "0"])
+    assert isinstance(result.exception, CLIError) and "shard_size=0" in str(result.exception)
+    result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--prompt-file", "p.json"])
+    assert isinstance(result.exception, CLIError) and "--prompt-file apply to vlm:" in str(result.exception)
+
+
+def test_every_config_field_has_a_label_flag():
+    """Adding a field to TeacherConfig or LabelConfig adds its flag (issue 13): nothing is typed twice."""
+    from spatialreward.cli._options import missing_flags
+    from spatialreward.cli.label import label
+    from spatialreward.teacher.config import TeacherConfig
+    from spatialreward.teacher.pipeline import LabelConfig
+
+    assert missing_flags(label, TeacherConfig) == []
+    assert missing_flags(label, LabelConfig) == []
+    result = CliRunner().invoke(app, ["label", "--help"], env={"COLUMNS": "200"})
+    for flag in ("--allow-outside-root", "--allow-insecure-api-key", "--max-response-bytes", "--strict",
+                 "--ray-gpus-per-actor", "--parse-retries", "--timeout-s", "--name"):
+        assert flag in result.output, flag
+
+
+def test_cli_flags_reach_both_configs(tmp_path, monkeypatch):
+    """One run of the command with non-default flags: each lands in its config field."""
+    import spatialreward.teacher.pipeline as pipeline
+    import spatialreward.teacher.registry as registry
+
+    seen = {}
+
+    def fake_make_teacher(spec, config):
+        seen["teacher"] = config
+        return FakeTeacher()
+
+    def fake_label_dataset(data, teacher, config):
+        seen["label"] = config
+        return pipeline.LabelReport(teacher="fake", prompt_version="fake-v1", out_dir=tmp_path)
+
+    monkeypatch.setattr(registry, "make_teacher", fake_make_teacher)
+    monkeypatch.setattr(pipeline, "label_dataset", fake_label_dataset)
+    result = CliRunner().invoke(app, [
+        "label", "--data", str(tmp_path), "--teacher", "vlm:x", "--batch-size", "3", "--parse-retries", "0",
+        "--allow-outside-root", "--timeout-s", "7.5", "--format", "parquet", "--strict", "--no-progress",
+        "--shard-size", "9", "--name", "mine",
+    ])
+    assert result.exit_code == 0, result.output
+    teacher, run = seen["teacher"], seen["label"]
+    assert (teacher.batch_size, teacher.parse_retries, teacher.allow_outside_root, teacher.timeout_s,
+            teacher.name) == (3, 0, True, 7.5, "mine")
+    assert (run.batch_size, run.format, run.strict, run.progress, run.shard_size) == (3, "parquet", True, False, 9)
+    result = CliRunner().invoke(app, ["label", "--data", str(tmp_path), "--teacher", "vlm:x"])
+    assert seen["teacher"].batch_size == 8 and seen["label"].batch_size is None  # unset: each keeps its default

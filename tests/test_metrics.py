@@ -78,3 +78,27 @@ def test_reward_metrics_bundle():
     assert m["group_advantage_corr"] == pytest.approx(1.0) and m["groups_skipped_for_advantage"] == 1
     assert m["mask_iou"] == 1.0 and m["presence_accuracy"] == pytest.approx(2 / 3)
     assert m["subscore_mae"]["artifacts"] == 1.0 and m["edits"] == 3 and m["groups"] == 2
+
+
+def test_mask_iou_is_reported_over_all_edits_and_over_edited_ones_only():
+    """No-op edits (no teacher box) count 1.0 when the student predicts nothing; the edited-only IoU must sit next
+    to the headline one everywhere: the metrics dict, the markdown table, the training log line."""
+    from spatialreward.student.evaluate import metrics_markdown
+    from spatialreward.student.monitor import eval_note
+
+    pred = np.zeros((4, 4, 4), bool)
+    target = np.zeros((4, 4, 4), bool)
+    pred[0, :2, :2] = target[0, :2, :] = True  # 0.5
+    target[1, 0, 0] = True  # missed: 0
+    # 2 and 3: no-ops predicted empty → 1 each
+    m = reward_metrics([0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1], ["g"] * 4, pred_masks=pred, target_masks=target)
+    assert m["mask_iou"] == pytest.approx((0.5 + 0 + 1 + 1) / 4)
+    assert m["mask_iou_edited_only"] == pytest.approx(0.25)
+    assert (m["mask_edits_with_boxes"], m["mask_edits_without_boxes"]) == (2, 2)
+    table = metrics_markdown(m, "t")
+    assert "| mask IoU (all edits) | 0.6250 | 4 edits; 2 without boxes" in table
+    assert "| mask IoU (edited only) | 0.2500 | 2 edits the teacher boxed |" in table
+    assert "IoU 0.625 (edited only 0.250)" in eval_note(m)
+    # Nothing boxed: no edited-only number to make up.
+    m = reward_metrics([0.1, 0.2], [0.2, 0.1], ["g"] * 2, pred_masks=pred[2:], target_masks=target[2:])
+    assert m["mask_iou"] == 1.0 and m["mask_iou_edited_only"] is None and m["mask_edits_with_boxes"] == 0

@@ -2,8 +2,9 @@
 
 The server answers ``/v1/chat/completions`` by a plan written into the request text (``key=K;plan=500,ok``): one
 step per attempt of that key, the last step repeating. Steps: ``ok``, ``500``, ``400``, ``malformed`` (a 200
-whose body is not JSON), ``nochoices`` (JSON without choices), ``slow:SECONDS`` (then ok). Requests without a
-plan get a valid SpatialReward answer (SC for two images, PQ for one).
+whose body is not JSON), ``nochoices`` (JSON without choices), ``badusage`` (a good answer whose ``usage`` is not
+an object), ``huge`` (a 64 KB body), ``slow:SECONDS`` (then ok). Requests without a plan get a valid
+SpatialReward answer (SC for two images, PQ for one).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
+from fixtures.fake_vlm import write_noise_dataset
 from spatialreward.dataset import labels_dir, read_label_shards
+from spatialreward.teacher.config import ChatRequest, TeacherConfig, TeacherLoadError
 from spatialreward.teacher.openai_backend import OpenAIBackend, normalize_base_url
 from spatialreward.teacher.pipeline import label_dataset
 from spatialreward.teacher.registry import make_teacher
-from spatialreward.teacher.tiny import write_tiny_dataset
-from spatialreward.teacher.vlm import ChatRequest, TeacherConfig, TeacherLoadError
 
 SC_ANSWER = ('{"edit_region": [{"id": 0, "label": "patch", "bbox_2d": [0, 0, 333, 333]}], "reasoning": '
              '"<|bbox_0|> repainted", "score": [21, 17]}')
@@ -40,6 +41,7 @@ class JudgeServer:
     def __init__(self):
         self.attempts: Counter = Counter()
         self.bodies: list[dict] = []
+        self.auth_headers: list[str | None] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -59,6 +61,7 @@ class JudgeServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.bodies.append(body)
+                    server.auth_headers.append(self.headers.get("Authorization"))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
@@ -108,6 +111,12 @@ class JudgeServer:
             handler._send(200, "<html>upstream proxy error</html>", "text/html")
         elif step == "nochoices":
             handler._send(200, json.dumps({"id": "x", "object": "chat.completion"}))
+        elif step == "badusage":
+            body = json.loads(self._completion(f"answer for {key}"))
+            body["usage"] = "lots"
+            handler._send(200, json.dumps(body))
+        elif step == "huge":
+            handler._send(200, self._completion("x" * 65536))
 
     @staticmethod
     def _completion(text):
@@ -202,7 +211,8 @@ def test_payload_has_png_data_urls_and_sampling_seed(server):
 
 def test_model_is_discovered_when_not_named(server):
     backend = OpenAIBackend(server.url.removesuffix("/v1"))  # bare host: /v1 is added
-    assert backend.model == "tiny-judge" and backend.name == "openai:tiny-judge"
+    assert backend.model == "tiny-judge"
+    assert backend.name == backend.identity == f"openai:{server.url}#tiny-judge"  # the server is part of the name
 
 
 def test_unreachable_server_is_a_clear_error():
@@ -220,10 +230,10 @@ def test_works_when_called_inside_a_running_event_loop(server):
 
 
 def test_teacher_and_pipeline_over_http(server, tmp_path):
-    samples = write_tiny_dataset(tmp_path, groups=2, edits_per_group=2)
+    samples = write_noise_dataset(tmp_path, groups=2, edits_per_group=2)
     config = TeacherConfig(concurrency=3, http_retries=1, backoff_s=0.01)
     teacher = make_teacher(f"openai:{server.url}", config)  # model discovered from /models
-    assert teacher.name == "openai:tiny-judge"
+    assert teacher.name == f"openai:{server.url}#tiny-judge"
     report = label_dataset(tmp_path, teacher, shard_size=10, progress=False)
     assert report.counts == Counter({"ok": 4})
     assert report.call_counts == {"sc": Counter({"ok": 4}), "pq": Counter({"ok": 4})}
@@ -234,3 +244,52 @@ def test_teacher_and_pipeline_over_http(server, tmp_path):
     # Two calls per edit: SC with [source, edited], PQ with [edited].
     image_counts = Counter(sum(p["type"] == "image_url" for p in b["messages"][-1]["content"]) for b in server.bodies)
     assert image_counts == Counter({2: 4, 1: 4})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hardening (issue 12): body cap, usage inside the per-item try, where the API key may go
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_malformed_usage_is_one_retried_error_not_a_crash_of_the_batch(server):
+    requests = [_request("u", "badusage,ok"), _request("v", "badusage"), _request("w", "ok")]
+    completions = _backend(server, retries=1).complete(requests, temperature=0.0)
+    assert completions[0].text == "answer for u" and completions[0].prompt_tokens == 100
+    assert completions[1].text is None and "usage is str" in completions[1].error
+    assert completions[2].text == "answer for w"
+    assert server.attempts["u"] == 2 and server.attempts["v"] == 2
+
+
+def test_response_bodies_over_the_cap_are_refused_unread(server):
+    backend = _backend(server, max_response_bytes=16 * 1024)
+    huge, fine = backend.complete([_request("big", "huge"), _request("small", "ok")], temperature=0.0)
+    assert huge.text is None and "over the 16,384-byte cap" in huge.error and "not retried" in huge.error
+    assert fine.text == "answer for small"
+    assert server.attempts["big"] == 1
+
+
+def test_api_key_goes_to_loopback_servers(server):
+    _backend(server, api_key="sk-test").complete([_request("k", "ok")], temperature=0.0)
+    assert server.auth_headers == ["Bearer sk-test"]
+
+
+@pytest.mark.parametrize("url,sent", [
+    ("https://api.example.com/v1", True), ("http://localhost:8000/v1", True), ("http://[::1]:8000/v1", True),
+    ("http://127.0.0.5:8000/v1", True), ("http://10.1.2.3:8000/v1", False), ("http://gpu-box:8000/v1", False),
+])
+def test_api_key_is_withheld_from_plain_http_to_other_hosts(url, sent):
+    backend = OpenAIBackend(url, "m", api_key="sk-test")  # a named model: nothing is sent here
+    assert ("Authorization" in backend.headers) is sent and backend.key_withheld is (not sent)
+    if not sent:
+        assert "was not sent" in backend._auth_hint(401)
+        allowed = OpenAIBackend(url, "m", api_key="sk-test", allow_insecure_api_key=True)
+        assert allowed.headers == {"Authorization": "Bearer sk-test"}
+
+
+def test_config_carries_the_key_policy(monkeypatch):
+    monkeypatch.setenv("SR_TEST_KEY", "sk-env")
+    config = TeacherConfig(api_key_env="SR_TEST_KEY", max_response_bytes=4096)
+    backend = OpenAIBackend.from_config("http://10.1.2.3:8000/v1", "m", config)
+    assert backend.headers == {} and backend.max_response_bytes == 4096
+    config = TeacherConfig(api_key_env="SR_TEST_KEY", allow_insecure_api_key=True)
+    assert OpenAIBackend.from_config("http://10.1.2.3:8000/v1", "m", config).headers["Authorization"] == "Bearer sk-env"

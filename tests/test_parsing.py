@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from spatialreward.teacher.parsing import MIN_BOX_SIDE, extract_json_object, parse_answer, parse_pq, parse_sc
+from spatialreward.teacher.parsing import (
+    FLAGS,
+    MIN_BOX_SIDE,
+    extract_json_object,
+    parse_answer,
+    parse_pq,
+    parse_sc,
+)
+from spatialreward.types import SCORE_MAX
 
 CLEAN_SC = (
     '{"edit_region": [{"id": 0, "label": "red hat", "bbox_2d": [120, 80, 340, 260]}, '
@@ -47,15 +55,19 @@ CASES = [
      '{"edit_region": [{"id": 0, "label": "sky", "bbox_2d": "[0, 0, 1000, 400]"}, '
      '{"id": 1, "label": "tree", "bbox_2d": "600, 300, 800, 900"}], "reasoning": "", "score": [12, 13]}',
      "ok", (12, 13), [[0, 0, 1000, 400], [600, 300, 800, 900]]),
-    ("box_out_of_range", "sc",
-     '{"edit_region": [{"id": 0, "label": "car", "bbox_2d": [-20, 500, 1100, 1030]}], "reasoning": "", '
+    ("box_overshoot_clamped", "sc",
+     '{"edit_region": [{"id": 0, "label": "car", "bbox_2d": [-20, 500, 1040, 1030]}], "reasoning": "", '
      '"score": [10, 10]}', "ok", (10, 10), [[0, 500, 1000, 1000]]),
+    # Far past 0–1000 with no image size to read them against: their frame is unknown, never clamped to 1000.
+    ("box_far_out_of_range", "sc",
+     '{"edit_region": [{"id": 0, "label": "car", "bbox_2d": [-20, 500, 1100, 1030]}], "reasoning": "", '
+     '"score": [10, 10]}', "parse_error", None, None),
     ("box_inverted", "sc",
      '{"edit_region": [{"id": 0, "label": "lamp", "bbox_2d": [700, 650, 300, 250]}], "reasoning": "", '
      '"score": [14, 16]}', "ok", (14, 16), [[300, 250, 700, 650]]),
     ("degenerate_boxes_dropped", "sc",
      '{"edit_region": [{"id": 0, "label": "line", "bbox_2d": [100, 100, 100, 900]}, '
-     '{"id": 1, "label": "off image", "bbox_2d": [1200, 1300, 1500, 1600]}, '
+     '{"id": 1, "label": "on the edge", "bbox_2d": [1000, 300, 1040, 600]}, '
      '{"id": 2, "label": "bird", "bbox_2d": [50, 60, 150, 160]}], "reasoning": "<|bbox_2|>", "score": [9, 11]}',
      "ok", (9, 11), [[50, 60, 150, 160]]),
     ("bare_box_lists", "sc",
@@ -110,17 +122,17 @@ def test_regions_keep_labels_and_ids():
 
 
 def test_dropped_box_is_warned_and_ids_stay_the_models():
-    text = CASES[[c[0] for c in CASES].index("degenerate_boxes_dropped")][2]
-    parsed = parse_sc(text)
+    parsed = parse_sc(_case("degenerate_boxes_dropped"))
     assert parsed.region_ids == ["2"]  # the reasoning's <|bbox_2|> still finds its box
     assert sum("dropped" in w for w in parsed.warnings) == 2
+    assert parsed.boxes_dropped == 2  # counted in the record, not only warned
     assert not any("cites" in w for w in parsed.warnings)
 
 
 def test_repairs_and_clamps_are_warned():
     assert any("repaired" in w for w in parse_sc(CASES[9][2]).warnings)
-    assert any("clamped" in w for w in parse_sc(CASES[14][2]).warnings)
-    assert any("reordered" in w for w in parse_sc(CASES[15][2]).warnings)
+    assert any("clamped" in w for w in parse_sc(_case("box_overshoot_clamped")).warnings)
+    assert any("reordered" in w for w in parse_sc(_case("box_inverted")).warnings)
 
 
 def test_citation_of_missing_region_is_warned():
@@ -135,14 +147,127 @@ def test_thin_box_threshold():
     assert len(parse_sc(wide).boxes) == 1
 
 
+def _case(name):
+    return CASES[[c[0] for c in CASES].index(name)][2]
+
+
 def test_truncation_error_says_so():
-    parsed = parse_sc(CASES[8][2])
+    parsed = parse_sc(_case("truncated_mid_object"))
     assert "truncated" in parsed.error
 
 
-def test_first_object_with_score_wins_over_earlier_prose_object():
+def test_object_with_score_wins_over_earlier_prose_object():
     obj = extract_json_object('Format: {"example": true}. Answer: {"reasoning": "r", "score": [3, 4]}')
     assert obj["score"] == [3, 4]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The final answer wins (issue 12): an echoed example before the answer must not be read as the answer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_final_answer_wins_and_conflict_is_flagged():
+    text = ('Example: {"score": [25, 25]}. My answer: {"reasoning": "blurry seams", "score": [5, 4]}')
+    parsed = parse_pq(text)
+    assert parsed.ok and parsed.scores == (5, 4) and parsed.reasoning == "blurry seams"
+    assert parsed.flags == ["conflicting_answers"] and any("disagree" in w for w in parsed.warnings)
+    sc = ('The format is {"edit_region": [], "reasoning": "...", "score": [25, 25]}\n'
+          'Answer: {"edit_region": [[100, 100, 300, 300]], "reasoning": "<|bbox_0|>", "score": [12, 20]}')
+    parsed = parse_sc(sc)
+    assert parsed.scores == (12, 20) and parsed.boxes == [[100, 100, 300, 300]]
+    assert "conflicting_answers" in parsed.flags
+
+
+def test_repeated_identical_answers_are_not_a_conflict():
+    answer = '{"reasoning": "fine", "score": [20, 21]}'
+    parsed = parse_pq(answer + "\nTo repeat: " + answer)
+    assert parsed.ok and parsed.scores == (20, 21) and parsed.flags == []
+
+
+def test_unreadable_last_candidate_does_not_hide_a_readable_answer():
+    parsed = parse_pq('{"reasoning": "r", "score": [20, 21]} P.S. {"score": "excellent"}')
+    assert parsed.ok and parsed.scores == (20, 21) and parsed.flags == []
+    assert any("could not be read" in w for w in parsed.warnings)
+
+
+def test_example_then_truncated_answer_is_a_parse_error_not_the_example():
+    parsed = parse_pq('Example: {"score": [25, 25]}. My answer: {"reasoning": "the seams are vis')
+    assert parsed.status == "parse_error" and "truncated" in parsed.error and parsed.scores is None
+
+
+def test_score_object_inside_the_answers_strings_is_not_an_answer():
+    text = '{"reasoning": "the prompt showed {\\"score\\": [0, 0]} as a format", "score": [18, 19]}'
+    parsed = parse_pq(text)
+    assert parsed.ok and parsed.scores == (18, 19) and parsed.flags == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dropped boxes (issue 12): counted, and "all dropped but edited" is not ok
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_all_boxes_dropped_while_scores_say_edited_is_a_parse_error():
+    text = '{"edit_region": [[100, 100, 100.5, 900], [400, 20, 900, 20]], "reasoning": "", "score": [18, 20]}'
+    parsed = parse_sc(text)
+    assert parsed.status == "parse_error" and parsed.boxes == [] and parsed.scores is None
+    assert "all 2 boxes were dropped" in parsed.error and "edit happened" in parsed.error
+
+
+def test_all_boxes_dropped_with_no_op_scores_stays_ok_and_counts_them():
+    parsed = parse_sc('{"edit_region": [[5, 5, 5, 5]], "reasoning": "identical", "score": [0, 25]}')
+    assert parsed.ok and parsed.boxes == [] and parsed.boxes_dropped == 1
+
+
+def test_models_own_empty_region_list_stays_ok():
+    parsed = parse_sc('{"edit_region": [], "reasoning": "cannot localise", "score": [15, 20]}')
+    assert parsed.ok and parsed.boxes == [] and parsed.boxes_dropped == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pixel boxes and other score scales (issue 12): converted with a flag, or refused
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_pixel_boxes_are_converted_with_the_image_size_and_flagged():
+    text = '{"edit_region": [[120, 60, 1080, 720]], "reasoning": "", "score": [10, 10]}'
+    parsed = parse_sc(text, image_size=(1200, 800))
+    assert parsed.ok and parsed.flags == ["boxes_from_pixels"]
+    assert parsed.boxes == [pytest.approx([100, 75, 900, 900])]
+    refused = parse_sc(text)  # same answer, image size unknown: 1080 cannot be 0–1000
+    assert refused.status == "parse_error" and "frame is unknown" in refused.error
+    too_big = parse_sc(text, image_size=(800, 600))  # beyond 0–1000 and beyond the image
+    assert too_big.status == "parse_error" and "800×600" in too_big.error
+
+
+def test_boxes_within_0_1000_are_not_taken_for_pixels():
+    parsed = parse_sc('{"edit_region": [[100, 100, 900, 900]], "reasoning": "", "score": [10, 10]}',
+                      image_size=(2000, 2000))
+    assert parsed.boxes == [[100, 100, 900, 900]] and parsed.flags == []
+
+
+def test_prompt_score_range_10_is_converted_and_flagged():
+    parsed = parse_pq('{"reasoning": "", "score": [8, 10]}', score_range=10)
+    assert parsed.ok and parsed.scores == (20, 25) and parsed.flags == ["scores_rescaled"]
+    over = parse_pq('{"reasoning": "", "score": [8, 11]}', score_range=10)
+    assert over.status == "parse_error" and "outside 0–10" in over.error
+
+
+def test_explicit_denominator_is_converted_or_refused():
+    parsed = parse_pq('{"reasoning": "", "score": ["8/10", "20/25"]}')
+    assert parsed.scores == (20, 20) and parsed.flags == ["scores_rescaled"]
+    assert parse_pq('{"reasoning": "", "score": ["12/10", 20]}').status == "parse_error"
+    assert parse_pq('{"reasoning": "", "score": ["20/25", 20]}').flags == []  # 0–25 needs no conversion
+
+
+def test_every_flag_is_documented():
+    texts = [
+        ('Ex {"score": [1, 1]} ans {"score": [2, 2]}', "pq", {}),
+        ('{"edit_region": [[0, 0, 1500, 900]], "score": [3, 3]}', "sc", {"image_size": (1600, 1000)}),
+        ('{"score": [3, 3]}', "pq", {"score_range": 5}),
+    ]
+    seen = {f for text, call, options in texts for f in parse_answer(text, call, **options).flags}
+    assert seen == set(FLAGS)
+    assert all(max(parse_answer(t, c, **o).scores) <= SCORE_MAX for t, c, o in texts)
 
 
 def test_no_midpoint_default_anywhere():

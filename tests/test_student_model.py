@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from spatialreward.formula import RewardWeights, reward_from_subscores
-from spatialreward.student.model import Student, StudentConfig, build_student, mask_bounding_box
-from spatialreward.student.presets import list_presets, preset_config, register_preset
+from spatialreward.student.model import Student, StudentConfig, mask_bounding_box
+from spatialreward.student.presets import build_student, list_presets, preset_config, register_preset
 
 torch.set_num_threads(2)
 
@@ -242,3 +242,43 @@ def test_region_floor_zeroes_small_weights_of_both_paths(floor):
 def test_presets_default_region_floor():
     assert preset_config("nano").region_floor == 0.05
     assert StudentConfig().region_floor == 0.0  # configs saved before the field load unchanged
+
+
+def test_save_pretrained_writes_weights_and_config_as_one_unit(tmp_path, monkeypatch):
+    from spatialreward.student import checkpoint
+
+    a, b = toy_student(seed=1), toy_student(seed=2)
+    real_write_json = checkpoint.atomic_write_json
+
+    def crash(*args, **kwargs):  # the process dies after the weights and before the config
+        raise KeyboardInterrupt
+
+    # A new folder appears whole or not at all.
+    monkeypatch.setattr(checkpoint, "atomic_write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        a.save_pretrained(tmp_path / "new")
+    assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []
+
+    # In an existing folder the config names its weights' hash: a torn pair is refused, never loaded as a mix.
+    monkeypatch.setattr(checkpoint, "atomic_write_json", real_write_json)
+    a.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(checkpoint, "atomic_write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        b.save_pretrained(tmp_path / "m")  # b's weights land, a's config stays
+    with pytest.raises(ValueError, match="different saves"):
+        Student.from_pretrained(tmp_path / "m")
+    monkeypatch.setattr(checkpoint, "atomic_write_json", real_write_json)
+    b.save_pretrained(tmp_path / "m")
+    loaded = Student.from_pretrained(tmp_path / "m")
+    assert all(torch.equal(x, y) for x, y in zip(loaded.state_dict().values(), b.state_dict().values()))
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    model = toy_student()
+    with torch.no_grad():
+        model.score_head.mlp[1].weight[0, 0] = float("nan")
+        model.seg_head.mlp[0].bias[0] = float("inf")
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"2 tensor\(s\) hold NaN or inf") as err:
+        Student.from_pretrained(tmp_path / "m")
+    assert "score_head.mlp.1.weight" in str(err.value) and "seg_head.mlp.0.bias" in str(err.value)

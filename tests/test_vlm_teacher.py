@@ -9,24 +9,18 @@ from collections import Counter
 import pytest
 from PIL import Image
 
+from fixtures.fake_vlm import answer_length, build_fake_vlm, write_noise_dataset
 from spatialreward.dataset import labels_dir, read_label_shards
 from spatialreward.formula import reward_from_subscores
+from spatialreward.teacher.config import ChatRequest, Completion, TeacherConfig, TeacherLoadError
 from spatialreward.teacher.pipeline import label_dataset
 from spatialreward.teacher.prompts import load_prompts
 from spatialreward.teacher.registry import make_teacher, parse_teacher_spec, resolve_teacher
-from spatialreward.teacher.tiny import build_tiny_vlm, write_tiny_dataset
-from spatialreward.teacher.vlm import (
-    ChatRequest,
-    Completion,
-    TeacherConfig,
-    TeacherLoadError,
-    VLMTeacher,
-    cap_pixels,
-)
+from spatialreward.teacher.vlm import VLMTeacher, cap_pixels
 from spatialreward.types import EditSample
 
 # Tiny answers: a random model never stops on its own, so every call costs max_new_tokens decoding steps.
-TINY = dict(max_new_tokens=16, batch_size=4, parse_retries=1)
+FAKE = dict(max_new_tokens=16, batch_size=4, parse_retries=1)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -41,14 +35,14 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen25(tmp_path_factory):
-    return build_tiny_vlm(tmp_path_factory.mktemp("tiny25") / "tiny-qwen2_5_vl", "qwen2_5_vl")
+def fake_qwen25(tmp_path_factory):
+    return build_fake_vlm(tmp_path_factory.mktemp("fake25") / "fake-qwen2_5_vl", "qwen2_5_vl")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    samples = write_tiny_dataset(root, groups=2, edits_per_group=3)
+    samples = write_noise_dataset(root, groups=2, edits_per_group=3)
     return root, samples
 
 
@@ -73,12 +67,12 @@ def _accounted(judgements, samples):
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
-def test_tiny_checkpoint_loads_and_judges(tmp_path, dataset, family):
-    path = build_tiny_vlm(tmp_path / f"tiny-{family}", family)
+def test_fake_checkpoint_loads_and_judges(tmp_path, dataset, family):
+    path = build_fake_vlm(tmp_path / f"fake-{family}", family)
     assert (path / "config.json").exists() and (path / "chat_template.jinja").exists()
-    teacher = make_teacher(f"vlm:{path}", TeacherConfig(**TINY))
+    teacher = make_teacher(f"vlm:{path}", TeacherConfig(**FAKE))
     assert isinstance(teacher, VLMTeacher)
-    assert teacher.name == f"vlm:tiny-{family}" and teacher.prompt_version == "sr-v1"
+    assert teacher.name == f"vlm:fake-{family}" and teacher.prompt_version == "sr-v1"
     root, samples = dataset
     judgements = teacher.judge_batch(samples[:3], root)
     _accounted(judgements, samples[:3])
@@ -88,13 +82,13 @@ def test_tiny_checkpoint_loads_and_judges(tmp_path, dataset, family):
         # Each attempt decodes at most max_new_tokens; gibberish is re-asked once (parse_retries=1).
         attempts = extra["sc_attempts"] + extra["pq_attempts"]
         assert 2 <= attempts <= 4
-        assert 0 < extra["completion_tokens"] <= attempts * TINY["max_new_tokens"]
+        assert 0 < extra["completion_tokens"] <= attempts * FAKE["max_new_tokens"]
 
 
-def test_tiny_label_pipeline_accounts_for_every_record(tiny_qwen25, tmp_path):
-    samples = write_tiny_dataset(tmp_path, groups=2, edits_per_group=2)
-    teacher = VLMTeacher.from_pretrained(tiny_qwen25, TeacherConfig(**TINY))
-    report = label_dataset(tmp_path, teacher, shard_size=3, fmt="parquet", progress=False)  # extras survive Arrow
+def test_fake_label_pipeline_accounts_for_every_record(fake_qwen25, tmp_path):
+    samples = write_noise_dataset(tmp_path, groups=2, edits_per_group=2)
+    teacher = VLMTeacher.from_pretrained(fake_qwen25, TeacherConfig(**FAKE))
+    report = label_dataset(tmp_path, teacher, shard_size=3, format="parquet", progress=False)  # extras survive Arrow
     records = read_label_shards(labels_dir(tmp_path, teacher.name))
     assert sorted(j.sample_id for j in records) == sorted(s.sample_id for s in samples)
     assert report.labelled == len(samples) == sum(report.counts.values())
@@ -106,12 +100,13 @@ def test_tiny_label_pipeline_accounts_for_every_record(tiny_qwen25, tmp_path):
     assert all(j.prompt_version == "sr-v1" for j in records)
 
 
-def test_unloadable_image_fails_only_that_sample(tiny_qwen25, dataset, tmp_path):
+def test_unloadable_image_fails_only_that_sample(fake_qwen25, dataset, tmp_path):
     root, samples = dataset
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     bad = EditSample(sample_id="bad", source=str(broken), edited=samples[0].edited, instruction="x", group_id="z")
-    teacher = VLMTeacher.from_pretrained(tiny_qwen25, TeacherConfig(**TINY))
+    # An absolute path is allowed here on purpose: this test is about an image that does not decode.
+    teacher = VLMTeacher.from_pretrained(fake_qwen25, TeacherConfig(**FAKE, allow_outside_root=True))
     judgements = teacher.judge_batch([samples[0], bad, samples[1]], root)
     assert [j.sample_id for j in judgements] == [samples[0].sample_id, "bad", samples[1].sample_id]
     failed = judgements[1]
@@ -121,9 +116,53 @@ def test_unloadable_image_fails_only_that_sample(tiny_qwen25, dataset, tmp_path)
     assert judgements[0].model_extra["sc_attempts"] >= 1
 
 
+# A valid SC answer the fake model is forced to write to every request (PQ ignores its regions): the ok branch of
+# generate → slicing off the prompt → decoding → parsing, checked against a known verdict.
+FORCED = '{"edit_region": [{"id": 0, "bbox_2d": [100, 150, 400, 500]}], "reasoning": "<|bbox_0|>", "score": [20, 15]}'
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_forced_answer_comes_back_ok_through_the_real_generate_path(tmp_path, dataset, family):
+    model = build_fake_vlm(tmp_path / f"fake-{family}", family, answer=FORCED)
+    n_tokens = answer_length(FORCED)
+    config = TeacherConfig(max_new_tokens=n_tokens + 8, batch_size=3, parse_retries=1)
+    teacher = VLMTeacher.from_pretrained(model, config)
+    root, samples = dataset
+    judgements = teacher.judge_batch(samples[:3], root)  # one left-padded batch of 3 per call type
+    _accounted(judgements, samples[:3])
+    for j in judgements:
+        assert j.status == "ok", j.error
+        assert j.subscores == [20, 15, 20, 15] and j.boxes == [[100, 150, 400, 500]]
+        assert j.reward == pytest.approx(reward_from_subscores([20, 15, 20, 15]))
+        assert j.reasoning == "<|bbox_0|>" and j.model_extra["region_ids"] == ["0"]
+        assert json.loads(j.raw_text) == {"sc": [FORCED], "pq": [FORCED]}  # decoded exactly, no prompt, no padding
+        extra = j.model_extra
+        assert extra["sc_attempts"] == extra["pq_attempts"] == 1  # read at once: no re-ask
+        assert extra["completion_tokens"] == 2 * n_tokens  # up to and including <|im_end|>, per call
+        assert extra["parse_flags"] == [] and extra["sc_boxes_dropped"] == 0
+
+
+def test_sample_paths_outside_the_dataset_are_not_read(fake_qwen25, dataset, tmp_path):
+    root, samples = dataset
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), "white").save(outside)
+    absolute = EditSample(sample_id="abs", source=str(outside), edited=samples[0].edited, instruction="x",
+                          group_id="z")
+    climbing = EditSample(sample_id="up", source=samples[0].source, edited=f"../{outside.parent.name}/secret.png",
+                          instruction="x", group_id="z")
+    backend = ScriptedBackend({"sc": GOOD_SC, "pq": GOOD_PQ})
+    judgements = VLMTeacher(backend, TeacherConfig()).judge_batch([absolute, climbing, samples[0]], root)
+    assert [j.status for j in judgements] == ["failed", "failed", "ok"]
+    assert "abs: source: image path" in judgements[0].error and "absolute" in judgements[0].error
+    assert "up: edited: image path" in judgements[1].error and "'..'" in judgements[1].error
+    assert len(backend.requests) == 2  # only the confined sample's SC + PQ were sent anywhere
+    allowed = VLMTeacher(ScriptedBackend({"sc": GOOD_SC, "pq": GOOD_PQ}), TeacherConfig(allow_outside_root=True))
+    assert all(j.ok for j in allowed.judge_batch([absolute, climbing], root))
+
+
 def test_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TeacherLoadError, match="cannot load a VLM"):
-        VLMTeacher.from_pretrained(tmp_path / "no-such-model", TeacherConfig(**TINY))
+        VLMTeacher.from_pretrained(tmp_path / "no-such-model", TeacherConfig(**FAKE))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,7 +201,7 @@ class ScriptedBackend:
 
 
 def _one_sample(tmp_path):
-    samples = write_tiny_dataset(tmp_path, groups=1, edits_per_group=1)
+    samples = write_noise_dataset(tmp_path, groups=1, edits_per_group=1)
     return samples[0]
 
 
@@ -203,6 +242,39 @@ def test_unreadable_after_all_retries_is_parse_error_without_reward(tmp_path):
     assert j.model_extra["sc_status"] == "ok" and j.model_extra["sc_score"] == [20, 15]
     assert j.boxes == [[100, 100, 400, 500]]  # the readable SC part is kept, but no reward
     assert j.model_extra["pq_score"] is None
+
+
+def test_pixel_boxes_are_read_against_the_sent_edited_image(tmp_path):
+    samples = write_noise_dataset(tmp_path, groups=1, edits_per_group=1, size=(1000, 1500))  # H × W
+    pixels = '{"edit_region": [[300, 100, 1200, 900]], "reasoning": "", "score": [20, 15]}'
+    j = VLMTeacher(ScriptedBackend({"sc": pixels, "pq": GOOD_PQ}), TeacherConfig(max_image_pixels=1500 * 1000)).judge(
+        samples[0], tmp_path)
+    assert j.status == "ok" and j.boxes == [[200, 100, 800, 900]]  # 1500 × 1000 px → 0–1000
+    assert j.model_extra["parse_flags"] == ["sc:boxes_from_pixels"]
+
+
+def test_all_boxes_dropped_while_edited_is_parse_error_and_a_partial_drop_is_counted(tmp_path):
+    sample = _one_sample(tmp_path)
+    dropped = '{"edit_region": [[100, 100, 100, 900]], "reasoning": "", "score": [20, 15]}'
+    j = VLMTeacher(ScriptedBackend({"sc": dropped, "pq": GOOD_PQ}), TeacherConfig(parse_retries=0)).judge(
+        sample, tmp_path)
+    assert j.status == "parse_error" and j.reward is None and "the only box was dropped" in j.error
+    partial = '{"edit_region": [[100, 100, 100, 900], [10, 10, 300, 300]], "reasoning": "", "score": [20, 15]}'
+    j = VLMTeacher(ScriptedBackend({"sc": partial, "pq": GOOD_PQ}), TeacherConfig()).judge(sample, tmp_path)
+    assert j.status == "ok" and j.boxes == [[10, 10, 300, 300]] and j.model_extra["sc_boxes_dropped"] == 1
+
+
+def test_prompt_score_range_converts_answers_and_flags_them(tmp_path):
+    sample = _one_sample(tmp_path)
+    prompt_file = tmp_path / "ten.json"
+    prompt_file.write_text(json.dumps({"style": "python", "score_range": 10,
+                                       "sc": "Rate {instruction} from 0 to {score_range}.", "pq": "0 to {score_range}"}))
+    sc = '{"edit_region": [[0, 0, 500, 500]], "reasoning": "", "score": [8, 6]}'
+    pq = '{"reasoning": "", "score": [10, 4]}'
+    j = VLMTeacher(ScriptedBackend({"sc": sc, "pq": pq}), TeacherConfig(prompt_file=str(prompt_file))).judge(
+        sample, tmp_path)
+    assert j.status == "ok" and j.subscores == [20, 15, 25, 10]
+    assert j.model_extra["parse_flags"] == ["sc:scores_rescaled", "pq:scores_rescaled"]
 
 
 def test_no_answer_is_failed_and_not_reasked(tmp_path):
@@ -264,7 +336,7 @@ def test_images_are_capped_keeping_aspect():
 
 
 def test_requests_carry_capped_images(tmp_path):
-    samples = write_tiny_dataset(tmp_path, groups=1, edits_per_group=1, size=(300, 400))
+    samples = write_noise_dataset(tmp_path, groups=1, edits_per_group=1, size=(300, 400))
     backend = ScriptedBackend({"sc": GOOD_SC, "pq": GOOD_PQ})
     VLMTeacher(backend, TeacherConfig(max_image_pixels=100 * 100)).judge(samples[0], tmp_path)
     for request, _ in backend.requests:
@@ -287,7 +359,11 @@ def test_teacher_specs():
     for bad in ("", "vlm:", "gpt", "openai:#m"):
         with pytest.raises(TeacherLoadError):
             parse_teacher_spec(bad)
-    spec, name, version = resolve_teacher("vlm:SpatialReward/SpatialReward-8B")
-    assert name == "vlm:SpatialReward/SpatialReward-8B" and version == "sr-v1"
+    resolved = resolve_teacher("vlm:SpatialReward/SpatialReward-8B")
+    assert resolved.name == resolved.identity == "vlm:SpatialReward/SpatialReward-8B"
+    assert resolved.prompt_version == "sr-v1"
+    resolved = resolve_teacher("openai:http://h:8000#org/m")  # a named model: the server is not asked
+    assert resolved.name == resolved.identity == "openai:http://h:8000/v1#org/m"  # the URL is part of the name
+    assert str(resolved.spec) == "openai:http://h:8000/v1#org/m"
     with pytest.raises(TeacherLoadError, match="unknown teacher options"):
         make_teacher("vlm:x", not_an_option=1)

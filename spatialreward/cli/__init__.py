@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("spatialreward.cli.distill", "distill"),
     "eval": ("spatialreward.cli.evaluate", "evaluate"),
     "convert": ("spatialreward.cli.convert", "convert"),
+    "serve": ("spatialreward.cli.serve", "serve"),
 }
 
 

@@ -28,7 +28,7 @@ def convert(
     """
     from rich import print as rprint
 
-    from spatialreward.adapters import READERS
+    from spatialreward.benchmarks import READERS
     from spatialreward.dataset import ReadReport, write_samples
 
     report = ReadReport()

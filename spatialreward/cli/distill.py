@@ -47,6 +47,7 @@ def distill(
     max_minutes: Annotated[float | None, typer.Option(help=_help("max_minutes"))] = None,
     max_steps: Annotated[int | None, typer.Option(help=_help("max_steps"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help=_help("resume"))] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_help("overwrite"))] = False,
     pretrained: Annotated[str | None, typer.Option(help=_help("pretrained"))] = None,
     img_size: Annotated[int | None, typer.Option(help=_help("img_size"))] = None,
     groups_per_batch: Annotated[int, typer.Option(help=_help("groups_per_batch"))] = 8,
@@ -87,7 +88,7 @@ def distill(
     try:
         cfg = DistillConfig(
             data=str(data), out=str(out), preset=preset, teacher=teacher, max_minutes=max_minutes,
-            max_steps=max_steps, resume=resume, pretrained=pretrained, img_size=img_size,
+            max_steps=max_steps, resume=resume, overwrite=overwrite, pretrained=pretrained, img_size=img_size,
             groups_per_batch=groups_per_batch, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
             grad_clip=grad_clip, amp=amp, ema_decay=ema_decay, subscore_loss=subscore_loss,
             ranking_loss=ranking_loss, w_ranking=w_ranking, w_advantage=w_advantage, w_mask=w_mask,
@@ -97,7 +98,7 @@ def distill(
             num_threads=num_threads, device=device, progress=progress,
         )
         distiller = Distiller(cfg)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from exc
     out_dir = distiller.train()
     if distiller.is_main:

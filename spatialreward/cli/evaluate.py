@@ -26,8 +26,8 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     json_only: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of a table.")] = False,
 ) -> None:
-    """Within-group pairwise accuracy, Spearman/Kendall, group-advantage correlation, sub-score MAE, mask IoU,
-    presence accuracy of a student vs the teacher."""
+    """Within-group pairwise accuracy, Spearman/Kendall, group-advantage correlation, sub-score MAE, mask IoU (over
+    all edits and over the edits the teacher boxed), presence accuracy of a student vs the teacher."""
     from spatialreward.cli.distill import _passive_openmp
 
     _passive_openmp()

@@ -6,7 +6,8 @@ trained with the authors' wording; a user who wants it passes ``--prompt-file`` 
 
     {"version": "authors",        # optional; recorded as "<version>@<sha256 of the file, 12 hex>"
      "style": "python",           # optional: "literal" (default) or "python" (see below)
-     "score_range": 25,           # optional, python style only: the value of {score_range}
+     "score_range": 25,           # optional: the score scale the prompt asks for, and {score_range} in python
+                                  # style; answers on another scale are converted to 0–25 and flagged
      "system": "...",             # optional system message
      "sc": "... {instruction} ...",
      "pq": "..."}

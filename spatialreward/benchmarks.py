@@ -1,4 +1,4 @@
-"""Adapters that read public reward-benchmark record formats into our `EditSample`s.
+"""Readers for public reward-benchmark record formats (EditReward-Bench, MER-Bench) into our `EditSample`s.
 
 - **EditReward-Bench** (as distributed with SpatialReward's evaluation): JSONL records with ``idx``,
   ``instruction``, ``task_type``, ``dimension`` (prompt_following / consistency / overall), ``input_image``,

@@ -1,0 +1,191 @@
+"""`RewardClient`: the HTTP client of ``POST /v1/score`` (sync and async), with bounded retries and a deadline.
+
+    client = RewardClient("http://127.0.0.1:23456", token=None)
+    results = client.score(sources, editeds, instructions)   # one dict per edit, in order; ok / error per item
+
+Images may be PIL, numpy HWC, torch CHW, encoded bytes or paths (encoded to PNG here; bytes and paths are sent as
+they are). Retries happen only where a retry can help — connection errors, 502/503/504 (honouring Retry-After) —
+with exponential backoff, never past ``deadline_s`` for the whole call; a 4xx is the caller's mistake and raises at
+once. When retries run out, `RewardServerError` says what happened on each attempt: a failure is never turned into
+a reward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+RETRY_STATUS = (502, 503, 504)
+
+
+class RewardServerError(RuntimeError):
+    """The server could not give an answer (after retries) or refused the request."""
+
+
+def encode_image(item: Any) -> bytes:
+    """An image in any form `spatialreward.images.load_image` takes → bytes to send (PNG unless already encoded)."""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    if isinstance(item, (str, Path)):
+        return Path(item).read_bytes()
+    from spatialreward.images import load_image
+
+    buf = io.BytesIO()
+    load_image(item).save(buf, format="PNG", compress_level=1)  # fast: the server decodes once and resizes anyway
+    return buf.getvalue()
+
+
+def b64_image(item: Any) -> str:
+    return base64.b64encode(encode_image(item)).decode()
+
+
+class RewardClient:
+    """Client of one server. ``timeout_s`` bounds one HTTP attempt, ``deadline_s`` the whole call with retries."""
+
+    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 120.0, deadline_s: float = 300.0,
+                 retries: int = 3, backoff_s: float = 0.5, max_items_per_request: int = 256):
+        self.url = url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout_s, self.deadline_s = timeout_s, deadline_s
+        self.retries, self.backoff_s = retries, backoff_s
+        self.max_items_per_request = max_items_per_request
+        self._client: httpx.Client | None = None
+
+    # -- payloads --------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def payload(sources: Sequence[Any], editeds: Sequence[Any], instructions: Sequence[str],
+                group_ids: Sequence[Any] | None = None, *, return_mask: bool = False) -> dict:
+        n = len(editeds)
+        if not (len(sources) == n == len(instructions)):
+            raise ValueError(f"got {len(sources)} sources, {n} edited images and {len(instructions)} instructions; "
+                             "pass one of each per edit")
+        encoded: dict[int, str] = {}  # a group's repeated source object is encoded once
+        items = []
+        for i in range(n):
+            src = sources[i]
+            key = id(src)
+            if key not in encoded:
+                encoded[key] = b64_image(src)
+            item = {"source": encoded[key], "edited": b64_image(editeds[i]), "instruction": instructions[i]}
+            if group_ids is not None:
+                item["group_id"] = group_ids[i]
+            items.append(item)
+        return {"items": items, "return_mask": return_mask}
+
+    def _chunks(self, payload: dict) -> list[dict]:
+        items, k = payload["items"], self.max_items_per_request
+        return [{**payload, "items": items[i:i + k]} for i in range(0, len(items), k)] or [payload]
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None and response.headers.get("retry-after", "").isdigit():
+            return min(float(response.headers["retry-after"]), 30.0)
+        return self.backoff_s * (2 ** attempt) * (0.5 + random.random())
+
+    @staticmethod
+    def _fail(response: httpx.Response) -> RewardServerError:
+        try:
+            detail = response.json().get("error", response.text[:300])
+        except ValueError:
+            detail = response.text[:300]
+        return RewardServerError(f"HTTP {response.status_code} from the reward server: {detail}")
+
+    # -- sync ------------------------------------------------------------------------------------------------------
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.timeout_s, headers=self.headers)
+        return self._client
+
+    def post(self, payload: dict) -> list[dict]:
+        """POST one or more chunks; returns every item's result dict in order."""
+        deadline = time.monotonic() + self.deadline_s
+        return [r for chunk in self._chunks(payload) for r in self._post_one(chunk, deadline)]
+
+    def _post_one(self, payload: dict, deadline: float) -> list[dict]:
+        problems = []
+        for attempt in range(self.retries + 1):
+            response = None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                response = self._http().post(f"{self.url}/v1/score", json=payload, timeout=min(self.timeout_s, left))
+            except httpx.TransportError as exc:
+                problems.append(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
+            else:
+                if response.status_code == 200:
+                    return response.json()["results"]
+                if response.status_code not in RETRY_STATUS:
+                    raise self._fail(response)
+                problems.append(f"attempt {attempt + 1}: HTTP {response.status_code}")
+            if attempt < self.retries:
+                time.sleep(max(0.0, min(self._delay(attempt, response), deadline - time.monotonic())))
+        raise RewardServerError(f"no answer from {self.url} within {self.retries + 1} attempts / {self.deadline_s} s: "
+                                + "; ".join(problems or ["deadline passed"]))
+
+    def score(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False) -> list[dict]:
+        return self.post(self.payload(sources, editeds, instructions, group_ids, return_mask=return_mask))
+
+    def ping(self) -> bool:
+        try:
+            return self._http().get(f"{self.url}/ping", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- async -----------------------------------------------------------------------------------------------------
+
+    async def apost(self, payload: dict, client: httpx.AsyncClient | None = None) -> list[dict]:
+        """Async `post`. Pass an ``httpx.AsyncClient`` to reuse connections across calls."""
+        own = client is None
+        client = client or httpx.AsyncClient(timeout=self.timeout_s, headers=self.headers)
+        try:
+            deadline = time.monotonic() + self.deadline_s
+            out = []
+            for chunk in self._chunks(payload):
+                out.extend(await self._apost_one(client, chunk, deadline))
+            return out
+        finally:
+            if own:
+                await client.aclose()
+
+    async def _apost_one(self, client: httpx.AsyncClient, payload: dict, deadline: float) -> list[dict]:
+        problems = []
+        for attempt in range(self.retries + 1):
+            response = None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                response = await client.post(f"{self.url}/v1/score", json=payload, headers=self.headers,
+                                             timeout=min(self.timeout_s, left))
+            except httpx.TransportError as exc:
+                problems.append(f"attempt {attempt + 1}: {type(exc).__name__}: {exc}")
+            else:
+                if response.status_code == 200:
+                    return response.json()["results"]
+                if response.status_code not in RETRY_STATUS:
+                    raise self._fail(response)
+                problems.append(f"attempt {attempt + 1}: HTTP {response.status_code}")
+            if attempt < self.retries:
+                await asyncio.sleep(max(0.0, min(self._delay(attempt, response), deadline - time.monotonic())))
+        raise RewardServerError(f"no answer from {self.url} within {self.retries + 1} attempts / {self.deadline_s} s: "
+                                + "; ".join(problems or ["deadline passed"]))
+
+    async def ascore(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False,
+                     client: httpx.AsyncClient | None = None) -> list[dict]:
+        return await self.apost(self.payload(sources, editeds, instructions, group_ids, return_mask=return_mask),
+                                client)
