@@ -13,7 +13,7 @@ from spatialreward.images import ImageLoadError
 from spatialreward.student.data import preprocess_image
 from spatialreward.student.model import Student
 from spatialreward.student.presets import preset_config
-from spatialreward.student.testing import HashingTextEncoder
+from tests.fixtures.students import HashingTextEncoder
 
 torch.set_num_threads(2)
 

@@ -23,7 +23,7 @@ from spatialreward.serving.protocol import ProtocolError, restricted_loads, scan
 from spatialreward.serving.server import BackgroundServer
 from spatialreward.student.model import Student
 from spatialreward.student.presets import preset_config
-from spatialreward.student.testing import HashingTextEncoder
+from tests.fixtures.students import HashingTextEncoder
 
 torch.set_num_threads(2)
 # Toy student (48 px, width 32, one block): the server's plumbing is under test, not the network.
