@@ -146,15 +146,26 @@ def _export_graph(module, args, path: Path, *, input_names, output_names, opset:
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
         program = torch.onnx.export(
             module, args, dynamo=True, opset_version=opset, custom_translation_table=custom_translation_table(),
-            dynamic_shapes=tuple({0: batch} for _ in args), input_names=list(input_names),
+            dynamic_shapes=_batch_dims(module, args, batch), input_names=list(input_names),
             output_names=list(output_names), verbose=False,
         )
     program.save(str(path))
     model = onnx.load(str(path))
     set_roialign_modes(model)
+    read_shapes_after_cast(model)
     onnx.checker.check_model(model, full_check=True)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     onnx.save(model, str(path))
+
+
+def _batch_dims(module, args, batch):
+    """Axis 0 of every input is the batch. `ScoreGraph.forward(*inputs)` takes its inputs as one var-positional
+    argument, which torch.export sees as a single (nested) element."""
+    import inspect
+
+    dims = tuple({0: batch} for _ in args)
+    params = inspect.signature(module.forward).parameters.values()
+    return (dims,) if any(p.kind is p.VAR_POSITIONAL for p in params) else dims
 
 
 def set_roialign_modes(model) -> int:
@@ -168,6 +179,42 @@ def set_roialign_modes(model) -> int:
             node.attribute.append(onnx.helper.make_attribute("coordinate_transformation_mode", "output_half_pixel"))
             patched += 1
     return patched
+
+
+def read_shapes_after_cast(model) -> int:
+    """A ``Shape`` of a uint8 graph input reads the input's ``Cast`` instead (same shape). TensorRT takes uint8
+    only at the network boundary and through Cast, and the exporter reads the batch size off the raw ``images``.
+    Returns how many nodes were rerouted."""
+    import onnx
+
+    uint8_inputs = {vi.name for vi in model.graph.input if vi.type.tensor_type.elem_type == onnx.TensorProto.UINT8}
+    cast_of = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input[0] in uint8_inputs}
+    rerouted = 0
+    for node in model.graph.node:
+        if node.op_type == "Shape" and node.input[0] in cast_of:
+            node.input[0] = cast_of[node.input[0]]
+            rerouted += 1
+    _sort_topologically(model.graph)
+    return rerouted
+
+
+def _sort_topologically(graph) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs (ONNX requires it)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ExportError(f"graph {graph.name!r} has a cycle or an unproduced input near {rest[0].op_type}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def _all_nodes(graph):
