@@ -30,16 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from spatialreward.export.graphs import (
-    ENCODE_INPUTS,
-    SCORE_OUTPUTS,
-    EncodeGraph,
-    ScoreGraph,
-    encoding_names,
-    score_input_names,
-)
+# torch and the graphs load inside the functions: the CLI imports `ExportConfig` from here for `--help`.
 
 EXPORT_FILE = "export.json"
 EXPORT_FORMAT = "spatialreward-export"
@@ -128,7 +119,7 @@ def _read_json(path: Path) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _dtype_name(t: torch.Tensor) -> str:
+def _dtype_name(t) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
@@ -138,6 +129,7 @@ def _io_spec(names, tensors, batch_dim: str = "batch") -> dict[str, dict[str, An
 
 def _export_graph(module, args, path: Path, *, input_names, output_names, opset: int, max_batch: int) -> None:
     import onnx
+    import torch
 
     from spatialreward.kernels.onnx import custom_translation_table
 
@@ -232,8 +224,17 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
     """Write the export folder ``cfg.out`` (see the module docstring). ``student`` skips loading ``cfg.model``
     (tests); its hash is then of its current weights. Returns the folder."""
     import onnx
+    import torch
 
     import spatialreward
+    from spatialreward.export.graphs import (
+        ENCODE_INPUTS,
+        SCORE_OUTPUTS,
+        EncodeGraph,
+        ScoreGraph,
+        encoding_names,
+        score_input_names,
+    )
     from spatialreward.student import Student
 
     out = Path(cfg.out)
