@@ -96,6 +96,7 @@ def build_engines(onnx_dir: str | Path, out: str | Path, *, precision: str = "fp
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: exists; pass --overwrite or choose another --out")
     logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")  # the parser maps RoiAlign to the ROIAlign_TRT plugin
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -269,6 +270,7 @@ class TensorRTBackend:
         self.cuda_graphs = cuda_graphs
         bucket_list = tuple(b for b in buckets if b < self.max_batch) + (self.max_batch,) if cuda_graphs else None
         self._logger = trt.Logger(trt.Logger.WARNING)
+        trt.init_libnvinfer_plugins(self._logger, "")  # score.engine holds the ROIAlign_TRT plugin
         self._runtime = trt.Runtime(self._logger)
         with torch.cuda.device(self.device):
             self._encode = _Engine(trt, self._runtime, (self.directory / "encode.engine").read_bytes(), self.device,
