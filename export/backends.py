@@ -61,7 +61,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, student, *, device: str | torch.device = "cpu", compile: bool = False,
-                 compile_mode: str | None = None):
+                 compile_mode: str | None = None, compile_dynamic: bool | None = False):
         self.device = torch.device(device)
         self.student = student.to(self.device).eval()
         self.image_size = student.cfg.img_size
@@ -71,8 +71,9 @@ class TorchBackend:
         self._encode = EncodeGraph(self.student).eval()
         self._score = ScoreGraph(self.student).eval()
         if compile:
-            self._encode = torch.compile(self._encode, mode=compile_mode, dynamic=False)
-            self._score = torch.compile(self._score, mode=compile_mode, dynamic=False)
+            # dynamic=False: one graph per batch size (fastest, recompiles per size); True: one over all sizes
+            self._encode = torch.compile(self._encode, mode=compile_mode, dynamic=compile_dynamic)
+            self._score = torch.compile(self._score, mode=compile_mode, dynamic=compile_dynamic)
 
     @property
     def reward_weights(self) -> dict:
@@ -126,14 +127,15 @@ class OnnxRuntimeBackend:
         device: ``"cpu"`` (CPU execution provider) or ``"cuda[:i]"`` (CUDA EP; needs ``onnxruntime-gpu``).
         intra_op_threads: threads inside one op (default: ``torch.get_num_threads()``, the machine's cores).
         inter_op_threads: threads across independent ops (1: our graphs are chains).
-        spinning: let idle worker threads spin (faster on an idle machine, wasteful on a shared one).
+        spinning: let idle worker threads spin after each op. Off by default: in an RL loop the reward shares the
+            CPU with torch, and spinning ORT threads were measured to slow interleaved torch calls ~100× on 2 cores.
         optimization: ORT graph optimisation level (``all`` fuses LayerNorm/GELU/MatMul+scale).
     """
 
     name = "onnxruntime"
 
     def __init__(self, directory: str | Path, *, device: str | torch.device = "cpu", intra_op_threads: int | None = None,
-                 inter_op_threads: int = 1, spinning: bool = True,
+                 inter_op_threads: int = 1, spinning: bool = False,
                  optimization: Literal["disable", "basic", "extended", "all"] = "all"):
         from spatialreward.export.onnx_export import read_export_meta
 
