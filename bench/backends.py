@@ -4,9 +4,9 @@ TensorRT on a GPU box), timed in one run through the same encode / score protoco
 For each batch ``b`` one call is ``encode([sources; edits])`` (2b images) + ``score`` (b edits): what `RewardModel`
 pays after preprocessing (image decode / resize and the cached instruction embedding are the same for every
 backend and left out). The group row is a GRPO group: one source + 8 candidates, the source encoded once (9
-images) — compared with plain scoring of 8 edits (16 images). Repeats interleave the backends, so all see the same
-machine load; p50 / p99 are over the repeats, per edit = per call / b; ratios are torch-eager time / backend time
-(> 1: faster than eager).
+images) — compared with plain scoring of 8 edits (16 images). Repeats interleave everything (each repeat runs every
+row of every case once), so all rows see the same machine load; p50 / p99 are over the repeats, per edit = per call
+/ b; ratios are torch-eager time / backend time (> 1: faster than eager).
 
     python bench/backends.py                        # nano, batches 1 8 32, CPU: eager, compile, onnxruntime
     python bench/backends.py --quick                # fewer repeats (the committed CPU run)
@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backends", nargs="*", default=None,
                    help="subset of: eager compile onnxruntime tensorrt (default: all that run here)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for JSON + PNG")
+    p.add_argument("--fp16-parity", action="store_true",
+                   help="also export fp16 and record its max deviation from fp32 (ONNX Runtime on --device)")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup = 7, 2
@@ -141,37 +143,62 @@ def run(args, log=print) -> dict:
                     else int(any_backend.meta["text_encoder"]["dim"]))
         cases = [("plain", b) for b in args.batches] + ([("group", args.group)] if args.group else [])
         rows = []
-        for kind, b in cases:
-            calls = {name: make_calls(be, b, side, text_dim, args.device, kind == "group")
-                     for name, be in backends.items()}
-            for name, call in calls.items():
+        calls = {(kind, b, name): make_calls(be, b, side, text_dim, args.device, kind == "group")
+                 for kind, b in cases for name, be in backends.items()}
+        for key, call in calls.items():
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                for _ in range(args.warmup):
+                    call()
+            _sync(args.device)
+            log(f"{key[0]} b={key[1]} {key[2]}: warm-up {time.perf_counter() - t0:.1f}s")
+        times = {key: [] for key in calls}
+        for _ in range(args.repeats):  # every row of every case in each repeat: all see the same machine load
+            for key, call in calls.items():
+                _sync(args.device)
                 t0 = time.perf_counter()
                 with torch.inference_mode():
-                    for _ in range(args.warmup):
-                        call()
+                    call()
                 _sync(args.device)
-                log(f"{kind} b={b} {name}: warm-up {time.perf_counter() - t0:.1f}s")
-            times = {name: [] for name in calls}
-            for _ in range(args.repeats):  # interleaved: every backend sees the same load
-                for name, call in calls.items():
-                    _sync(args.device)
-                    t0 = time.perf_counter()
-                    with torch.inference_mode():
-                        call()
-                    _sync(args.device)
-                    times[name].append(time.perf_counter() - t0)
-            eager = statistics.median(times["torch eager"]) if "torch eager" in times else None
-            for name, ts in times.items():
-                p50, p99 = statistics.median(ts), _percentile(ts, 0.99)
-                rows.append({
-                    "backend": name, "case": kind, "batch": b, "repeats": len(ts),
-                    "p50_ms_per_call": 1e3 * p50, "p50_ms_per_edit": 1e3 * p50 / b, "p99_ms_per_edit": 1e3 * p99 / b,
-                    "edits_per_s": b / p50, "speedup_vs_torch_eager": (eager / p50) if eager else None,
-                })
-                log(f"{kind:5s} b={b:<4d} {name:28s} {1e3 * p50 / b:8.3f} ms/edit  p99 {1e3 * p99 / b:8.3f}  "
-                    f"{b / p50:9.1f} edits/s  x{(eager / p50) if eager else float('nan'):.2f} vs eager")
+                times[key].append(time.perf_counter() - t0)
+        for (kind, b, name), ts in times.items():
+            eager_ts = times.get((kind, b, "torch eager"))
+            eager = statistics.median(eager_ts) if eager_ts else None
+            p50, p99 = statistics.median(ts), _percentile(ts, 0.99)
+            rows.append({
+                "backend": name, "case": kind, "batch": b, "repeats": len(ts),
+                "p50_ms_per_call": 1e3 * p50, "p50_ms_per_edit": 1e3 * p50 / b, "p99_ms_per_edit": 1e3 * p99 / b,
+                "edits_per_s": b / p50, "speedup_vs_torch_eager": (eager / p50) if eager else None,
+            })
+            log(f"{kind:5s} b={b:<4d} {name:28s} {1e3 * p50 / b:8.3f} ms/edit  p99 {1e3 * p99 / b:8.3f}  "
+                f"{b / p50:9.1f} edits/s  x{(eager / p50) if eager else float('nan'):.2f} vs eager")
         describe = {name: be.describe() for name, be in backends.items()}
     return {"rows": rows, "backends": describe, "checks": _checks(rows, args)}
+
+
+def fp16_parity(args, log=print) -> dict:
+    """Max |fp16 − fp32| of reward / sub-scores / mask agreement, both exports run by ONNX Runtime on --device."""
+    import torch
+
+    from spatialreward.export.backends import OnnxRuntimeBackend
+    from spatialreward.export.onnx_export import ExportConfig, export_onnx
+    from spatialreward.student.model import Student
+    from spatialreward.student.presets import preset_config
+
+    with tempfile.TemporaryDirectory(prefix="bench-fp16-") as tmp:
+        torch.manual_seed(0)
+        run = Path(args.model) if args.model else Student(preset_config(args.preset)).save_pretrained(Path(tmp) / "r")
+        out = {}
+        for precision in ("fp32", "fp16"):
+            d = export_onnx(ExportConfig(model=str(run), out=f"{tmp}/{precision}", precision=precision), log=log)
+            be = OnnxRuntimeBackend(d, device=args.device)
+            out[precision] = make_calls(be, 32, be.image_size, int(be.meta["text_encoder"]["dim"]), args.device,
+                                        False)()
+        a, b = out["fp32"], out["fp16"]
+        return {"device": args.device, "batch": 32,
+                "reward_max_abs": (a.reward - b.reward).abs().max().item(),
+                "subscores_max_abs_points": (a.subscores - b.subscores).abs().max().item(),
+                "mask_agreement": ((a.mask_logits > 0) == (b.mask_logits > 0)).float().mean().item()}
 
 
 def _checks(rows: list[dict], args) -> dict:
@@ -229,6 +256,8 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     result = run(args)
+    if args.fp16_parity:
+        result["fp16_parity"] = fp16_parity(args)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     result = {
         "benchmark": "backends", "command": "python bench/backends.py " + " ".join(argv or sys.argv[1:]),
