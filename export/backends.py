@@ -134,7 +134,8 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, directory: str | Path, *, device: str | torch.device = "cpu", intra_op_threads: int | None = None,
+    def __init__(self, directory: str | Path, *, device: str | torch.device = "cpu",
+                 intra_op_threads: int | None = None,
                  inter_op_threads: int = 1, spinning: bool = False,
                  optimization: Literal["disable", "basic", "extended", "all"] = "all"):
         from spatialreward.export.onnx_export import read_export_meta
@@ -258,7 +259,13 @@ def ensure_export(run_dir: str | Path, *, log=None) -> Path:
     """``<run>/export-onnx``, written now if missing or made from other weights (sha256 of model.safetensors)."""
     import json
 
-    from spatialreward.export.onnx_export import EXPORT_FILE, ExportConfig, export_onnx, resolve_student_dir, sha256_file
+    from spatialreward.export.onnx_export import (
+        EXPORT_FILE,
+        ExportConfig,
+        export_onnx,
+        resolve_student_dir,
+        sha256_file,
+    )
 
     student_dir = resolve_student_dir(run_dir)
     out = Path(run_dir) / AUTO_EXPORT_DIR

@@ -89,7 +89,8 @@ def build_engines(onnx_dir: str | Path, out: str | Path, *, precision: str = "fp
     strongly_typed = trt_major(trt) >= 11
     if strongly_typed and precision != meta["precision"]:
         raise ValueError(
-            f"TensorRT {trt.__version__} is strongly typed: engine precision is the ONNX graph's ({meta['precision']}); "
+            f"TensorRT {trt.__version__} is strongly typed: engine precision is the ONNX graph's "
+            f"({meta['precision']}); "
             f"for {precision} " + ("export with --precision fp16 first" if precision == "fp16" else
                                    "there is no such export (bf16 needs TensorRT 10, or use fp16)")
         )

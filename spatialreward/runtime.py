@@ -132,8 +132,8 @@ class RewardModel:
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, *, backend: Backend = "torch", device: str | torch.device = "cpu", text_encoder=None,
-        **backend_options,
+        cls, directory: str | Path, *, backend: Backend = "torch", device: str | torch.device = "cpu",
+        text_encoder=None, **backend_options,
     ) -> RewardModel:
         """Load a folder: a training run / student folder (``model.safetensors`` + ``config.json``), an export
         folder (``export.json``, from ``spatialreward export onnx``) or a TensorRT engine folder (``engine.json``).
@@ -389,4 +389,6 @@ def _as_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
         return images
     if images.is_floating_point() and images.dim() == 4 and images.shape[1] == 3:
         return (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-    raise ValueError(f"images {tuple(images.shape)} {images.dtype}: pass uint8 [B, S, S, 3] or float [B, 3, S, S] in 0–1")
+    raise ValueError(
+        f"images {tuple(images.shape)} {images.dtype}: pass uint8 [B, S, S, 3] or float [B, 3, S, S] in 0–1"
+    )

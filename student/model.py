@@ -445,7 +445,7 @@ class Student(nn.Module):
 
         # The region: predicted unless the caller forces one.
         weights = token_prob if region_mask is None else region_mask.reshape(b, n).to(e.dtype)
-        boxes = mask_bounding_box(mask_prob > 0.5) if region_boxes is None else region_boxes.to(e.dtype)
+        boxes = (mask_bounding_box(mask_prob > 0.5) if region_boxes is None else region_boxes).to(e.dtype)
 
         # RoIAlign over the region box on [edited, source, change] token maps → one region vector.
         batch_index = torch.arange(b, device=e.device).to(e.dtype).unsqueeze(1)  # int Range for TensorRT

@@ -44,7 +44,8 @@ def exported(tmp_path_factory):
 def groups():
     """Two GRPO groups of the real synthetic benchmark (skimage photos, 4 candidates each)."""
     rng = np.random.default_rng(0)
-    return [make_group(rng, photo, size=64, candidates=4) for photo in (skimage.data.astronaut(), skimage.data.coffee())]
+    photos = (skimage.data.astronaut(), skimage.data.coffee())
+    return [make_group(rng, photo, size=64, candidates=4) for photo in photos]
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -183,6 +184,24 @@ def test_a_failed_export_leaves_nothing_behind(exported, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "onnx")), log=lambda *_: None)
     assert calls == ["encode.onnx", "score.onnx"] and list(tmp_path.iterdir()) == []
+
+
+def test_fp16_export_checks_clean_and_stays_close(exported, tmp_path):
+    from spatialreward.export.trt_check import check_export
+
+    run, out = exported
+    half = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "fp16"), precision="fp16"), log=lambda *_: None)
+    assert read_export_meta(half)["precision"] == "fp16" and check_export(half) == []
+    images = torch.randint(0, 256, (4, 48, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    text = torch.nn.functional.normalize(torch.randn(2, 384, generator=torch.Generator().manual_seed(1)), dim=1)
+    scores = {}
+    for folder in (out, half):
+        backend = OnnxRuntimeBackend(folder)
+        enc = backend.encode(images)
+        scores[folder] = backend.score(tuple(t[:2] for t in enc), tuple(t[2:] for t in enc), text)
+        assert all(t.dtype == torch.float32 for t in scores[folder])  # outputs are fp32 on every precision
+    assert (scores[out].reward - scores[half].reward).abs().max().item() < 5e-3
+    assert (scores[out].subscores - scores[half].subscores).abs().max().item() < 0.1  # points, of 25
 
 
 def test_auto_backend_picks_by_folder(exported):

@@ -82,14 +82,16 @@ def _bad_model() -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, "bad",
         [helper.make_tensor_value_info("x", f, [2, 3]), helper.make_tensor_value_info("fmap", f, [1, 3, 4, 4]),
-         helper.make_tensor_value_info("rois", f, [1, 4]), helper.make_tensor_value_info("bidx", TensorProto.INT64, [1]),
+         helper.make_tensor_value_info("rois", f, [1, 4]),
+         helper.make_tensor_value_info("bidx", TensorProto.INT64, [1]),
          helper.make_tensor_value_info("axes_in", TensorProto.INT64, [1])],
         [helper.make_tensor_value_info(n, f, None) for n in ("ln", "roi", "xu", "hm")]
         + [helper.make_tensor_value_info(n, t, None) for n, t in (("nz", TensorProto.INT64), ("uq", f),
                                                                     ("xd", TensorProto.DOUBLE), ("fm", f))],
         initializer=[helper.make_tensor("scale", f, [3], [1.0] * 3), helper.make_tensor("bias", f, [3], [0.0] * 3)],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 def test_a_bad_graph_gets_one_finding_per_problem():
