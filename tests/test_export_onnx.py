@@ -204,6 +204,19 @@ def test_fp16_export_checks_clean_and_stays_close(exported, tmp_path):
     assert (scores[out].subscores - scores[half].subscores).abs().max().item() < 0.1  # points, of 25
 
 
+def test_onnxruntime_from_a_run_folder_exports_once_and_reuses_it(exported, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(exported[0], run)
+    first = RewardModel.from_pretrained(run, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    meta = run / "export-onnx" / "export.json"
+    assert first.backend.name == "onnxruntime" and meta.is_file()
+    stamp = meta.stat().st_mtime_ns
+    RewardModel.from_pretrained(run, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    assert meta.stat().st_mtime_ns == stamp  # same weights, same version: reused, not re-exported
+
+
 def test_auto_backend_picks_by_folder(exported):
     run, out = exported
     assert RewardModel.from_pretrained(out, backend="auto", text_encoder=HashingTextEncoder()).backend.name == \
