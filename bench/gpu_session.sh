@@ -6,7 +6,8 @@
 #   attention: masked attention vs dense-mask SDPA and FlexAttention, eager (FlexAttention compiles: slow);
 #   check:     bench/kernels.py --check (more edge cases; compiles every dtype, a few minutes);
 #   roi:       RoIAlign benchmark vs torchvision;    student: student latency per preset (bf16 autocast);
-#   dispatch:  host time of the custom-op vs eager routes (CPU only, seconds).
+#   dispatch:  host time of the custom-op vs eager routes (CPU only, seconds);
+#   export:    TensorRT engine tests + every scoring backend side by side at batch 1/8/64/256, fp16 parity.
 # Steps run in the order below (the open attention goal first), each capped, until LIMIT_S is spent.
 #
 #   LIMIT_S=520 bash bench/gpu_session.sh                    # logs + JSON into $OUT (or bench/results/gpu-<date>)
@@ -40,7 +41,7 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/pip.log" 2>
 $PY -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__,
   'timm', timm.__version__, torch.cuda.get_device_name())"
 
-STEPS=",${STEPS:-tests,graph,attention,check,roi,student,dispatch},"
+STEPS=",${STEPS:-tests,graph,attention,check,roi,student,dispatch,export},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 if want tests; then
   step gpu-tests 200 $PY -m pytest -q -rs -p no:cacheprovider -m gpu --junitxml "$OUT_DIR/gpu_tests.xml" \
@@ -62,5 +63,11 @@ want graph && step student-latency-graph 120 $PY bench/student_latency.py --devi
   --cuda-graph --batches 1 8 32 256 --out "$OUT_DIR/student"
 # host time of the custom-op vs eager routes on this box's CPU (seconds)
 want dispatch && step dispatch-overhead 60 $PY bench/dispatch_overhead.py --out "$OUT_DIR"
+# export (issue 10): TensorRT build + parity tests (they skip, and say so, where tensorrt is not installed), then
+# every backend side by side (ORT CUDA needs onnxruntime-gpu; TensorRT fp16 with and without CUDA graphs) + fp16 parity
+want export && step export-tests 240 $PY -m pytest -q -rs -p no:cacheprovider tests/test_export_tensorrt.py \
+  tests/test_export_onnx.py
+want export && step bench-backends 240 $PY bench/backends.py --device cuda --batches 1 8 64 256 --quick \
+  --fp16-parity --out "$OUT_DIR/export"
 echo "== done in $((SECONDS - START))s, status $status"
 exit $status

@@ -445,10 +445,10 @@ class Student(nn.Module):
 
         # The region: predicted unless the caller forces one.
         weights = token_prob if region_mask is None else region_mask.reshape(b, n).to(e.dtype)
-        boxes = mask_bounding_box(mask_prob > 0.5) if region_boxes is None else region_boxes.to(e.dtype)
+        boxes = (mask_bounding_box(mask_prob > 0.5) if region_boxes is None else region_boxes).to(e.dtype)
 
         # RoIAlign over the region box on [edited, source, change] token maps → one region vector.
-        batch_index = torch.arange(b, device=e.device, dtype=e.dtype).unsqueeze(1)
+        batch_index = torch.arange(b, device=e.device).to(e.dtype).unsqueeze(1)  # int Range for TensorRT
         rois = torch.cat([batch_index, boxes], dim=1)  # [B, 5] = (b, x1, y1, x2, y2) in 0–1000
         maps = torch.cat([e, s, change], dim=-1)  # [B, N, 3C]
         roi = roi_align_tokens(

@@ -97,8 +97,69 @@ def test_bad_items_raise_by_name_or_are_flagged(model_dir, tmp_path):
     assert "editeds[1]" in out.errors[1] and out.boxes[1].shape == (0, 4)
     with pytest.raises(ValueError, match="one of each per edit"):
         rm.score([src], edt, ["x"] * 3)
-    with pytest.raises(NotImplementedError, match="export"):
-        RewardModel.from_pretrained(model_dir, backend="onnxruntime")
+    with pytest.raises(ValueError, match="backend 'nope'"):
+        RewardModel.from_pretrained(model_dir, backend="nope")
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(lambda: torch.rand(3, 40, 40, dtype=torch.bfloat16), id="bf16-tensor"),  # numpy has no bf16
+    pytest.param(lambda: torch.rand(3, 40, 40).to_sparse(), id="sparse-tensor"),
+    pytest.param(lambda: torch.rand(5, 40, 40), id="wrong-channels"),
+    pytest.param(lambda: np.zeros((40, 40, 3), dtype=np.complex64), id="wrong-dtype"),
+    pytest.param(lambda: 42, id="wrong-type"),
+])
+def test_flag_marks_every_bad_image_and_scores_the_rest(model_dir, bad):
+    rm = RewardModel.from_pretrained(model_dir, text_encoder=HashingTextEncoder())
+    src, edt = images(1, seed=11)[0], images(2, seed=12)
+    out = rm.score([src] * 3, [edt[0], bad(), edt[1]], ["x"] * 3, on_error="flag")
+    assert out.ok.tolist() == [True, False, True] and "editeds[1]" in out.errors[1]
+    assert torch.isnan(out.reward[1]) and torch.isfinite(out.reward[[0, 2]]).all()
+    with pytest.raises(ImageLoadError, match=r"editeds\[1\]"):
+        rm.score([src] * 3, [edt[0], bad(), edt[1]], ["x"] * 3)
+    # the size probe of mask_size="edited" must not crash on it either
+    assert rm.score([src] * 2, [edt[0], bad()], ["x"] * 2, mask_size="edited", on_error="flag").ok.tolist() == [
+        True, False]
+    # a bad source flags every edit that uses it, and only those
+    out = rm.score([src, bad()], edt, ["x"] * 2, on_error="flag")
+    assert out.ok.tolist() == [True, False] and "sources[1]" in out.errors[1]
+
+
+def test_flag_marks_an_instruction_that_is_not_text(model_dir):
+    rm = RewardModel.from_pretrained(model_dir, text_encoder=HashingTextEncoder())
+    src, edt = images(1, seed=13)[0], images(3, seed=14)
+    out = rm.score([src] * 3, edt, ["make it red", None, "make it red"], on_error="flag")
+    assert out.ok.tolist() == [True, False, True] and "instructions[1]" in out.errors[1]
+    alone = rm.score([src], [edt[2]], ["make it red"])
+    assert torch.allclose(out.reward[2], alone.reward[0], atol=1e-6)  # the bad row did not disturb the others
+    with pytest.raises(ImageLoadError, match=r"instructions\[1\]"):
+        rm.score([src] * 3, edt, ["make it red", None, "make it red"])
+
+
+def test_non_finite_network_output_is_flagged_not_returned(model_dir, monkeypatch):
+    rm = RewardModel.from_pretrained(model_dir, text_encoder=HashingTextEncoder())
+    src, edt = images(1, seed=15)[0], images(2, seed=16)
+    real = rm.backend.score
+
+    def poisoned(source, edited, text):
+        out = real(source, edited, text)
+        return out._replace(subscores=out.subscores.clone().index_fill_(0, torch.tensor([0]), float("nan")),
+                            reward=out.reward.clone().index_fill_(0, torch.tensor([0]), float("nan")))
+
+    monkeypatch.setattr(rm.backend, "score", poisoned)
+    out = rm.score([src] * 2, edt, ["x"] * 2, on_error="flag")
+    assert out.ok.tolist() == [False, True] and "non-finite" in out.errors[0]
+
+
+def test_uses_the_students_helpers_not_copies():
+    import inspect
+
+    import spatialreward.runtime as runtime
+
+    text = inspect.getsource(runtime)
+    assert "text_encoder_for" in text and "subscore_std_points" in text
+    assert "25.0 * torch.exp" not in text and "get_text_encoder" not in text
+    top = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
+    assert not [line for line in top if "student" in line or "export" in line], top  # only lazily, via export/
 
 
 def test_mask_size_options_and_reward_weights(model_dir):

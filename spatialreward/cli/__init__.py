@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("spatialreward.cli.evaluate", "evaluate"),
     "convert": ("spatialreward.cli.convert", "convert"),
     "serve": ("spatialreward.cli.serve", "serve"),
+    "export": ("spatialreward.cli.export", "export_app"),
 }
 
 
@@ -47,7 +48,11 @@ def _register() -> None:
             if exc.name == module:  # command not built yet in this checkout
                 continue
             raise
-        app.command(name)(getattr(mod, func))
+        command = getattr(mod, func)
+        if isinstance(command, typer.Typer):  # a command group (`spatialreward export onnx | check | tensorrt`)
+            app.add_typer(command, name=name)
+        else:
+            app.command(name)(command)
 
 
 _register()

@@ -1,0 +1,84 @@
+"""The student split into the two graphs a deployment runs, as SAM's ``utils/onnx.py`` wraps its decoder for
+tracing: the model keeps no export branches, these wrappers fix the I/O contract.
+
+    EncodeGraph   images uint8 [B, S, S, 3] (RGB at the model side)  ->  tokens [B, P+N, C] (+ pixels [B, 4, h, w])
+    ScoreGraph    source encoding + edited encoding + instruction embedding [B, D]  ->  SCORE_OUTPUTS
+
+A GRPO group pays for its source once: encode the source (one row), encode the candidates, then score each
+candidate against the same source row. Normalisation (/255, ImageNet mean/std) is inside `EncodeGraph`, the
+paper's reward formula (weights baked, recorded in ``export.json``) inside `ScoreGraph`. The torch backend runs
+these same modules, so "torch" and "onnxruntime" differ only by the runtime, never by the pre/post-processing.
+
+Pixel statistics (`StudentConfig.pixel_stats`) add a second encoding tensor; a student without them has one, so
+no zero-sized tensor crosses a graph boundary (the TensorRT parser and CUDA graphs both dislike empty I/O).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+ENCODE_INPUTS = ("images",)
+SCORE_OUTPUTS = ("subscores", "subscore_logvar", "reward", "mask_logits", "presence_logit", "region_boxes")
+
+
+class _Encoding(NamedTuple):
+    """What `Student.forward_tokens` reads of an image encoding (same fields as the student's `ImageEncoding`)."""
+
+    tokens: torch.Tensor
+    pixels: torch.Tensor
+
+
+def encoding_names(pixel_stats: bool) -> tuple[str, ...]:
+    """Names of the encoding tensors `EncodeGraph` returns (and `ScoreGraph` takes once per stream)."""
+    return ("tokens", "pixels") if pixel_stats else ("tokens",)
+
+
+def score_input_names(pixel_stats: bool) -> tuple[str, ...]:
+    names = encoding_names(pixel_stats)
+    return tuple(f"source_{n}" for n in names) + tuple(f"edited_{n}" for n in names) + ("text_embedding",)
+
+
+class EncodeGraph(nn.Module):
+    """uint8 ``[B, S, S, 3]`` → the student's per-image encoding (tokens, and pixel statistics if it has them)."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+        self.pixel_stats = student.pixel_stats is not None
+
+    def forward(self, images: torch.Tensor):
+        dtype = self.student.encoder.mean.dtype  # fp32, or fp16 for an fp16 export
+        x = images.to(dtype).permute(0, 3, 1, 2) / 255.0  # [B, 3, S, S] in 0–1; uint8 meets only the Cast (TensorRT)
+        enc = self.student.encode_images(x)
+        return (enc.tokens, enc.pixels) if self.pixel_stats else enc.tokens
+
+
+class ScoreGraph(nn.Module):
+    """(source encoding, edited encoding, text embedding) rows → `SCORE_OUTPUTS`, one row per edit.
+
+    Outputs: ``subscores [B, 4]`` 0–25, ``subscore_logvar [B, 4]``, ``reward [B]`` (baked weights), ``mask_logits
+    [B, h, w]`` on the (subdivided) token grid, ``presence_logit [B]``, ``region_boxes [B, 4]`` 0–1000. Always
+    fp32 (an fp16 graph casts its outputs), so every backend hands the runtime the same dtypes.
+    """
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+        self.pixel_stats = student.pixel_stats is not None
+
+    def forward(self, *inputs: torch.Tensor):
+        if self.pixel_stats:
+            src_tokens, src_pixels, edt_tokens, edt_pixels, text = inputs
+        else:
+            src_tokens, edt_tokens, text = inputs
+            b, (h, w) = src_tokens.shape[0], self.student.cfg.mask_size
+            src_pixels = edt_pixels = src_tokens.new_zeros(b, 0, h, w)  # unused without pixel statistics
+        out = self.student.forward_tokens(
+            _Encoding(src_tokens, src_pixels), _Encoding(edt_tokens, edt_pixels), text.to(src_tokens.dtype)
+        )
+        reward = out.reward.float().clamp(0.0, 1.0)  # [0, 1] by contract; NaN stays NaN and the runtime flags it
+        return (out.subscores.float(), out.subscore_logvar.float(), reward, out.edit_mask_logits.float(),
+                out.presence_logit.float(), out.region_boxes.float())

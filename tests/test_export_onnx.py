@@ -1,0 +1,224 @@
+"""`spatialreward export onnx` and the ONNX Runtime backend: the export folder, parity with PyTorch on real
+synthetic edits (fp32: reward ≤ 1e-4, sub-scores ≤ 1e-3 points, mask IoU ≥ 0.99), group scoring, and bad input.
+
+A toy student (48 px, width 32, one block) keeps each export to a few seconds; the graph's op set does not
+depend on the depth, and `test_export_trt_check.py` exports the real presets."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import skimage.data
+import torch
+
+from spatialreward import RewardModel
+from spatialreward.export.backends import BackendUnavailable, OnnxRuntimeBackend
+from spatialreward.export.onnx_export import ExportConfig, ExportError, export_onnx, read_export_meta, sha256_file
+from spatialreward.student.model import Student
+from spatialreward.student.presets import preset_config
+from spatialreward.synth import make_group
+from tests.fixtures.students import HashingTextEncoder
+
+torch.set_num_threads(2)
+
+TOY = dict(img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32, mask_subdivision=2)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(run folder, export folder) of a toy student with the pixel-statistics encoding tensor (a second tensor per
+    image across the graph boundary; the nano preset, without it, is exported in test_export_trt_check.py)."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("export")
+    run = root / "run"
+    Student(preset_config("nano", **TOY, pixel_stats=True)).save_pretrained(run)
+    out = export_onnx(ExportConfig(model=str(run), out=str(root / "onnx"), max_batch=16), log=lambda *_: None)
+    return run, out
+
+
+@pytest.fixture(scope="module")
+def groups():
+    """Two GRPO groups of the real synthetic benchmark (skimage photos, 4 candidates each)."""
+    rng = np.random.default_rng(0)
+    photos = (skimage.data.astronaut(), skimage.data.coffee())
+    return [make_group(rng, photo, size=64, candidates=4) for photo in photos]
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
+
+
+def test_export_folder_records_what_a_deployment_needs(exported):
+    import spatialreward
+
+    run, out = exported
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["package_version"] == spatialreward.__version__ and meta["opset"] == 18
+    assert meta["precision"] == "fp32" and meta["batch"] == {"min": 1, "max": 16}
+    assert meta["source"]["weights_sha256"] == sha256_file(run / "model.safetensors")
+    assert meta["reward_weights"] == preset_config("nano").reward_weights
+    assert sorted(p.name for p in out.iterdir()) == ["encode.onnx", "export.json", "score.onnx"]
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+    for name in ("encode", "score"):
+        model = onnx.load(str(out / f"{name}.onnx"))
+        onnx.checker.check_model(model, full_check=True)
+        for vi in [*model.graph.input, *model.graph.output]:
+            assert vi.type.tensor_type.shape.dim[0].dim_param, f"{name}.onnx {vi.name}: batch axis is not dynamic"
+        roi = [n for n in model.graph.node if n.op_type == "RoiAlign"]
+        assert all(any(a.name == "coordinate_transformation_mode" for a in n.attribute) for n in roi)
+        if name == "score":
+            assert roi and all(a.s == b"half_pixel" for n in roi for a in n.attribute
+                               if a.name == "coordinate_transformation_mode")  # aligned=True, as trained
+    images = onnx.load(str(out / "encode.onnx")).graph.input[0].type.tensor_type
+    assert images.elem_type == onnx.TensorProto.UINT8 and [d.dim_value for d in images.shape.dim[1:]] == [48, 48, 3]
+
+
+def test_onnxruntime_matches_torch_on_synthetic_edits(exported, groups):
+    run, out = exported
+    torch_rm = RewardModel.from_pretrained(run, backend="torch", text_encoder=HashingTextEncoder())
+    ort_rm = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    assert ort_rm.describe()["providers"] == ["CPUExecutionProvider"]
+    sources = [g.source for g in groups for _ in g.candidates]
+    editeds = [c.image for g in groups for c in g.candidates]
+    instructions = [g.instruction for g in groups for _ in g.candidates]
+    ref = torch_rm.score(sources, editeds, instructions)
+    got = ort_rm.score(sources, editeds, instructions)
+    assert got.ok.all() and len(got) == 8
+    assert (got.reward - ref.reward).abs().max().item() <= 1e-4
+    assert (got.subscores - ref.subscores).abs().max().item() <= 1e-3
+    assert (got.uncertainty - ref.uncertainty).abs().max().item() <= 1e-3
+    assert min(_iou(a, b) for a, b in zip(got.edit_mask, ref.edit_mask)) >= 0.99
+    # group scoring on ONNX Runtime: the source encoded once, the same numbers
+    g = groups[0]
+    ort_rm.set_group(g.source, g.instruction)
+    grouped = ort_rm.score_group([c.image for c in g.candidates])
+    assert (grouped.reward - ref.reward[:4]).abs().max().item() <= 1e-4
+
+
+def test_runtime_splits_batches_to_the_export_profile(exported, groups):
+    _, out = exported
+    rm = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    g = groups[1]
+    editeds = [c.image for c in g.candidates] * 5  # 20 edits + 1 source > max_batch 16
+    whole = rm.score([g.source] * 20, editeds, [g.instruction] * 20, batch_size=64)
+    assert whole.ok.all() and torch.allclose(whole.reward[:4], whole.reward[16:], atol=1e-6)
+    backend = rm.backend
+    with pytest.raises(ValueError, match="exceeds this backend's maximum of 16"):
+        backend.encode(torch.zeros(17, 48, 48, 3, dtype=torch.uint8))
+
+
+def test_ort_flags_bad_items_like_torch(exported, groups):
+    _, out = exported
+    rm = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    g = groups[0]
+    res = rm.score([g.source] * 2, [g.candidates[0].image, torch.rand(3, 9, 9, dtype=torch.bfloat16)],
+                   [g.instruction] * 2, on_error="flag")
+    assert res.ok.tolist() == [True, False] and "editeds[1]" in res.errors[1] and torch.isnan(res.reward[1])
+
+
+def test_bad_folders_and_versions_name_the_fix(exported, tmp_path, monkeypatch):
+    run, out = exported
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        export_onnx(ExportConfig(model=str(tmp_path / "nope"), out=str(tmp_path / "x")))
+    not_student = tmp_path / "not-student"
+    not_student.mkdir()
+    (not_student / "config.json").write_text(json.dumps({"format": "something-else"}))
+    (not_student / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ExportError, match="not a spatialreward student"):
+        export_onnx(ExportConfig(model=str(not_student), out=str(tmp_path / "x")))
+    with pytest.raises(ExportError, match="exists; pass --overwrite"):
+        export_onnx(ExportConfig(model=str(run), out=str(out)))
+    with pytest.raises(ValueError, match="needs the student folder"):
+        RewardModel.from_pretrained(out, backend="torch")
+
+    old = tmp_path / "old-export"
+    old.mkdir()
+    for p in out.iterdir():
+        (old / p.name).write_bytes(p.read_bytes())
+    meta = json.loads((old / "export.json").read_text())
+    meta["package_version"] = "0.0.1"
+    (old / "export.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match="exported by spatialreward 0.0.1.*re-export"):
+        RewardModel.from_pretrained(old, backend="onnxruntime")
+    meta["package_version"] = read_export_meta(out)["package_version"]
+    (old / "export.json").write_text(json.dumps(meta))
+    (old / "score.onnx").unlink()
+    with pytest.raises(ExportError, match="score.onnx: missing"):
+        RewardModel.from_pretrained(old, backend="onnxruntime")
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the wheel were not installed
+    with pytest.raises(BackendUnavailable, match="pip install"):
+        OnnxRuntimeBackend(out)
+
+
+@pytest.mark.skipif("tensorrt" in sys.modules or __import__("importlib").util.find_spec("tensorrt") is not None,
+                    reason="TensorRT is installed here; the GPU script covers it")
+def test_tensorrt_backend_not_installed_names_the_fix(exported):
+    _, out = exported
+    with pytest.raises(ValueError, match="needs an engine folder.*export tensorrt"):
+        RewardModel.from_pretrained(out, backend="tensorrt")
+    from spatialreward.export.tensorrt import build_engines
+
+    with pytest.raises(ImportError, match="pip install tensorrt"):
+        build_engines(out, out.parent / "engines")
+
+
+def test_a_failed_export_leaves_nothing_behind(exported, tmp_path, monkeypatch):
+    from spatialreward.export import onnx_export
+
+    run, _ = exported
+    calls = []
+
+    def explode(module, args, path, **kwargs):
+        calls.append(path.name)
+        if path.name == "score.onnx":
+            raise RuntimeError("simulated crash while exporting score.onnx")
+        path.write_bytes(b"partial")
+
+    monkeypatch.setattr(onnx_export, "_export_graph", explode)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "onnx")), log=lambda *_: None)
+    assert calls == ["encode.onnx", "score.onnx"] and list(tmp_path.iterdir()) == []
+
+
+def test_fp16_export_checks_clean_and_stays_close(exported, tmp_path):
+    from spatialreward.export.trt_check import check_export
+
+    run, out = exported
+    half = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "fp16"), precision="fp16"), log=lambda *_: None)
+    assert read_export_meta(half)["precision"] == "fp16" and check_export(half) == []
+    images = torch.randint(0, 256, (4, 48, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    text = torch.nn.functional.normalize(torch.randn(2, 384, generator=torch.Generator().manual_seed(1)), dim=1)
+    scores = {}
+    for folder in (out, half):
+        backend = OnnxRuntimeBackend(folder)
+        enc = backend.encode(images)
+        scores[folder] = backend.score(tuple(t[:2] for t in enc), tuple(t[2:] for t in enc), text)
+        assert all(t.dtype == torch.float32 for t in scores[folder])  # outputs are fp32 on every precision
+    assert (scores[out].reward - scores[half].reward).abs().max().item() < 5e-3
+    assert (scores[out].subscores - scores[half].subscores).abs().max().item() < 0.1  # points, of 25
+
+
+def test_onnxruntime_from_a_run_folder_exports_once_and_reuses_it(exported, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(exported[0], run)
+    first = RewardModel.from_pretrained(run, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    meta = run / "export-onnx" / "export.json"
+    assert first.backend.name == "onnxruntime" and meta.is_file()
+    stamp = meta.stat().st_mtime_ns
+    RewardModel.from_pretrained(run, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    assert meta.stat().st_mtime_ns == stamp  # same weights, same version: reused, not re-exported
+
+
+def test_auto_backend_picks_by_folder(exported):
+    run, out = exported
+    assert RewardModel.from_pretrained(out, backend="auto", text_encoder=HashingTextEncoder()).backend.name == \
+        "onnxruntime"
+    assert RewardModel.from_pretrained(run, backend="auto", text_encoder=HashingTextEncoder()).backend.name == "torch"
