@@ -64,22 +64,50 @@ class RewardClient:
     @staticmethod
     def payload(sources: Sequence[Any], editeds: Sequence[Any], instructions: Sequence[str],
                 group_ids: Sequence[Any] | None = None, *, return_mask: bool = False) -> dict:
+        """The JSON body for these edits; raises on an image that cannot be encoded (`score` flags it instead)."""
+        body, _ = RewardClient._encode(sources, editeds, instructions, group_ids, return_mask, strict=True)
+        return body
+
+    @staticmethod
+    def _encode(sources, editeds, instructions, group_ids, return_mask: bool, *, strict: bool = False
+                ) -> tuple[dict, dict[int, dict]]:
+        """Encode each edit; with ``strict=False`` an unreadable image becomes that edit's local error result
+        (``failed[i]``) and the edit is left out of the body, so one bad image never sinks the request."""
+        from spatialreward.images import ImageLoadError
+
         n = len(editeds)
         if not (len(sources) == n == len(instructions)):
             raise ValueError(f"got {len(sources)} sources, {n} edited images and {len(instructions)} instructions; "
                              "pass one of each per edit")
         encoded: dict[int, str] = {}  # a group's repeated source object is encoded once
-        items = []
+        items, failed = [], {}
         for i in range(n):
             src = sources[i]
-            key = id(src)
-            if key not in encoded:
-                encoded[key] = b64_image(src)
-            item = {"source": encoded[key], "edited": b64_image(editeds[i]), "instruction": instructions[i]}
+            try:
+                if id(src) not in encoded:
+                    encoded[id(src)] = b64_image(src)
+                item = {"source": encoded[id(src)], "edited": b64_image(editeds[i]), "instruction": instructions[i]}
+            except (ImageLoadError, OSError) as exc:
+                if strict:
+                    raise
+                failed[i] = {"index": i, "id": None, "group_id": group_ids[i] if group_ids is not None else None,
+                             "ok": False, "reward": None, "subscores": None, "uncertainty": None, "presence": None,
+                             "boxes": None, "error": f"item {i}: {exc}", "error_kind": "bad_image"}
+                continue
             if group_ids is not None:
                 item["group_id"] = group_ids[i]
             items.append(item)
-        return {"items": items, "return_mask": return_mask}
+        return {"items": items, "return_mask": return_mask}, failed
+
+    @staticmethod
+    def _merge(n: int, sent: list[dict], failed: dict[int, dict]) -> list[dict]:
+        """Results of the sent edits and the local failures, back in the caller's order (``index`` = position)."""
+        it = iter(sent)
+        out = []
+        for i in range(n):
+            row = failed[i] if i in failed else dict(next(it), index=i)
+            out.append(row)
+        return out
 
     def _chunks(self, payload: dict) -> list[dict]:
         items, k = payload["items"], self.max_items_per_request
@@ -133,7 +161,11 @@ class RewardClient:
                                 + "; ".join(problems or ["deadline passed"]))
 
     def score(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False) -> list[dict]:
-        return self.post(self.payload(sources, editeds, instructions, group_ids, return_mask=return_mask))
+        """One result dict per edit, in order; an edit whose image cannot even be encoded here is flagged like a
+        server-side failure (``ok: False``, ``error_kind: "bad_image"``)."""
+        body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask)
+        sent = self.post(body) if body["items"] else []
+        return self._merge(len(editeds), sent, failed)
 
     def ping(self) -> bool:
         try:
@@ -187,5 +219,6 @@ class RewardClient:
 
     async def ascore(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False,
                      client: httpx.AsyncClient | None = None) -> list[dict]:
-        return await self.apost(self.payload(sources, editeds, instructions, group_ids, return_mask=return_mask),
-                                client)
+        body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask)
+        sent = await self.apost(body, client) if body["items"] else []
+        return self._merge(len(editeds), sent, failed)
