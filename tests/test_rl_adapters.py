@@ -374,3 +374,11 @@ def test_trl_real_calculate_rewards_calls_it(rm):
     expected = reference(rm, [source] * 3, [columns["edited_image"][i] for i in ok], [INSTRUCTION] * 3)
     assert np.allclose(rewards[ok, 0].numpy(), expected, atol=1e-5)
     assert metrics == {"spatialreward/failed": 1.0}
+
+
+def test_remote_scorer_sends_bmp_with_the_same_answers(rm, server):
+    src, edt = pil_batch(1, seed=26)[0], pil_batch(3, seed=27)
+    rewards, _ = EditScorer(url=server.url, image_format="bmp").score([src] * 3, edt, [INSTRUCTION] * 3)
+    assert np.allclose(rewards, reference(rm, [src] * 3, edt, [INSTRUCTION] * 3), atol=1e-5)
+    with pytest.raises(ValueError, match="image_format"):
+        EditScorer(url=server.url, image_format="gif")

@@ -30,8 +30,13 @@ class RewardServerError(RuntimeError):
     """The server could not give an answer (after retries) or refused the request."""
 
 
-def encode_image(item: Any) -> bytes:
-    """An image in any form `spatialreward.images.load_image` takes → bytes to send (PNG unless already encoded)."""
+IMAGE_FORMATS = ("png", "bmp")
+
+
+def encode_image(item: Any, image_format: str = "png") -> bytes:
+    """An image in any form `spatialreward.images.load_image` takes → bytes to send (encoded bytes and files go as
+    they are). ``png`` is lossless and compact (compress level 1); ``bmp`` is lossless and uncompressed, ~8x faster
+    to encode and decode than PNG at 512 px — the better choice on loopback, where bandwidth is free."""
     if isinstance(item, (bytes, bytearray, memoryview)):
         return bytes(item)
     if isinstance(item, (str, Path)):
@@ -39,19 +44,26 @@ def encode_image(item: Any) -> bytes:
     from spatialreward.images import load_image
 
     buf = io.BytesIO()
-    load_image(item).save(buf, format="PNG", compress_level=1)  # fast: the server decodes once and resizes anyway
+    if image_format == "bmp":
+        load_image(item).save(buf, format="BMP")
+    else:
+        load_image(item).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
-def b64_image(item: Any) -> str:
-    return base64.b64encode(encode_image(item)).decode()
+def b64_image(item: Any, image_format: str = "png") -> str:
+    return base64.b64encode(encode_image(item, image_format)).decode()
 
 
 class RewardClient:
     """Client of one server. ``timeout_s`` bounds one HTTP attempt, ``deadline_s`` the whole call with retries."""
 
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 120.0, deadline_s: float = 300.0,
-                 retries: int = 3, backoff_s: float = 0.5, max_items_per_request: int = 256):
+                 retries: int = 3, backoff_s: float = 0.5, max_items_per_request: int = 256,
+                 image_format: str = "png"):
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format={image_format!r}; use one of {IMAGE_FORMATS}")
+        self.image_format = image_format
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout_s, self.deadline_s = timeout_s, deadline_s
@@ -69,8 +81,8 @@ class RewardClient:
         return body
 
     @staticmethod
-    def _encode(sources, editeds, instructions, group_ids, return_mask: bool, *, strict: bool = False
-                ) -> tuple[dict, dict[int, dict]]:
+    def _encode(sources, editeds, instructions, group_ids, return_mask: bool, *, strict: bool = False,
+                image_format: str = "png") -> tuple[dict, dict[int, dict]]:
         """Encode each edit; with ``strict=False`` an unreadable image becomes that edit's local error result
         (``failed[i]``) and the edit is left out of the body, so one bad image never sinks the request."""
         from spatialreward.images import ImageLoadError
@@ -85,8 +97,9 @@ class RewardClient:
             src = sources[i]
             try:
                 if id(src) not in encoded:
-                    encoded[id(src)] = b64_image(src)
-                item = {"source": encoded[id(src)], "edited": b64_image(editeds[i]), "instruction": instructions[i]}
+                    encoded[id(src)] = b64_image(src, image_format)
+                item = {"source": encoded[id(src)], "edited": b64_image(editeds[i], image_format),
+                        "instruction": instructions[i]}
             except (ImageLoadError, OSError) as exc:
                 if strict:
                     raise
@@ -163,7 +176,8 @@ class RewardClient:
     def score(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False) -> list[dict]:
         """One result dict per edit, in order; an edit whose image cannot even be encoded here is flagged like a
         server-side failure (``ok: False``, ``error_kind: "bad_image"``)."""
-        body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask)
+        body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask,
+                                    image_format=self.image_format)
         sent = self.post(body) if body["items"] else []
         return self._merge(len(editeds), sent, failed)
 
@@ -219,6 +233,7 @@ class RewardClient:
 
     async def ascore(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False,
                      client: httpx.AsyncClient | None = None) -> list[dict]:
-        body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask)
+        body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask,
+                                    image_format=self.image_format)
         sent = await self.apost(body, client) if body["items"] else []
         return self._merge(len(editeds), sent, failed)
