@@ -13,6 +13,8 @@ SERVE_EXAMPLES = """
 Examples:
   spatialreward serve --model runs/nano                                  # http://127.0.0.1:23456, loopback only
   spatialreward serve --model runs/nano --host 0.0.0.0 --token-file ~/.sr_token   # clients send a bearer token
+  spatialreward serve --model runs/nano --ray --replicas 2 --num-gpus 0.5 --device cuda   # Ray Serve
+  spatialreward serve --model runs/nano --ray --ray-address auto         # join a running Ray cluster
 """
 
 
@@ -32,6 +34,12 @@ def serve(
     timeout_s: Annotated[float, typer.Option(help="Per-request deadline, seconds (then 504).")] = 120.0,
     token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token clients must send.")] = None,
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback --host without a token.")] = False,
+    ray: Annotated[bool, typer.Option(help="Serve with Ray Serve (same routes; replicas, fractional GPUs).")] = False,
+    ray_address: Annotated[str, typer.Option(help="(--ray) 'local' starts Ray here; 'auto' or an address joins a "
+                                                  "cluster.")] = "local",
+    num_gpus: Annotated[float, typer.Option(help="(--ray) GPUs per replica; fractions share a GPU.")] = 0.0,
+    replicas: Annotated[int, typer.Option(help="(--ray) Number of replicas.")] = 1,
+    num_cpus: Annotated[float, typer.Option(help="(--ray) CPUs per replica.")] = 1.0,
 ) -> None:
     """Serve rewards over HTTP: POST /v1/score (JSON), POST / (SpatialReward reward-server protocol), GET /ping,
     /health, /metrics."""
@@ -51,6 +59,14 @@ def serve(
                           request_timeout_s=timeout_s, token=token, insecure=insecure)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
+    if ray:
+        from spatialreward.serving.ray_serve import run_ray
+
+        try:
+            run_ray(cfg, address=ray_address, num_gpus=num_gpus, replicas=replicas, num_cpus=num_cpus)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
+        return
     from spatialreward.serving.server import serve as run
 
     run(cfg)

@@ -6,13 +6,23 @@ tensors in [0, 1] and ``condition_images`` entries ``[N, C, H, W]`` tensors. `Sp
 edit; `SpatialRewardGroupwise` receives a whole group and returns within-group ranks in [0, 1] (what
 ``PickScoreRank`` does), failed edits excluded from the ranking and NaN.
 
-When ``flow_factory`` is installed the classes subclass its ``PointwiseRewardModel`` / ``GroupwiseRewardModel`` and
-take ``(config, accelerator)`` like any of its reward models (``config.server_url`` or ``config.model_path``);
-without it they take ``EditScorer`` arguments directly, for use and tests outside the framework.
+Both take ``(config, accelerator)`` like any Flow-Factory reward model — ``server_url`` (or ``model_path``) and
+``token`` come from the ``rewards:`` entry, where unknown keys land in ``extra_kwargs`` — or ``EditScorer``
+arguments directly. When ``flow_factory`` is installed they subclass its ``PointwiseRewardModel`` /
+``GroupwiseRewardModel`` (its `RewardProcessor` sorts reward models by those classes); without it they are plain
+classes with the same call shape. The instruction is the prompt, or ``metadata["instruction"]`` when the dataset
+has that column::
+
+    rewards:
+      - name: spatialreward
+        reward_model: spatialreward.rl.flow_factory.SpatialRewardPointwise
+        server_url: http://127.0.0.1:23456
+        batch_size: 64
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,24 +55,52 @@ def _first_condition(cond) -> object:
     return cond
 
 
+def config_value(config, key: str):
+    """A setting from a Flow-Factory ``RewardArguments``: a field, else its ``extra_kwargs`` (where unknown YAML keys
+    land) or ``reward_model_kwargs``."""
+    value = getattr(config, key, None)
+    if value is None:
+        for bag in ("extra_kwargs", "reward_model_kwargs"):
+            extra = getattr(config, bag, None)
+            if isinstance(extra, dict) and extra.get(key) is not None:
+                return extra[key]
+    return value
+
+
 class _SpatialRewardBase:
     required_fields = ("prompt", "image", "condition_images")
     use_tensor_inputs = False
 
     def _setup(self, config=None, accelerator=None, **scorer_kwargs):
-        if HAVE_FLOW_FACTORY and config is not None:
-            super().__init__(config, accelerator)
-            url = getattr(config, "server_url", None)
-            model = None if url else getattr(config, "model_path", None)
-            scorer_kwargs = {"url": url, "model": model, "token": getattr(config, "token", None), **scorer_kwargs}
+        if config is not None:
+            if HAVE_FLOW_FACTORY:
+                super().__init__(config, accelerator)  # sets self.config / device / dtype like any reward model
+            url = config_value(config, "server_url")
+            model = None if url else config_value(config, "model_path")
+            if not url and not model:
+                raise ValueError("SpatialReward reward model: set server_url (a running `spatialreward serve`) or "
+                                 "model_path (a student folder) in its rewards: entry")
+            device = config_value(config, "device")
+            scorer_kwargs = {"url": url, "model": model, "token": config_value(config, "token"),
+                             **({"device": str(device)} if model and device is not None else {}), **scorer_kwargs}
         self.scorer = scorer_kwargs.pop("scorer", None) or EditScorer(**scorer_kwargs)
 
-    def _score(self, prompt, image, condition_images):
+    def _score(self, prompt, image, condition_images, metadata=None):
         if image is None or condition_images is None:
-            raise ValueError("SpatialReward needs image= and condition_images= (add them to required_fields)")
+            raise ValueError("SpatialReward needs image= and condition_images= (the source first); keep "
+                             "'condition_images' in required_fields")
         sources = [_first_condition(c) for c in condition_images]
-        rewards, infos = self.scorer.score(sources, as_image_list(image), list(prompt))
-        return rewards, infos
+        instructions = list(prompt)
+        if metadata is not None:  # Flow-Factory hands dataset columns over as one JSON string per sample
+            for i, meta in enumerate(metadata):
+                if isinstance(meta, str):
+                    try:
+                        meta = json.loads(meta)
+                    except json.JSONDecodeError:
+                        meta = None
+                if isinstance(meta, dict) and meta.get("instruction"):
+                    instructions[i] = meta["instruction"]
+        return self.scorer.score(sources, as_image_list(image), instructions)
 
 
 class SpatialRewardPointwise(_SpatialRewardBase, _PointBase):
@@ -73,7 +111,7 @@ class SpatialRewardPointwise(_SpatialRewardBase, _PointBase):
 
     @torch.no_grad()
     def __call__(self, prompt, image=None, video=None, condition_images=None, condition_videos=None, **kwargs):
-        rewards, infos = self._score(prompt, image, condition_images)
+        rewards, infos = self._score(prompt, image, condition_images, kwargs.get("metadata"))
         return RewardModelOutput(rewards=torch.tensor(rewards, dtype=torch.float32),
                                  extra_info={"errors": [i["error"] for i in infos]})
 
@@ -86,7 +124,7 @@ class SpatialRewardGroupwise(_SpatialRewardBase, _GroupBase):
 
     @torch.no_grad()
     def __call__(self, prompt, image=None, video=None, condition_images=None, condition_videos=None, **kwargs):
-        raw, infos = self._score(prompt, image, condition_images)
+        raw, infos = self._score(prompt, image, condition_images, kwargs.get("metadata"))
         ranks = np.full(len(raw), np.nan)
         ok = np.flatnonzero(~np.isnan(raw))
         if len(ok):

@@ -30,8 +30,13 @@ class RewardServerError(RuntimeError):
     """The server could not give an answer (after retries) or refused the request."""
 
 
-def encode_image(item: Any) -> bytes:
-    """An image in any form `spatialreward.images.load_image` takes → bytes to send (PNG unless already encoded)."""
+IMAGE_FORMATS = ("png", "bmp")
+
+
+def encode_image(item: Any, image_format: str = "png") -> bytes:
+    """An image in any form `spatialreward.images.load_image` takes → bytes to send (encoded bytes and files go as
+    they are). ``png`` is lossless and compact (compress level 1); ``bmp`` is lossless and uncompressed, ~8x faster
+    to encode and decode than PNG at 512 px — the better choice on loopback, where bandwidth is free."""
     if isinstance(item, (bytes, bytearray, memoryview)):
         return bytes(item)
     if isinstance(item, (str, Path)):
@@ -39,19 +44,26 @@ def encode_image(item: Any) -> bytes:
     from spatialreward.images import load_image
 
     buf = io.BytesIO()
-    load_image(item).save(buf, format="PNG", compress_level=1)  # fast: the server decodes once and resizes anyway
+    if image_format == "bmp":
+        load_image(item).save(buf, format="BMP")
+    else:
+        load_image(item).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
-def b64_image(item: Any) -> str:
-    return base64.b64encode(encode_image(item)).decode()
+def b64_image(item: Any, image_format: str = "png") -> str:
+    return base64.b64encode(encode_image(item, image_format)).decode()
 
 
 class RewardClient:
     """Client of one server. ``timeout_s`` bounds one HTTP attempt, ``deadline_s`` the whole call with retries."""
 
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 120.0, deadline_s: float = 300.0,
-                 retries: int = 3, backoff_s: float = 0.5, max_items_per_request: int = 256):
+                 retries: int = 3, backoff_s: float = 0.5, max_items_per_request: int = 256,
+                 image_format: str = "png"):
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format={image_format!r}; use one of {IMAGE_FORMATS}")
+        self.image_format = image_format
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout_s, self.deadline_s = timeout_s, deadline_s
@@ -64,22 +76,51 @@ class RewardClient:
     @staticmethod
     def payload(sources: Sequence[Any], editeds: Sequence[Any], instructions: Sequence[str],
                 group_ids: Sequence[Any] | None = None, *, return_mask: bool = False) -> dict:
+        """The JSON body for these edits; raises on an image that cannot be encoded (`score` flags it instead)."""
+        body, _ = RewardClient._encode(sources, editeds, instructions, group_ids, return_mask, strict=True)
+        return body
+
+    @staticmethod
+    def _encode(sources, editeds, instructions, group_ids, return_mask: bool, *, strict: bool = False,
+                image_format: str = "png") -> tuple[dict, dict[int, dict]]:
+        """Encode each edit; with ``strict=False`` an unreadable image becomes that edit's local error result
+        (``failed[i]``) and the edit is left out of the body, so one bad image never sinks the request."""
+        from spatialreward.images import ImageLoadError
+
         n = len(editeds)
         if not (len(sources) == n == len(instructions)):
             raise ValueError(f"got {len(sources)} sources, {n} edited images and {len(instructions)} instructions; "
                              "pass one of each per edit")
         encoded: dict[int, str] = {}  # a group's repeated source object is encoded once
-        items = []
+        items, failed = [], {}
         for i in range(n):
             src = sources[i]
-            key = id(src)
-            if key not in encoded:
-                encoded[key] = b64_image(src)
-            item = {"source": encoded[key], "edited": b64_image(editeds[i]), "instruction": instructions[i]}
+            try:
+                if id(src) not in encoded:
+                    encoded[id(src)] = b64_image(src, image_format)
+                item = {"source": encoded[id(src)], "edited": b64_image(editeds[i], image_format),
+                        "instruction": instructions[i]}
+            except (ImageLoadError, OSError) as exc:
+                if strict:
+                    raise
+                failed[i] = {"index": i, "id": None, "group_id": group_ids[i] if group_ids is not None else None,
+                             "ok": False, "reward": None, "subscores": None, "uncertainty": None, "presence": None,
+                             "boxes": None, "error": f"item {i}: {exc}", "error_kind": "bad_image"}
+                continue
             if group_ids is not None:
                 item["group_id"] = group_ids[i]
             items.append(item)
-        return {"items": items, "return_mask": return_mask}
+        return {"items": items, "return_mask": return_mask}, failed
+
+    @staticmethod
+    def _merge(n: int, sent: list[dict], failed: dict[int, dict]) -> list[dict]:
+        """Results of the sent edits and the local failures, back in the caller's order (``index`` = position)."""
+        it = iter(sent)
+        out = []
+        for i in range(n):
+            row = failed[i] if i in failed else dict(next(it), index=i)
+            out.append(row)
+        return out
 
     def _chunks(self, payload: dict) -> list[dict]:
         items, k = payload["items"], self.max_items_per_request
@@ -133,7 +174,12 @@ class RewardClient:
                                 + "; ".join(problems or ["deadline passed"]))
 
     def score(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False) -> list[dict]:
-        return self.post(self.payload(sources, editeds, instructions, group_ids, return_mask=return_mask))
+        """One result dict per edit, in order; an edit whose image cannot even be encoded here is flagged like a
+        server-side failure (``ok: False``, ``error_kind: "bad_image"``)."""
+        body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask,
+                                    image_format=self.image_format)
+        sent = self.post(body) if body["items"] else []
+        return self._merge(len(editeds), sent, failed)
 
     def ping(self) -> bool:
         try:
@@ -187,5 +233,7 @@ class RewardClient:
 
     async def ascore(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False,
                      client: httpx.AsyncClient | None = None) -> list[dict]:
-        return await self.apost(self.payload(sources, editeds, instructions, group_ids, return_mask=return_mask),
-                                client)
+        body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask,
+                                    image_format=self.image_format)
+        sent = await self.apost(body, client) if body["items"] else []
+        return self._merge(len(editeds), sent, failed)

@@ -1,0 +1,266 @@
+"""Reward-server cost on loopback: latency (p50 / p99) and throughput, in-process vs HTTP, side by side.
+
+One workload is a GRPO batch: ``groups`` prompts × ``candidates`` edits (one source photo-like image and one
+instruction per group). Each repeat times, interleaved so all see the same machine load:
+
+  inproc     `RewardModel.score` on the PIL images (resize + model + post-processing)
+  v1_png     `RewardClient.score` → ``POST /v1/score`` (PNG encode + base64 + JSON + server decode + the same model call)
+  v1_bmp     the same with ``image_format="bmp"`` (lossless, uncompressed: far cheaper to encode on loopback)
+  protocol   ``POST /`` with the SpatialReward pickled-dict body (client pickling + restricted unpickling)
+
+then a concurrency row: ``concurrency`` clients each sending one group at a time (``v1_bmp``), so the server's
+dynamic batching merges them. Ratios are HTTP p50 / in-process p50 of the same repeats. The student is ``nano``
+with **random weights** (the cost does not depend on the weights); the instruction encoder is the real MiniLM.
+
+    python bench/serve.py                                    # ~2 min on a 2-core CPU → bench/results/serve_cpu.json
+    python bench/serve.py --workloads 4x8 8x8 --repeats 15 --size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import pickle
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--workloads", nargs="*", default=["4x8", "8x8"], help="GROUPSxCANDIDATES per call")
+    p.add_argument("--size", type=int, default=256, help="side of the source / edited images, pixels")
+    p.add_argument("--repeats", type=int, default=15, help="timed calls per mode and workload")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per mode first")
+    p.add_argument("--concurrency", type=int, default=4, help="clients in the concurrency row (0: skip it)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's batching window")
+    p.add_argument("--preset", default="nano", help="student preset (random init)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve_cpu.json")
+    return p.parse_args(argv)
+
+
+# -- set-up shared with bench/grpo_step.py -------------------------------------------------------------------------
+
+def random_student(preset: str, device: str):
+    """A randomly initialised student saved and loaded the way a trained one is; returns (RewardModel, folder)."""
+    import torch
+
+    from spatialreward import RewardModel
+    from spatialreward.student.model import Student
+    from spatialreward.student.presets import preset_config
+
+    torch.manual_seed(0)
+    folder = Path(tempfile.mkdtemp(prefix="sr-bench-"))
+    Student(preset_config(preset)).save_pretrained(folder)
+    return RewardModel.from_pretrained(folder, device=device), folder
+
+
+def grpo_batch(groups: int, candidates: int, size: int, seed: int = 0):
+    """``groups`` smooth random sources, ``candidates`` edits of each (a recoloured patch + noise), instructions."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sources, editeds, instructions = [], [], []
+    for g in range(groups):
+        low = rng.uniform(30, 220, (6, 6, 3)).astype(np.uint8)
+        src = np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC)).astype(np.int16)
+        src_img = Image.fromarray(src.astype(np.uint8))
+        for k in range(candidates):
+            edt = src.copy()
+            x, y = (int(v) for v in rng.integers(0, size // 2, 2))
+            side = size // 8
+            edt[y:y + side, x:x + side] = rng.integers(0, 255, 3)
+            edt = np.clip(edt + rng.normal(0, 2 + k, edt.shape), 0, 255).astype(np.uint8)
+            sources.append(src_img)  # one object per group, as a trainer that keeps its prompt's image passes it
+            editeds.append(Image.fromarray(edt))
+            instructions.append(f"paint the square {['red', 'green', 'blue', 'yellow'][g % 4]}")
+    return sources, editeds, instructions
+
+
+def start_server(rm, *, max_batch: int, max_wait_ms: float):
+    from spatialreward.serving import ServeConfig
+    from spatialreward.serving.server import BackgroundServer
+
+    cfg = ServeConfig(model="bench", port=0, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=8192,
+                      max_items=2048, max_body_bytes=2 * 1024**3)
+    return BackgroundServer(cfg, rm).start()
+
+
+def protocol_call(url: str, sources, editeds, instructions) -> list[float]:
+    """One SpatialReward-protocol request as upstream clients send it; returns the rewards."""
+    import httpx
+
+    from spatialreward.serving.protocol import restricted_loads
+
+    body = pickle.dumps({"input_images": [[s] for s in sources], "output_image": list(editeds),
+                         "meta_datas": [{"instruction": t} for t in instructions], "server_type": "spatialreward"})
+    r = httpx.post(url + "/", content=body, timeout=600)
+    r.raise_for_status()
+    return restricted_loads(r.content, max_pixels=1)["rewards"]
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+            "torch_threads": torch.get_num_threads()}
+
+
+def versions() -> dict:
+    import fastapi
+    import torch
+    import uvicorn
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "fastapi": fastapi.__version__,
+            "uvicorn": uvicorn.__version__}
+
+
+def write_json(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+    print(f"\nwrote {path}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+# -- the benchmark -------------------------------------------------------------------------------------------------
+
+def modes(rm, url: str):
+    from spatialreward.serving import RewardClient
+
+    png, bmp = RewardClient(url, image_format="png"), RewardClient(url, image_format="bmp")
+
+    def check(results):
+        if not all(r["ok"] for r in results):
+            raise RuntimeError(f"an edit failed in the benchmark: {next(r for r in results if not r['ok'])}")
+        return [r["reward"] for r in results]
+
+    return {
+        "inproc": lambda s, e, t: rm.score(s, e, t, batch_size=len(e), on_error="raise").reward.tolist(),
+        "v1_png": lambda s, e, t: check(png.score(s, e, t)),
+        "v1_bmp": lambda s, e, t: check(bmp.score(s, e, t)),
+        "protocol": lambda s, e, t: protocol_call(url, s, e, t),
+    }
+
+
+def bench_workload(rm, url, groups, candidates, args) -> list[dict]:
+    batch = grpo_batch(groups, candidates, args.size, seed=groups * 100 + candidates)
+    n = groups * candidates
+    fns = modes(rm, url)
+    reference = np.asarray(fns["inproc"](*batch))
+    for name, fn in fns.items():  # warm up and check that every path gives the same rewards
+        for _ in range(args.warmup):
+            got = np.asarray(fn(*batch))
+        if not np.allclose(got, reference, atol=1e-4):
+            raise RuntimeError(f"{name} rewards differ from in-process by {np.abs(got - reference).max():.2g}")
+    times = {name: [] for name in fns}
+    for _ in range(args.repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(*batch)
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["inproc"])
+    rows = []
+    for name, ts in times.items():
+        p50 = statistics.median(ts)
+        rows.append({"workload": f"{groups}x{candidates}", "edits": n, "size": args.size, "mode": name,
+                     "concurrency": 1, "p50_ms": round(p50 * 1e3, 2), "p99_ms": round(percentile(ts, 99) * 1e3, 2),
+                     "edits_per_s": round(n / p50, 1), "ratio_p50_over_inproc": round(p50 / base, 3),
+                     "overhead_pct": round(100 * (p50 / base - 1), 1), "n_calls": len(ts),
+                     "all_ms": [round(t * 1e3, 2) for t in ts]})
+        print(f"{groups}x{candidates} {name:9s} p50 {p50 * 1e3:8.1f} ms  p99 {percentile(ts, 99) * 1e3:8.1f} ms  "
+              f"{n / p50:7.1f} edits/s  ×{p50 / base:.2f}", flush=True)
+    return rows
+
+
+def bench_concurrency(rm, url, args, groups: int, candidates: int, worker) -> dict:
+    """``concurrency`` clients, each sending one group per request; the server batches across them."""
+    from spatialreward.serving import RewardClient
+
+    batch = grpo_batch(groups, candidates, args.size, seed=7)
+    per_client = max(2, args.repeats // 2)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    calls_before = worker.batches
+
+    def client(c: int):
+        rc = RewardClient(url, image_format="bmp")
+        g = c % groups
+        sl = slice(g * candidates, (g + 1) * candidates)
+        for _ in range(per_client):
+            t0 = time.perf_counter()
+            rc.score(batch[0][sl], batch[1][sl], batch[2][sl])
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(args.concurrency)]
+    t0 = time.perf_counter()
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    wall = time.perf_counter() - t0
+    edits = args.concurrency * per_client * candidates
+    model_calls = worker.batches - calls_before
+    row = {"workload": f"{args.concurrency} clients x 1 group of {candidates}", "edits": edits, "size": args.size,
+           "mode": "v1_bmp", "concurrency": args.concurrency, "p50_ms": round(statistics.median(latencies) * 1e3, 2),
+           "p99_ms": round(percentile(latencies, 99) * 1e3, 2), "edits_per_s": round(edits / wall, 1),
+           "n_calls": len(latencies), "model_calls": model_calls,
+           "mean_edits_per_model_call": round(edits / max(model_calls, 1), 1)}
+    print(f"concurrency {args.concurrency}: p50 {row['p50_ms']} ms  {row['edits_per_s']} edits/s  "
+          f"{row['mean_edits_per_model_call']} edits per model call", flush=True)
+    return row
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    workloads = [tuple(int(v) for v in w.split("x")) for w in args.workloads]
+    load_before = os.getloadavg()
+    print(f"reward server on loopback, {os.cpu_count()} cores, load average {load_before[0]:.2f}", flush=True)
+    rm, folder = random_student(args.preset, args.device)
+    max_batch = max(g * c for g, c in workloads)
+    srv = start_server(rm, max_batch=max(max_batch, 64), max_wait_ms=args.max_wait_ms)
+    try:
+        rows = []
+        for groups, candidates in workloads:
+            rows += bench_workload(rm, srv.url, groups, candidates, args)
+        if args.concurrency:
+            groups, candidates = workloads[0]
+            rows.append(bench_concurrency(rm, srv.url, args, groups, candidates, srv.service.worker))
+    finally:
+        srv.stop()
+    result = {
+        "benchmark": "serve",
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "command": "python bench/serve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {**machine_info(args.device), "load_average_before": load_before,
+                    "load_average_after": os.getloadavg()},
+        "versions": versions(),
+        "settings": {"preset": args.preset, "weights": "random init (cost does not depend on them)",
+                     "text_encoder": rm.student.cfg.text_encoder, "size": args.size, "repeats": args.repeats,
+                     "warmup": args.warmup, "max_wait_ms": args.max_wait_ms, "device": args.device},
+        "rows": rows,
+    }
+    write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

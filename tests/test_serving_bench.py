@@ -1,0 +1,37 @@
+"""The serving benchmarks run end to end on a toy workload and write their JSON (numbers are not checked here:
+performance is measured by the scripts themselves, side by side, in one run). Slow: each loads MiniLM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def run(script: str, out: Path, *args: str) -> dict:
+    subprocess.run([sys.executable, str(BENCH / script), "--out", str(out), *args], check=True, timeout=300,
+                   capture_output=True)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_serve_bench_writes_every_mode(tmp_path):
+    result = run("serve.py", tmp_path / "s.json", "--workloads", "2x2", "--repeats", "1", "--warmup", "1",
+                 "--size", "48", "--concurrency", "2")
+    modes = [r["mode"] for r in result["rows"]]
+    assert modes == ["inproc", "v1_png", "v1_bmp", "protocol", "v1_bmp"]
+    assert result["rows"][0]["ratio_p50_over_inproc"] == 1.0 and result["settings"]["weights"].startswith("random")
+
+
+@pytest.mark.slow
+def test_grpo_step_bench_writes_every_mode(tmp_path):
+    result = run("grpo_step.py", tmp_path / "g.json", "--prompts", "2", "--candidates", "2", "--size", "48",
+                 "--repeats", "1")
+    assert [r["mode"] for r in result["rows"]] == ["inproc", "inproc_tensors", "v1_png", "v1_bmp", "v1_bmp_groups",
+                                                    "protocol"]
+    assert result["settings"]["edits"] == 4
