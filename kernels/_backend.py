@@ -117,22 +117,27 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-def use_triton(t: torch.Tensor) -> bool:
-    """Whether an op on tensor `t` should launch a Triton kernel under the current backend."""
+def use_triton(t: torch.Tensor, dtypes: tuple[torch.dtype, ...] | None = None) -> bool:
+    """Whether an op on tensor `t` should launch a Triton kernel under the current backend.
+
+    `dtypes`: the input dtypes the op's kernels compute in; any other dtype takes the reference whatever the
+    backend (RoIAlign's kernels accumulate in fp32, so fp64 input — gradcheck — must not reach them)."""
     if _backend == "reference" or not HAS_TRITON:
+        return False
+    if dtypes is not None and t.dtype not in dtypes:
         return False
     if _backend == "triton":
         return True
     return t.is_cuda  # "auto"
 
 
-def eager_fast_path(t: torch.Tensor) -> bool:
+def eager_fast_path(t: torch.Tensor, dtypes: tuple[torch.dtype, ...] | None = None) -> bool:
     """Whether an op on `t` may launch its Triton kernels through a plain `torch.autograd.Function` instead of its
     `torch.library.custom_op`. The custom op costs host time on every call (dispatch, then a second op for the
     backward); it is only needed where PyTorch traces: `torch.compile`, `torch.export` / ONNX export, `jit.trace`,
     fake tensors. So: Triton backend, real tensors, eager mode. (That route's backward then runs on Triton too,
     whatever the backend is when it runs; the custom op's backward re-reads the backend.)"""
-    if not use_triton(t) or t.device.type == "meta":
+    if not use_triton(t, dtypes) or t.device.type == "meta":
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False

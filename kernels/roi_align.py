@@ -28,6 +28,7 @@ scatters ``weight * grad`` into an fp32 ``grad_input`` with atomic adds (RoIs ov
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -36,12 +37,40 @@ from torch import Tensor
 
 from ._backend import check_int32_span, eager_fast_path, launchable, tl, triton, use_triton
 
-__all__ = ["roi_align", "roi_align_tokens", "roi_align_reference", "roi_align_tokens_reference"]
+__all__ = [
+    "RoIAlign",
+    "RoIBoxesError",
+    "roi_align",
+    "roi_align_tokens",
+    "roi_align_reference",
+    "roi_align_tokens_reference",
+]
+
+# The kernels accumulate in fp32: fp64 input (gradcheck, fp64 pipelines) always takes the fp64 reference instead,
+# on every backend, so an fp64 call computes in fp64 wherever it runs.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # %%
 # Plain-PyTorch reference: the CPU production path and the test oracle
 # ---------------------------------------------------------------------
+
+
+def _autocast_off(fn):
+    """Run `fn` (first argument: a tensor) with autocast disabled on that tensor's device.
+
+    Under ``torch.autocast("cpu", bfloat16)`` the reference's matmuls would otherwise run in bf16 and lose ~3
+    digits; torchvision computes RoIAlign in fp32 under autocast, and so do we (the output keeps the input dtype)."""
+
+    @functools.wraps(fn)
+    def wrapper(t: Tensor, *args, **kwargs):
+        device_type = t.device.type
+        if not torch.amp.is_autocast_available(device_type):
+            return fn(t, *args, **kwargs)
+        with torch.autocast(device_type, enabled=False):
+            return fn(t, *args, **kwargs)
+
+    return wrapper
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -106,6 +135,7 @@ def _roi_weights(
     return idx, Ay, Ax
 
 
+@_autocast_off
 def roi_align_reference(
     input: Tensor, boxes: Tensor, output_size: tuple[int, int], spatial_scale: float = 1.0,
     sampling_ratio: int = -1, aligned: bool = False,
@@ -120,6 +150,7 @@ def roi_align_reference(
     return out.to(input.dtype)
 
 
+@_autocast_off
 def roi_align_backward_reference(
     grad: Tensor, boxes: Tensor, input_shape: Sequence[int], spatial_scale: float, sampling_ratio: int, aligned: bool
 ) -> Tensor:
@@ -133,6 +164,7 @@ def roi_align_backward_reference(
     return grad_input.to(grad.dtype)
 
 
+@_autocast_off
 def roi_align_tokens_reference(
     tokens: Tensor, boxes: Tensor, grid_size: tuple[int, int], output_size: tuple[int, int],
     spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False, num_prefix_tokens: int = 0,
@@ -150,6 +182,7 @@ def roi_align_tokens_reference(
     return out.to(tokens.dtype)
 
 
+@_autocast_off
 def roi_align_tokens_backward_reference(
     grad: Tensor, boxes: Tensor, tokens_shape: Sequence[int], grid_size: tuple[int, int], spatial_scale: float,
     sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
@@ -479,6 +512,13 @@ def _roi_align_tokens_backward_triton(grad, boxes, batch, num_tokens, gh, gw, sp
     return gx.to(grad.dtype)
 
 
+def _backward_on_triton(grad: Tensor) -> bool:
+    """The backward kernel scatters with fp32 atomics, whose summation order varies run to run: under
+    ``torch.use_deterministic_algorithms(True)`` the backward takes the reference (deterministic matmuls and
+    index_add), as torchvision's CUDA RoIAlign falls back to its Python version there."""
+    return use_triton(grad, KERNEL_DTYPES) and not torch.are_deterministic_algorithms_enabled()
+
+
 # %%
 # Custom ops: dispatch (Triton or reference), fake shapes, autograd
 # -----------------------------------------------------------------
@@ -489,7 +529,7 @@ def _roi_align_op(
     input: Tensor, boxes: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float,
     sampling_ratio: int, aligned: bool,
 ) -> Tensor:
-    if not use_triton(input):
+    if not use_triton(input, KERNEL_DTYPES):
         return roi_align_reference(input, boxes, (pooled_height, pooled_width), spatial_scale, sampling_ratio, aligned)
     return _roi_align_triton(input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned)
 
@@ -505,7 +545,7 @@ def _roi_align_backward_op(
     sampling_ratio: int, aligned: bool,
 ) -> Tensor:
     shape = (batch, channels, height, width)
-    if not use_triton(grad):
+    if not _backward_on_triton(grad):
         return roi_align_backward_reference(grad, boxes, shape, spatial_scale, sampling_ratio, aligned)
     return _roi_align_backward_triton(grad, boxes, shape, spatial_scale, sampling_ratio, aligned)
 
@@ -550,7 +590,7 @@ def _roi_align_tokens_op(
     spatial_scale: float, sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
 ) -> Tensor:
     grid_size, output_size = (grid_height, grid_width), (pooled_height, pooled_width)
-    if not use_triton(tokens):
+    if not use_triton(tokens, KERNEL_DTYPES):
         return roi_align_tokens_reference(
             tokens, boxes, grid_size, output_size, spatial_scale, sampling_ratio, aligned, num_prefix_tokens
         )
@@ -571,7 +611,7 @@ def _roi_align_tokens_backward_op(
     grad: Tensor, boxes: Tensor, batch: int, num_tokens: int, grid_height: int, grid_width: int,
     spatial_scale: float, sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
 ) -> Tensor:
-    if not use_triton(grad):
+    if not _backward_on_triton(grad):
         return roi_align_tokens_backward_reference(
             grad, boxes, (batch, num_tokens, grad.shape[3]), (grid_height, grid_width), spatial_scale, sampling_ratio,
             aligned, num_prefix_tokens,
@@ -629,7 +669,7 @@ class _RoIAlignEager(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (boxes,) = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the custom backward op is itself differentiable
+        if torch.is_grad_enabled() or torch.are_deterministic_algorithms_enabled():  # create_graph, or no atomics
             return (torch.ops.spatialreward.roi_align_backward(grad, boxes, *ctx.shape, *ctx.params),) + (None,) * 6
         return (_roi_align_backward_triton(grad, boxes, ctx.shape, *ctx.params),) + (None,) * 6
 
@@ -646,7 +686,7 @@ class _RoIAlignTokensEager(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (boxes,) = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the custom backward op is itself differentiable
+        if torch.is_grad_enabled() or torch.are_deterministic_algorithms_enabled():  # create_graph, or no atomics
             return (torch.ops.spatialreward.roi_align_tokens_backward(grad, boxes, *ctx.args),) + (None,) * 9
         return (_roi_align_tokens_backward_triton(grad, boxes, *ctx.args),) + (None,) * 9
 
@@ -654,6 +694,11 @@ class _RoIAlignTokensEager(torch.autograd.Function):
 # %%
 # Public API
 # ----------
+
+
+class RoIBoxesError(ValueError, AssertionError):
+    """Malformed `boxes`. A ValueError, and an AssertionError too: torchvision's RoI ops raise AssertionError for a
+    bad box shape, so code written against `torchvision.ops.roi_align` catches ours unchanged."""
 
 
 def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
@@ -665,49 +710,97 @@ def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def _check_boxes(boxes: Tensor, like: Tensor) -> None:
+def _as_rois(boxes: Tensor | Sequence[Tensor], like: Tensor) -> Tensor:
+    """``[K, 5]`` rows of (batch_index, x1, y1, x2, y2) from either box form torchvision accepts: one ``[K, 5]``
+    tensor, or a list/tuple with one ``[L_i, 4]`` tensor of (x1, y1, x2, y2) per image (image ``i`` -> index i)."""
+    if isinstance(boxes, (list, tuple)):
+        for i, b in enumerate(boxes):
+            if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4:
+                shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                raise RoIBoxesError(
+                    f"boxes[{i}] has shape {shape}; a list of boxes holds one [L, 4] tensor of (x1, y1, x2, y2) "
+                    "per image (or pass one [K, 5] tensor with the batch index first)"
+                )
+            _check_box_tensor(b, like, f"boxes[{i}]")
+        if not boxes:
+            return like.new_zeros(0, 5, dtype=like.dtype if like.is_floating_point() else torch.float32)
+        return torch.cat([torch.cat([b.new_full((b.shape[0], 1), i), b], 1) for i, b in enumerate(boxes)])
+    if not isinstance(boxes, Tensor):
+        raise RoIBoxesError(f"boxes is a {type(boxes).__name__}; pass a [K, 5] tensor or a list of [L, 4] tensors")
     if boxes.dim() != 2 or boxes.shape[1] != 5:
-        raise ValueError(
+        raise RoIBoxesError(
             f"boxes has shape {tuple(boxes.shape)}; expected [K, 5] rows of (batch_index, x1, y1, x2, y2) — "
-            "prepend the batch index column, e.g. torch.cat([idx[:, None], xyxy], 1)"
+            "prepend the batch index column, e.g. torch.cat([idx[:, None], xyxy], 1), or pass a list of [L, 4] "
+            "tensors, one per image"
         )
+    _check_box_tensor(boxes, like, "boxes")
+    return boxes
+
+
+def _check_box_tensor(boxes: Tensor, like: Tensor, what: str) -> None:
     if not boxes.is_floating_point():
-        raise TypeError(f"boxes has dtype {boxes.dtype}; pass floating-point boxes (e.g. boxes.float())")
+        raise TypeError(f"{what} has dtype {boxes.dtype}; pass floating-point boxes (e.g. boxes.float())")
     if boxes.device != like.device:
-        raise ValueError(f"boxes are on {boxes.device} but the features are on {like.device}; move them with .to()")
+        raise ValueError(f"{what} are on {boxes.device} but the features are on {like.device}; move them with .to()")
+
+
+def _fx_proxy(*args):
+    """The first `torch.fx.Proxy` among `args` (one level into lists), else None: while `torch.fx.symbolic_trace`
+    runs, the public functions record themselves as one leaf node instead of tracing their Python checks."""
+    for a in args:
+        for item in a if isinstance(a, (list, tuple)) else (a,):
+            if isinstance(item, torch.fx.Proxy):
+                return item
+    return None
 
 
 def roi_align(
-    input: Tensor, boxes: Tensor, output_size: int | Sequence[int], spatial_scale: float = 1.0,
+    input: Tensor, boxes: Tensor | Sequence[Tensor], output_size: int | Sequence[int], spatial_scale: float = 1.0,
     sampling_ratio: int = -1, aligned: bool = False,
 ) -> Tensor:
-    """RoIAlign as `torchvision.ops.roi_align`: ``input[N, C, H, W]``, ``boxes[K, 5]`` -> ``[K, C, oh, ow]``.
+    """RoIAlign as `torchvision.ops.roi_align`: ``input[N, C, H, W]`` -> ``[K, C, oh, ow]``.
 
-    Differentiable w.r.t. `input` (boxes get no gradient). Runs the Triton kernel on CUDA (see `set_backend`), the
-    vectorised reference elsewhere; exports to ONNX ``RoiAlign`` via `spatialreward.kernels.onnx`.
+    `boxes` is a ``[K, 5]`` tensor of (batch_index, x1, y1, x2, y2), or a list of ``[L_i, 4]`` tensors, one per
+    image. Differentiable w.r.t. `input` (boxes get no gradient). Computes in fp32 for fp32/fp16/bf16 input, also
+    under autocast, and in fp64 for fp64 input (on the reference: the kernels are fp32). Runs the Triton kernel on
+    CUDA (see `set_backend`), the vectorised reference elsewhere; a leaf for `torch.fx`; exports to ONNX
+    ``RoiAlign`` via `spatialreward.kernels.onnx`.
     """
+    proxy = _fx_proxy(input, boxes)
+    if proxy is not None:
+        return proxy.tracer.create_proxy(
+            "call_function", _FX_TARGETS["roi_align"], (input, boxes, output_size, spatial_scale, sampling_ratio,
+                                                        aligned), {}
+        )
     if input.dim() != 4:
         raise ValueError(
             f"input has shape {tuple(input.shape)}; expected [N, C, H, W] (use roi_align_tokens for [B, N, C])"
         )
-    _check_boxes(boxes, input)
+    rois = _as_rois(boxes, input)
     oh, ow = _pair(output_size)
-    args = (input, boxes, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned))
-    return _RoIAlignEager.apply(*args) if eager_fast_path(input) else torch.ops.spatialreward.roi_align(*args)
+    args = (input, rois, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned))
+    if eager_fast_path(input, KERNEL_DTYPES):
+        return _RoIAlignEager.apply(*args)
+    return torch.ops.spatialreward.roi_align(*args)
 
 
 def roi_align_tokens(
-    tokens: Tensor, boxes: Tensor, grid_size: Sequence[int], output_size: int | Sequence[int],
+    tokens: Tensor, boxes: Tensor | Sequence[Tensor], grid_size: Sequence[int], output_size: int | Sequence[int],
     spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False, num_prefix_tokens: int = 0,
 ) -> Tensor:
     """RoIAlign on ViT tokens ``[B, N, C]`` laid out row-major on ``grid_size = (gh, gw)``: ``[K, oh, ow, C]``.
 
     The first `num_prefix_tokens` tokens (class/register tokens) are skipped. Equals `roi_align` on
-    ``tokens[:, prefix:].transpose(1, 2).reshape(B, C, gh, gw)`` permuted to channels-last, without that copy.
+    ``tokens[:, prefix:].transpose(1, 2).reshape(B, C, gh, gw)`` permuted to channels-last, without that copy;
+    `boxes` and dtypes as for `roi_align`.
     """
+    proxy = _fx_proxy(tokens, boxes)
+    if proxy is not None:
+        args = (tokens, boxes, grid_size, output_size, spatial_scale, sampling_ratio, aligned, num_prefix_tokens)
+        return proxy.tracer.create_proxy("call_function", _FX_TARGETS["roi_align_tokens"], args, {})
     if tokens.dim() != 3:
         raise ValueError(f"tokens has shape {tuple(tokens.shape)}; expected [B, N, C]")
-    _check_boxes(boxes, tokens)
+    rois = _as_rois(boxes, tokens)
     gh, gw = _pair(grid_size)
     oh, ow = _pair(output_size)
     if tokens.shape[1] != num_prefix_tokens + gh * gw:
@@ -715,11 +808,40 @@ def roi_align_tokens(
             f"tokens has {tokens.shape[1]} tokens but grid_size={gh}x{gw} plus num_prefix_tokens={num_prefix_tokens} "
             f"needs {num_prefix_tokens + gh * gw}; fix grid_size or num_prefix_tokens (e.g. 1 for a class token)"
         )
-    args = (tokens, boxes, gh, gw, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned),
+    args = (tokens, rois, gh, gw, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned),
             int(num_prefix_tokens))
-    if eager_fast_path(tokens):
+    if eager_fast_path(tokens, KERNEL_DTYPES):
         return _RoIAlignTokensEager.apply(*args)
     return torch.ops.spatialreward.roi_align_tokens(*args)
+
+
+# torchvision wraps its op the same way: `torch.fx.symbolic_trace` of code in this module (e.g. `RoIAlign`) keeps the
+# call as one node. Calls from other modules are caught by the Proxy check at the top of each function.
+torch.fx.wrap("roi_align")
+torch.fx.wrap("roi_align_tokens")
+# the functions themselves, for the nodes they record: while tracing, the module globals above are fx's wrappers
+_FX_TARGETS = {"roi_align": roi_align, "roi_align_tokens": roi_align_tokens}
+
+
+class RoIAlign(torch.nn.Module):
+    """`roi_align` as a module, like `torchvision.ops.RoIAlign` (same arguments, same repr)."""
+
+    def __init__(self, output_size: int | Sequence[int], spatial_scale: float, sampling_ratio: int,
+                 aligned: bool = False):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input: Tensor, rois: Tensor | Sequence[Tensor]) -> Tensor:
+        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned})"
+        )
 
 
 # %%
