@@ -226,6 +226,44 @@ _NO_SPECIALIZE = ["OUT_H", "OUT_W", "sampling_ratio"]
 _CPU_META = {"BLOCK_P": 16, "BLOCK_C": 16}
 
 
+@triton.jit
+def _roi_geometry(box, stride_bf, spatial_scale, sampling_ratio, OUT_H, OUT_W, ALIGNED: tl.constexpr):
+    """One RoI's (batch index, start y/x, bin height/width, samples per bin along y/x, samples per bin as fp32),
+    by torchvision's formula; IEEE divisions (div_rn) so the sample points are the reference's floats."""
+    n = tl.load(box).to(tl.int64)
+    offset = 0.5 if ALIGNED else 0.0
+    start_w = tl.load(box + 1 * stride_bf).to(tl.float32) * spatial_scale - offset
+    start_h = tl.load(box + 2 * stride_bf).to(tl.float32) * spatial_scale - offset
+    roi_w = (tl.load(box + 3 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_w
+    roi_h = (tl.load(box + 4 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_h
+    if not ALIGNED:  # legacy: malformed RoIs forced to 1x1
+        roi_w = tl.maximum(roi_w, 1.0)
+        roi_h = tl.maximum(roi_h, 1.0)
+    bin_w = tl.math.div_rn(roi_w, OUT_W.to(tl.float32))
+    bin_h = tl.math.div_rn(roi_h, OUT_H.to(tl.float32))
+    adaptive_h = tl.math.ceil(tl.math.div_rn(roi_h, OUT_H.to(tl.float32))).to(tl.int32)
+    adaptive_w = tl.math.ceil(tl.math.div_rn(roi_w, OUT_W.to(tl.float32))).to(tl.int32)
+    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h)
+    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w)
+    count = tl.maximum(grid_h * grid_w, 1).to(tl.float32)
+    return n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, count
+
+
+@triton.jit
+def _axis_sample(start, p, bin_size, i, grid, size):
+    """Sample `i` of bins `p` (a vector) along one axis: (low index, high index, weight of high, inside the map).
+    Outside ``[-1, size]`` the sample contributes 0; inside it is clamped and the far edge repeats."""
+    coord = start + p * bin_size + tl.math.div_rn((i + 0.5) * bin_size, grid.to(tl.float32))
+    inside = (coord >= -1.0) & (coord <= size)
+    coord = tl.maximum(coord, 0.0)
+    low = coord.to(tl.int32)
+    edge = low >= size - 1
+    low = tl.where(edge, size - 1, low)
+    high = tl.where(edge, size - 1, low + 1)
+    frac = tl.where(edge, 0.0, coord - low.to(tl.float32))
+    return low, high, frac, inside
+
+
 @triton.autotune(configs=_configs(backward=False), key=["C", "OUT_H", "OUT_W"])
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _roi_align_fwd_kernel(
@@ -248,24 +286,10 @@ def _roi_align_fwd_kernel(
     pid_p = tl.program_id(1)
     pid_c = tl.program_id(2)
 
-    # ---- per-RoI geometry, torchvision's formula (IEEE divisions so sample points match) ---------------------
-    box = boxes_ptr + k * stride_bk
-    n = tl.load(box).to(tl.int64)
-    offset = 0.5 if ALIGNED else 0.0
-    start_w = tl.load(box + 1 * stride_bf).to(tl.float32) * spatial_scale - offset
-    start_h = tl.load(box + 2 * stride_bf).to(tl.float32) * spatial_scale - offset
-    roi_w = (tl.load(box + 3 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_w
-    roi_h = (tl.load(box + 4 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_h
-    if not ALIGNED:
-        roi_w = tl.maximum(roi_w, 1.0)
-        roi_h = tl.maximum(roi_h, 1.0)
-    bin_w = tl.math.div_rn(roi_w, OUT_W.to(tl.float32))
-    bin_h = tl.math.div_rn(roi_h, OUT_H.to(tl.float32))
-    adaptive_h = tl.math.ceil(tl.math.div_rn(roi_h, OUT_H.to(tl.float32))).to(tl.int32)
-    adaptive_w = tl.math.ceil(tl.math.div_rn(roi_w, OUT_W.to(tl.float32))).to(tl.int32)
-    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h)
-    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w)
-    count = tl.maximum(grid_h * grid_w, 1).to(tl.float32)
+    # ---- per-RoI geometry: the same helper as the backward -------------------------------------------------------
+    n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, count = _roi_geometry(
+        boxes_ptr + k * stride_bk, stride_bf, spatial_scale, sampling_ratio, OUT_H, OUT_W, ALIGNED
+    )
 
     # ---- this program's bins and channels ----------------------------------------------------------------------
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -280,24 +304,11 @@ def _roi_align_fwd_kernel(
     # ---- accumulate bilinear samples in fp32 ------------------------------------------------------------------
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for iy in range(0, grid_h):
-        y = start_h + ph * bin_h + tl.math.div_rn((iy + 0.5) * bin_h, grid_h.to(tl.float32))
-        inside_y = (y >= -1.0) & (y <= H)
-        y = tl.maximum(y, 0.0)
-        y_low = y.to(tl.int32)
-        y_edge = y_low >= H - 1
-        y_low = tl.where(y_edge, H - 1, y_low)
-        y_high = tl.where(y_edge, H - 1, y_low + 1)
-        ly = tl.where(y_edge, 0.0, y - y_low.to(tl.float32))
+        y_low, y_high, ly, inside_y = _axis_sample(start_h, ph, bin_h, iy, grid_h, H)
         hy = 1.0 - ly
         for ix in range(0, grid_w):
-            x = start_w + pw * bin_w + tl.math.div_rn((ix + 0.5) * bin_w, grid_w.to(tl.float32))
-            inside = inside_y & (x >= -1.0) & (x <= W) & mask_p
-            x = tl.maximum(x, 0.0)
-            x_low = x.to(tl.int32)
-            x_edge = x_low >= W - 1
-            x_low = tl.where(x_edge, W - 1, x_low)
-            x_high = tl.where(x_edge, W - 1, x_low + 1)
-            lx = tl.where(x_edge, 0.0, x - x_low.to(tl.float32))
+            x_low, x_high, lx, inside_x = _axis_sample(start_w, pw, bin_w, ix, grid_w, W)
+            inside = inside_y & inside_x & mask_p
             hx = 1.0 - lx
             m = inside[:, None] & mask_c[None, :]
             row_lo = y_low * stride_xh
@@ -340,24 +351,10 @@ def _roi_align_bwd_kernel(
     pid_p = tl.program_id(1)
     pid_c = tl.program_id(2)
 
-    # ---- per-RoI geometry (identical to the forward) ------------------------------------------------------------
-    box = boxes_ptr + k * stride_bk
-    n = tl.load(box).to(tl.int64)
-    offset = 0.5 if ALIGNED else 0.0
-    start_w = tl.load(box + 1 * stride_bf).to(tl.float32) * spatial_scale - offset
-    start_h = tl.load(box + 2 * stride_bf).to(tl.float32) * spatial_scale - offset
-    roi_w = (tl.load(box + 3 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_w
-    roi_h = (tl.load(box + 4 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_h
-    if not ALIGNED:
-        roi_w = tl.maximum(roi_w, 1.0)
-        roi_h = tl.maximum(roi_h, 1.0)
-    bin_w = tl.math.div_rn(roi_w, OUT_W.to(tl.float32))
-    bin_h = tl.math.div_rn(roi_h, OUT_H.to(tl.float32))
-    adaptive_h = tl.math.ceil(tl.math.div_rn(roi_h, OUT_H.to(tl.float32))).to(tl.int32)
-    adaptive_w = tl.math.ceil(tl.math.div_rn(roi_w, OUT_W.to(tl.float32))).to(tl.int32)
-    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h)
-    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w)
-    count = tl.maximum(grid_h * grid_w, 1).to(tl.float32)
+    # ---- per-RoI geometry: the same helper as the forward --------------------------------------------------------
+    n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, count = _roi_geometry(
+        boxes_ptr + k * stride_bk, stride_bf, spatial_scale, sampling_ratio, OUT_H, OUT_W, ALIGNED
+    )
 
     # ---- load this program's gradient tile once, pre-divided by the sample count ----------------------------------
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -374,24 +371,11 @@ def _roi_align_bwd_kernel(
 
     # ---- walk the samples and scatter with atomics (bins and RoIs overlap) ----------------------------------------
     for iy in range(0, grid_h):
-        y = start_h + ph * bin_h + tl.math.div_rn((iy + 0.5) * bin_h, grid_h.to(tl.float32))
-        inside_y = (y >= -1.0) & (y <= H)
-        y = tl.maximum(y, 0.0)
-        y_low = y.to(tl.int32)
-        y_edge = y_low >= H - 1
-        y_low = tl.where(y_edge, H - 1, y_low)
-        y_high = tl.where(y_edge, H - 1, y_low + 1)
-        ly = tl.where(y_edge, 0.0, y - y_low.to(tl.float32))
+        y_low, y_high, ly, inside_y = _axis_sample(start_h, ph, bin_h, iy, grid_h, H)
         hy = 1.0 - ly
         for ix in range(0, grid_w):
-            x = start_w + pw * bin_w + tl.math.div_rn((ix + 0.5) * bin_w, grid_w.to(tl.float32))
-            inside = inside_y & (x >= -1.0) & (x <= W) & mask_p
-            x = tl.maximum(x, 0.0)
-            x_low = x.to(tl.int32)
-            x_edge = x_low >= W - 1
-            x_low = tl.where(x_edge, W - 1, x_low)
-            x_high = tl.where(x_edge, W - 1, x_low + 1)
-            lx = tl.where(x_edge, 0.0, x - x_low.to(tl.float32))
+            x_low, x_high, lx, inside_x = _axis_sample(start_w, pw, bin_w, ix, grid_w, W)
+            inside = inside_y & inside_x & mask_p
             hx = 1.0 - lx
             m = inside[:, None] & mask_c[None, :]
             row_lo = y_low * stride_xh
