@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ._backend import check_int32_span, eager_fast_path, launchable, tl, triton, use_triton
+from ._backend import check_int32_span, launchable, register_linear_op, tl, triton
 
 __all__ = [
     "RoIAlign",
@@ -496,183 +496,84 @@ def _roi_align_tokens_backward_triton(grad, boxes, batch, num_tokens, gh, gw, sp
     return gx.to(grad.dtype)
 
 
-def _backward_on_triton(grad: Tensor) -> bool:
-    """The backward kernel scatters with fp32 atomics, whose summation order varies run to run: under
-    ``torch.use_deterministic_algorithms(True)`` the backward takes the reference (deterministic matmuls and
-    index_add), as torchvision's CUDA RoIAlign falls back to its Python version there."""
-    return use_triton(grad, KERNEL_DTYPES) and not torch.are_deterministic_algorithms_enabled()
-
-
 # %%
-# Custom ops: dispatch (Triton or reference), fake shapes, autograd
-# -----------------------------------------------------------------
+# Custom ops: dispatch (Triton or reference), fake shapes, autograd, eager route — all from one helper
+# --------------------------------------------------------------------------------------------------------
+# Both ops are linear in their first input, so `register_linear_op` gives each a backward op whose own gradient is
+# the forward again (double backward). The adapters below map the ops' flat arguments onto the functions above.
 
 
-@torch.library.custom_op("spatialreward::roi_align", mutates_args=())
-def _roi_align_op(
-    input: Tensor, boxes: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float,
-    sampling_ratio: int, aligned: bool,
-) -> Tensor:
-    if not use_triton(input, KERNEL_DTYPES):
-        return roi_align_reference(input, boxes, (pooled_height, pooled_width), spatial_scale, sampling_ratio, aligned)
-    return _roi_align_triton(input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned)
+def _nchw_reference(input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned):
+    return roi_align_reference(input, boxes, (oh, ow), spatial_scale, sampling_ratio, aligned)
 
 
-@_roi_align_op.register_fake
-def _(input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned):
-    return input.new_empty(boxes.shape[0], input.shape[1], pooled_height, pooled_width)
+def _nchw_fake(input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned):
+    return input.new_empty(boxes.shape[0], input.shape[1], oh, ow)
 
 
-@torch.library.custom_op("spatialreward::roi_align_backward", mutates_args=())
-def _roi_align_backward_op(
-    grad: Tensor, boxes: Tensor, batch: int, channels: int, height: int, width: int, spatial_scale: float,
-    sampling_ratio: int, aligned: bool,
-) -> Tensor:
-    shape = (batch, channels, height, width)
-    if not _backward_on_triton(grad):
-        return roi_align_backward_reference(grad, boxes, shape, spatial_scale, sampling_ratio, aligned)
-    return _roi_align_backward_triton(grad, boxes, shape, spatial_scale, sampling_ratio, aligned)
+def _nchw_backward_reference(grad, boxes, n, c, h, w, spatial_scale, sampling_ratio, aligned):
+    return roi_align_backward_reference(grad, boxes, (n, c, h, w), spatial_scale, sampling_ratio, aligned)
 
 
-@_roi_align_backward_op.register_fake
-def _(grad, boxes, batch, channels, height, width, spatial_scale, sampling_ratio, aligned):
-    return grad.new_empty(batch, channels, height, width)
+def _nchw_backward_kernel(grad, boxes, n, c, h, w, spatial_scale, sampling_ratio, aligned):
+    return _roi_align_backward_triton(grad, boxes, (n, c, h, w), spatial_scale, sampling_ratio, aligned)
 
 
-def _roi_align_setup(ctx, inputs, output):
-    input, boxes, ph, pw, scale, sr, aligned = inputs
-    ctx.save_for_backward(boxes)
-    ctx.shape = tuple(input.shape)
-    ctx.params = (scale, sr, aligned)
+def _nchw_backward_fake(grad, boxes, n, c, h, w, spatial_scale, sampling_ratio, aligned):
+    return grad.new_empty(n, c, h, w)
 
 
-def _roi_align_grad(ctx, grad):
-    (boxes,) = ctx.saved_tensors
-    grad_input = torch.ops.spatialreward.roi_align_backward(grad, boxes, *ctx.shape, *ctx.params)
-    return grad_input, None, None, None, None, None, None  # boxes get no gradient, as in torchvision
-
-
-def _roi_align_backward_setup(ctx, inputs, output):
-    grad, boxes, n, c, h, w, scale, sr, aligned = inputs
-    ctx.save_for_backward(boxes)
-    ctx.params = (grad.shape[2], grad.shape[3], scale, sr, aligned)
-
-
-def _roi_align_backward_grad(ctx, gg):
-    # roi_align is linear in its input, so the backward's adjoint is the forward itself (double backward)
-    (boxes,) = ctx.saved_tensors
-    return (torch.ops.spatialreward.roi_align(gg, boxes, *ctx.params),) + (None,) * 8
-
-
-_roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
-_roi_align_backward_op.register_autograd(_roi_align_backward_grad, setup_context=_roi_align_backward_setup)
-
-
-@torch.library.custom_op("spatialreward::roi_align_tokens", mutates_args=())
-def _roi_align_tokens_op(
-    tokens: Tensor, boxes: Tensor, grid_height: int, grid_width: int, pooled_height: int, pooled_width: int,
-    spatial_scale: float, sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
-) -> Tensor:
-    grid_size, output_size = (grid_height, grid_width), (pooled_height, pooled_width)
-    if not use_triton(tokens, KERNEL_DTYPES):
-        return roi_align_tokens_reference(
-            tokens, boxes, grid_size, output_size, spatial_scale, sampling_ratio, aligned, num_prefix_tokens
-        )
-    return _roi_align_tokens_triton(
-        tokens, boxes, grid_height, grid_width, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
-        num_prefix_tokens,
-    )
-
-
-@_roi_align_tokens_op.register_fake
-def _(tokens, boxes, grid_height, grid_width, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
-      num_prefix_tokens):
-    return tokens.new_empty(boxes.shape[0], pooled_height, pooled_width, tokens.shape[2])
-
-
-@torch.library.custom_op("spatialreward::roi_align_tokens_backward", mutates_args=())
-def _roi_align_tokens_backward_op(
-    grad: Tensor, boxes: Tensor, batch: int, num_tokens: int, grid_height: int, grid_width: int,
-    spatial_scale: float, sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
-) -> Tensor:
-    if not _backward_on_triton(grad):
-        return roi_align_tokens_backward_reference(
-            grad, boxes, (batch, num_tokens, grad.shape[3]), (grid_height, grid_width), spatial_scale, sampling_ratio,
-            aligned, num_prefix_tokens,
-        )
-    return _roi_align_tokens_backward_triton(
-        grad, boxes, batch, num_tokens, grid_height, grid_width, spatial_scale, sampling_ratio, aligned,
-        num_prefix_tokens,
-    )
-
-
-@_roi_align_tokens_backward_op.register_fake
-def _(grad, boxes, batch, num_tokens, grid_height, grid_width, spatial_scale, sampling_ratio, aligned,
-      num_prefix_tokens):
-    return grad.new_empty(batch, num_tokens, grad.shape[3])
-
-
-def _roi_align_tokens_setup(ctx, inputs, output):
-    tokens, boxes, gh, gw, ph, pw, scale, sr, aligned, prefix = inputs
-    ctx.save_for_backward(boxes)
-    ctx.args = (tokens.shape[0], tokens.shape[1], gh, gw, scale, sr, aligned, prefix)
-
-
-def _roi_align_tokens_grad(ctx, grad):
-    (boxes,) = ctx.saved_tensors
-    grad_tokens = torch.ops.spatialreward.roi_align_tokens_backward(grad, boxes, *ctx.args)
-    return (grad_tokens,) + (None,) * 9
-
-
-def _roi_align_tokens_backward_setup(ctx, inputs, output):
-    grad, boxes, b, n, gh, gw, scale, sr, aligned, prefix = inputs
-    ctx.save_for_backward(boxes)
-    ctx.args = (gh, gw, grad.shape[1], grad.shape[2], scale, sr, aligned, prefix)
-
-
-def _roi_align_tokens_backward_grad(ctx, gg):
-    (boxes,) = ctx.saved_tensors  # linear op: the adjoint of the backward is the forward
-    return (torch.ops.spatialreward.roi_align_tokens(gg, boxes, *ctx.args),) + (None,) * 9
-
-
-_roi_align_tokens_op.register_autograd(_roi_align_tokens_grad, setup_context=_roi_align_tokens_setup)
-_roi_align_tokens_backward_op.register_autograd(
-    _roi_align_tokens_backward_grad, setup_context=_roi_align_tokens_backward_setup
+_roi_align_call = register_linear_op(
+    "spatialreward::roi_align",
+    schema="(Tensor input, Tensor boxes, SymInt pooled_height, SymInt pooled_width, float spatial_scale, "
+    "SymInt sampling_ratio, bool aligned) -> Tensor",
+    backward_schema="(Tensor grad, Tensor boxes, SymInt batch, SymInt channels, SymInt height, SymInt width, "
+    "float spatial_scale, SymInt sampling_ratio, bool aligned) -> Tensor",
+    reference=_nchw_reference, kernel=_roi_align_triton, fake=_nchw_fake,
+    backward_reference=_nchw_backward_reference, backward_kernel=_nchw_backward_kernel,
+    backward_fake=_nchw_backward_fake,
+    # forward (input, boxes, oh, ow, scale, sr, aligned) -> backward's (N, C, H, W, scale, sr, aligned)
+    backward_args=lambda inputs: (*inputs[0].shape, *inputs[4:]),
+    # backward (grad[K, C, oh, ow], boxes, N, C, H, W, scale, sr, aligned) -> forward's (oh, ow, scale, sr, aligned)
+    adjoint_args=lambda inputs: (inputs[0].shape[2], inputs[0].shape[3], *inputs[6:]),
+    dtypes=KERNEL_DTYPES,
 )
 
 
-class _RoIAlignEager(torch.autograd.Function):
-    """`roi_align` on the Triton kernels without the custom-op layer, for eager calls (see `eager_fast_path`)."""
-
-    @staticmethod
-    def forward(ctx, input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned):
-        ctx.save_for_backward(boxes)
-        ctx.shape, ctx.params = tuple(input.shape), (spatial_scale, sampling_ratio, aligned)
-        return _roi_align_triton(input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (boxes,) = ctx.saved_tensors
-        if torch.is_grad_enabled() or torch.are_deterministic_algorithms_enabled():  # create_graph, or no atomics
-            return (torch.ops.spatialreward.roi_align_backward(grad, boxes, *ctx.shape, *ctx.params),) + (None,) * 6
-        return (_roi_align_backward_triton(grad, boxes, ctx.shape, *ctx.params),) + (None,) * 6
+def _tokens_reference(tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix):
+    return roi_align_tokens_reference(tokens, boxes, (gh, gw), (oh, ow), spatial_scale, sampling_ratio, aligned, prefix)
 
 
-class _RoIAlignTokensEager(torch.autograd.Function):
-    """`roi_align_tokens` on the Triton kernels without the custom-op layer, for eager calls."""
+def _tokens_fake(tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix):
+    return tokens.new_empty(boxes.shape[0], oh, ow, tokens.shape[2])
 
-    @staticmethod
-    def forward(ctx, tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix):
-        ctx.save_for_backward(boxes)
-        ctx.args = (tokens.shape[0], tokens.shape[1], gh, gw, spatial_scale, sampling_ratio, aligned, prefix)
-        return _roi_align_tokens_triton(tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix)
 
-    @staticmethod
-    def backward(ctx, grad):
-        (boxes,) = ctx.saved_tensors
-        if torch.is_grad_enabled() or torch.are_deterministic_algorithms_enabled():  # create_graph, or no atomics
-            return (torch.ops.spatialreward.roi_align_tokens_backward(grad, boxes, *ctx.args),) + (None,) * 9
-        return (_roi_align_tokens_backward_triton(grad, boxes, *ctx.args),) + (None,) * 9
+def _tokens_backward_reference(grad, boxes, batch, num_tokens, gh, gw, spatial_scale, sampling_ratio, aligned, prefix):
+    return roi_align_tokens_backward_reference(
+        grad, boxes, (batch, num_tokens, grad.shape[3]), (gh, gw), spatial_scale, sampling_ratio, aligned, prefix
+    )
+
+
+def _tokens_backward_fake(grad, boxes, batch, num_tokens, gh, gw, spatial_scale, sampling_ratio, aligned, prefix):
+    return grad.new_empty(batch, num_tokens, grad.shape[3])
+
+
+_roi_align_tokens_call = register_linear_op(
+    "spatialreward::roi_align_tokens",
+    schema="(Tensor tokens, Tensor boxes, SymInt grid_height, SymInt grid_width, SymInt pooled_height, "
+    "SymInt pooled_width, float spatial_scale, SymInt sampling_ratio, bool aligned, SymInt num_prefix_tokens) "
+    "-> Tensor",
+    backward_schema="(Tensor grad, Tensor boxes, SymInt batch, SymInt num_tokens, SymInt grid_height, "
+    "SymInt grid_width, float spatial_scale, SymInt sampling_ratio, bool aligned, SymInt num_prefix_tokens) -> Tensor",
+    reference=_tokens_reference, kernel=_roi_align_tokens_triton, fake=_tokens_fake,
+    backward_reference=_tokens_backward_reference, backward_kernel=_roi_align_tokens_backward_triton,
+    backward_fake=_tokens_backward_fake,
+    # forward (tokens, boxes, gh, gw, oh, ow, scale, sr, aligned, prefix) -> backward's (B, N, gh, gw, scale, ...)
+    backward_args=lambda inputs: (inputs[0].shape[0], inputs[0].shape[1], inputs[2], inputs[3], *inputs[6:]),
+    # backward (grad[K, oh, ow, C], boxes, B, N, gh, gw, scale, sr, aligned, prefix) -> forward's (gh, gw, oh, ...)
+    adjoint_args=lambda inputs: (inputs[4], inputs[5], inputs[0].shape[1], inputs[0].shape[2], *inputs[6:]),
+    dtypes=KERNEL_DTYPES,
+)
 
 
 # %%
@@ -763,9 +664,7 @@ def roi_align(
     rois = _as_rois(boxes, input)
     oh, ow = _pair(output_size)
     args = (input, rois, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned))
-    if eager_fast_path(input, KERNEL_DTYPES):
-        return _RoIAlignEager.apply(*args)
-    return torch.ops.spatialreward.roi_align(*args)
+    return _roi_align_call(*args)
 
 
 def roi_align_tokens(
@@ -794,9 +693,7 @@ def roi_align_tokens(
         )
     args = (tokens, rois, gh, gw, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned),
             int(num_prefix_tokens))
-    if eager_fast_path(tokens, KERNEL_DTYPES):
-        return _RoIAlignTokensEager.apply(*args)
-    return torch.ops.spatialreward.roi_align_tokens(*args)
+    return _roi_align_tokens_call(*args)
 
 
 # torchvision wraps its op the same way: `torch.fx.symbolic_trace` of code in this module (e.g. `RoIAlign`) keeps the
