@@ -5,6 +5,8 @@
 #   graph:     benchmarks timed as CUDA-graph replays (device time, no Python/launch overhead) — attention first;
 #   attention: masked attention vs dense-mask SDPA and FlexAttention, eager (FlexAttention compiles: slow);
 #   check:     bench/kernels.py --check (more edge cases; compiles every dtype, a few minutes);
+#   tvport:    torchvision's RoIAlign tests ported (tests/test_roi_align_torchvision.py), CUDA cases: fp16/fp32/bf16/
+#              fp64, fp16 + bf16 autocast, deterministic mode, gradcheck, fx, and the compiled bf16 cast (rounds);
 #   roi:       RoIAlign benchmark vs torchvision;    student: student latency per preset (bf16 autocast);
 #   dispatch:  host time of the custom-op vs eager routes (CPU only, seconds);
 #   export:    TensorRT engine tests + every scoring backend side by side at batch 1/8/64/256, fp16 parity.
@@ -41,13 +43,20 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/pip.log" 2>
 $PY -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__,
   'timm', timm.__version__, torch.cuda.get_device_name())"
 
-STEPS=",${STEPS:-tests,graph,attention,check,roi,student,dispatch,export},"
+STEPS=",${STEPS:-tests,tvport,graph,attention,check,roi,student,dispatch,export},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 if want tests; then
   step gpu-tests 200 $PY -m pytest -q -rs -p no:cacheprovider -m gpu --junitxml "$OUT_DIR/gpu_tests.xml" \
     tests/test_kernels_roi_align.py tests/test_kernels_region_attention.py tests/test_student_gpu.py
   # a GPU test that skips on a GPU box means something is misconfigured: count it as a failure
   grep -q 'skipped="0"' "$OUT_DIR/gpu_tests.xml" 2>/dev/null || { echo "== GPU tests skipped on a GPU box"; status=1; }
+fi
+# torchvision's RoIAlign suite on the device (first run compiles every dtype's kernels: most of the time)
+if want tvport; then
+  step roi-torchvision-port 180 $PY -m pytest -q -rs -p no:cacheprovider -m gpu \
+    --junitxml "$OUT_DIR/roi/torchvision_port.xml" tests/test_roi_align_torchvision.py
+  grep -q 'skipped="0"' "$OUT_DIR/roi/torchvision_port.xml" 2>/dev/null \
+    || { echo "== torchvision port: GPU cases skipped on a GPU box"; status=1; }
 fi
 # the open goal first: region attention (v2) vs dense-mask SDPA on device time, then eager with FlexAttention
 want graph && step bench-attention-graph 150 $PY bench/kernels.py --ops attention --graph --no-flex \

@@ -1,7 +1,7 @@
 """Triton kernels with plain-PyTorch references, registered as torch custom ops (``torch.ops.spatialreward.*``).
 
-* `roi_align` / `roi_align_tokens`: RoIAlign with `torchvision.ops.roi_align` semantics, for NCHW maps and for
-  ViT tokens ``[B, N, C]`` (channels-last output, no permute).
+* `roi_align` / `roi_align_tokens` / `RoIAlign`: RoIAlign with `torchvision.ops.roi_align` semantics, for NCHW maps
+  and for ViT tokens ``[B, N, C]`` (channels-last output, no permute).
 * `region_attention`: attention whose keys are restricted to (softly) weighted regions; cost scales with the region.
 * `set_backend` / `get_backend` / `use_backend`: Triton on CUDA ("auto"), or force "triton" / "reference".
 * `spatialreward.kernels.onnx.custom_translation_table()`: ONNX translations for ``torch.onnx.export(dynamo=True)``.
@@ -11,10 +11,19 @@ Importing this package registers the ops; it launches nothing.
 
 from ._backend import HAS_TRITON, get_backend, set_backend, use_backend
 from .region_attention import region_attention, region_attention_reference
-from .roi_align import roi_align, roi_align_reference, roi_align_tokens, roi_align_tokens_reference
+from .roi_align import (
+    RoIAlign,
+    RoIBoxesError,
+    roi_align,
+    roi_align_reference,
+    roi_align_tokens,
+    roi_align_tokens_reference,
+)
 
 __all__ = [
     "HAS_TRITON",
+    "RoIAlign",
+    "RoIBoxesError",
     "get_backend",
     "region_attention",
     "region_attention_reference",

@@ -10,6 +10,9 @@ One global switch, read once from the environment and changed with `set_backend`
 * ``"reference"``: always the plain-PyTorch reference, e.g. to debug a suspected kernel bug.
   ``SPATIALREWARD_KERNELS=reference`` in the environment does the same without touching code.
 
+`register_linear_op` holds the plumbing every RoIAlign-like op repeats (custom op + fake + backward op + autograd +
+eager route); region attention, which is not linear and returns two outputs, registers its own.
+
 When ``triton`` is missing this module also provides tiny stand-ins for ``triton`` / ``triton.language`` so the
 kernel files can still *define* their ``@triton.jit`` functions at import time; they are never launched then.
 """
@@ -117,22 +120,27 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-def use_triton(t: torch.Tensor) -> bool:
-    """Whether an op on tensor `t` should launch a Triton kernel under the current backend."""
+def use_triton(t: torch.Tensor, dtypes: tuple[torch.dtype, ...] | None = None) -> bool:
+    """Whether an op on tensor `t` should launch a Triton kernel under the current backend.
+
+    `dtypes`: the input dtypes the op's kernels compute in; any other dtype takes the reference whatever the
+    backend (RoIAlign's kernels accumulate in fp32, so fp64 input — gradcheck — must not reach them)."""
     if _backend == "reference" or not HAS_TRITON:
+        return False
+    if dtypes is not None and t.dtype not in dtypes:
         return False
     if _backend == "triton":
         return True
     return t.is_cuda  # "auto"
 
 
-def eager_fast_path(t: torch.Tensor) -> bool:
+def eager_fast_path(t: torch.Tensor, dtypes: tuple[torch.dtype, ...] | None = None) -> bool:
     """Whether an op on `t` may launch its Triton kernels through a plain `torch.autograd.Function` instead of its
     `torch.library.custom_op`. The custom op costs host time on every call (dispatch, then a second op for the
     backward); it is only needed where PyTorch traces: `torch.compile`, `torch.export` / ONNX export, `jit.trace`,
     fake tensors. So: Triton backend, real tensors, eager mode. (That route's backward then runs on Triton too,
     whatever the backend is when it runs; the custom op's backward re-reads the backend.)"""
-    if not use_triton(t) or t.device.type == "meta":
+    if not use_triton(t, dtypes) or t.device.type == "meta":
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
@@ -202,3 +210,92 @@ def compile_for_gpu(kernel, signature: dict[str, str], constexprs: dict, arch: i
     full = {name: ("constexpr" if name in constexprs else signature[name]) for name in jit_fn.arg_names}
     source = ASTSource(jit_fn, full, constexprs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+
+
+def register_linear_op(
+    name: str, *, schema: str, backward_schema: str, reference, kernel, fake, backward_reference, backward_kernel,
+    backward_fake, backward_args, adjoint_args, dtypes: tuple[torch.dtype, ...],
+):
+    """Register a RoIAlign-like op: ``y = A(boxes) @ x``, linear in its first input, boxes second, no box gradient.
+
+    Makes the custom ops ``name`` and ``name + "_backward"`` (from the `schema` strings; each dispatches to its
+    `kernel` or its `reference` through `use_triton` with `dtypes`), their fakes, and their autograd: the forward's
+    gradient is the backward op, and the backward's is the forward again (a linear map's adjoint of the adjoint), so
+    double backward works. The backward's Triton kernel scatters with atomics, whose summation order varies, so
+    under ``torch.use_deterministic_algorithms(True)`` it takes the reference. Also builds the eager route (a plain
+    `torch.autograd.Function` on the kernels; see `eager_fast_path`) and returns the function callers use:
+    ``call(x, boxes, *params)`` picks the route.
+
+    `backward_args(inputs)` maps the forward op's inputs to the backward op's arguments after ``(grad, boxes)``;
+    `adjoint_args(inputs)` maps the backward op's inputs to the forward op's arguments after ``(x, boxes)``.
+    """
+
+    def dispatch(reference_impl, kernel_impl, on_triton):
+        def impl(*args):
+            return kernel_impl(*args) if on_triton(args[0]) else reference_impl(*args)
+
+        return impl
+
+    def forward_on_triton(t):
+        return use_triton(t, dtypes)
+
+    def backward_on_triton(t):
+        return use_triton(t, dtypes) and not torch.are_deterministic_algorithms_enabled()
+
+    forward_op = torch.library.custom_op(
+        name, dispatch(reference, kernel, forward_on_triton), mutates_args=(), schema=schema
+    )
+    backward_op = torch.library.custom_op(
+        name + "_backward", dispatch(backward_reference, backward_kernel, backward_on_triton), mutates_args=(),
+        schema=backward_schema,
+    )
+    forward_op.register_fake(fake)
+    backward_op.register_fake(backward_fake)
+
+    def forward_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.args, ctx.n_inputs = backward_args(inputs), len(inputs)
+
+    def forward_grad(ctx, grad):
+        (boxes,) = ctx.saved_tensors
+        return (backward_op(grad, boxes, *ctx.args),) + (None,) * (ctx.n_inputs - 1)
+
+    def backward_setup(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.args, ctx.n_inputs = adjoint_args(inputs), len(inputs)
+
+    def backward_grad(ctx, grad_grad):
+        (boxes,) = ctx.saved_tensors
+        return (forward_op(grad_grad, boxes, *ctx.args),) + (None,) * (ctx.n_inputs - 1)
+
+    forward_op.register_autograd(forward_grad, setup_context=forward_setup)
+    backward_op.register_autograd(backward_grad, setup_context=backward_setup)
+
+    def eager_forward(ctx, x, boxes, *params):
+        ctx.save_for_backward(boxes)
+        ctx.args, ctx.n_inputs = backward_args((x, boxes, *params)), 2 + len(params)
+        return kernel(x, boxes, *params)
+
+    def eager_backward(ctx, grad):
+        (boxes,) = ctx.saved_tensors
+        # create_graph=True needs the differentiable custom op; deterministic mode needs its reference route
+        if torch.is_grad_enabled() or torch.are_deterministic_algorithms_enabled():
+            grad_x = backward_op(grad, boxes, *ctx.args)
+        else:
+            grad_x = backward_kernel(grad, boxes, *ctx.args)
+        return (grad_x,) + (None,) * (ctx.n_inputs - 1)
+
+    # named after the op (roi_align_tokens -> RoiAlignTokensEager), so grad_fn reads RoiAlignTokensEagerBackward
+    eager_name = "".join(part.title() for part in name.split("::")[-1].split("_")) + "Eager"
+    eager_route = type(eager_name, (torch.autograd.Function,), {
+        "__doc__": f"`{name}` on the kernels without the custom-op layer, for eager calls (see `eager_fast_path`).",
+        "forward": staticmethod(eager_forward),
+        "backward": staticmethod(eager_backward),
+    })
+
+    def call(x: torch.Tensor, boxes: torch.Tensor, *params):
+        if eager_fast_path(x, dtypes):
+            return eager_route.apply(x, boxes, *params)
+        return forward_op(x, boxes, *params)
+
+    return call

@@ -28,20 +28,49 @@ scatters ``weight * grad`` into an fp32 ``grad_input`` with atomic adds (RoIs ov
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from ._backend import check_int32_span, eager_fast_path, launchable, tl, triton, use_triton
+from ._backend import check_int32_span, launchable, register_linear_op, tl, triton
 
-__all__ = ["roi_align", "roi_align_tokens", "roi_align_reference", "roi_align_tokens_reference"]
+__all__ = [
+    "RoIAlign",
+    "RoIBoxesError",
+    "roi_align",
+    "roi_align_tokens",
+    "roi_align_reference",
+    "roi_align_tokens_reference",
+]
+
+# The kernels accumulate in fp32: fp64 input (gradcheck, fp64 pipelines) always takes the fp64 reference instead,
+# on every backend, so an fp64 call computes in fp64 wherever it runs.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # %%
 # Plain-PyTorch reference: the CPU production path and the test oracle
 # ---------------------------------------------------------------------
+
+
+def _autocast_off(fn):
+    """Run `fn` (first argument: a tensor) with autocast disabled on that tensor's device.
+
+    Under ``torch.autocast("cpu", bfloat16)`` the reference's matmuls would otherwise run in bf16 and lose ~3
+    digits; torchvision computes RoIAlign in fp32 under autocast, and so do we (the output keeps the input dtype)."""
+
+    @functools.wraps(fn)
+    def wrapper(t: Tensor, *args, **kwargs):
+        device_type = t.device.type
+        if not torch.amp.is_autocast_available(device_type):
+            return fn(t, *args, **kwargs)
+        with torch.autocast(device_type, enabled=False):
+            return fn(t, *args, **kwargs)
+
+    return wrapper
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -106,6 +135,7 @@ def _roi_weights(
     return idx, Ay, Ax
 
 
+@_autocast_off
 def roi_align_reference(
     input: Tensor, boxes: Tensor, output_size: tuple[int, int], spatial_scale: float = 1.0,
     sampling_ratio: int = -1, aligned: bool = False,
@@ -120,6 +150,7 @@ def roi_align_reference(
     return out.to(input.dtype)
 
 
+@_autocast_off
 def roi_align_backward_reference(
     grad: Tensor, boxes: Tensor, input_shape: Sequence[int], spatial_scale: float, sampling_ratio: int, aligned: bool
 ) -> Tensor:
@@ -133,6 +164,7 @@ def roi_align_backward_reference(
     return grad_input.to(grad.dtype)
 
 
+@_autocast_off
 def roi_align_tokens_reference(
     tokens: Tensor, boxes: Tensor, grid_size: tuple[int, int], output_size: tuple[int, int],
     spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False, num_prefix_tokens: int = 0,
@@ -150,6 +182,7 @@ def roi_align_tokens_reference(
     return out.to(tokens.dtype)
 
 
+@_autocast_off
 def roi_align_tokens_backward_reference(
     grad: Tensor, boxes: Tensor, tokens_shape: Sequence[int], grid_size: tuple[int, int], spatial_scale: float,
     sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
@@ -193,6 +226,44 @@ _NO_SPECIALIZE = ["OUT_H", "OUT_W", "sampling_ratio"]
 _CPU_META = {"BLOCK_P": 16, "BLOCK_C": 16}
 
 
+@triton.jit
+def _roi_geometry(box, stride_bf, spatial_scale, sampling_ratio, OUT_H, OUT_W, ALIGNED: tl.constexpr):
+    """One RoI's (batch index, start y/x, bin height/width, samples per bin along y/x, samples per bin as fp32),
+    by torchvision's formula; IEEE divisions (div_rn) so the sample points are the reference's floats."""
+    n = tl.load(box).to(tl.int64)
+    offset = 0.5 if ALIGNED else 0.0
+    start_w = tl.load(box + 1 * stride_bf).to(tl.float32) * spatial_scale - offset
+    start_h = tl.load(box + 2 * stride_bf).to(tl.float32) * spatial_scale - offset
+    roi_w = (tl.load(box + 3 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_w
+    roi_h = (tl.load(box + 4 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_h
+    if not ALIGNED:  # legacy: malformed RoIs forced to 1x1
+        roi_w = tl.maximum(roi_w, 1.0)
+        roi_h = tl.maximum(roi_h, 1.0)
+    bin_w = tl.math.div_rn(roi_w, OUT_W.to(tl.float32))
+    bin_h = tl.math.div_rn(roi_h, OUT_H.to(tl.float32))
+    adaptive_h = tl.math.ceil(tl.math.div_rn(roi_h, OUT_H.to(tl.float32))).to(tl.int32)
+    adaptive_w = tl.math.ceil(tl.math.div_rn(roi_w, OUT_W.to(tl.float32))).to(tl.int32)
+    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h)
+    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w)
+    count = tl.maximum(grid_h * grid_w, 1).to(tl.float32)
+    return n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, count
+
+
+@triton.jit
+def _axis_sample(start, p, bin_size, i, grid, size):
+    """Sample `i` of bins `p` (a vector) along one axis: (low index, high index, weight of high, inside the map).
+    Outside ``[-1, size]`` the sample contributes 0; inside it is clamped and the far edge repeats."""
+    coord = start + p * bin_size + tl.math.div_rn((i + 0.5) * bin_size, grid.to(tl.float32))
+    inside = (coord >= -1.0) & (coord <= size)
+    coord = tl.maximum(coord, 0.0)
+    low = coord.to(tl.int32)
+    edge = low >= size - 1
+    low = tl.where(edge, size - 1, low)
+    high = tl.where(edge, size - 1, low + 1)
+    frac = tl.where(edge, 0.0, coord - low.to(tl.float32))
+    return low, high, frac, inside
+
+
 @triton.autotune(configs=_configs(backward=False), key=["C", "OUT_H", "OUT_W"])
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _roi_align_fwd_kernel(
@@ -215,24 +286,10 @@ def _roi_align_fwd_kernel(
     pid_p = tl.program_id(1)
     pid_c = tl.program_id(2)
 
-    # ---- per-RoI geometry, torchvision's formula (IEEE divisions so sample points match) ---------------------
-    box = boxes_ptr + k * stride_bk
-    n = tl.load(box).to(tl.int64)
-    offset = 0.5 if ALIGNED else 0.0
-    start_w = tl.load(box + 1 * stride_bf).to(tl.float32) * spatial_scale - offset
-    start_h = tl.load(box + 2 * stride_bf).to(tl.float32) * spatial_scale - offset
-    roi_w = (tl.load(box + 3 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_w
-    roi_h = (tl.load(box + 4 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_h
-    if not ALIGNED:
-        roi_w = tl.maximum(roi_w, 1.0)
-        roi_h = tl.maximum(roi_h, 1.0)
-    bin_w = tl.math.div_rn(roi_w, OUT_W.to(tl.float32))
-    bin_h = tl.math.div_rn(roi_h, OUT_H.to(tl.float32))
-    adaptive_h = tl.math.ceil(tl.math.div_rn(roi_h, OUT_H.to(tl.float32))).to(tl.int32)
-    adaptive_w = tl.math.ceil(tl.math.div_rn(roi_w, OUT_W.to(tl.float32))).to(tl.int32)
-    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h)
-    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w)
-    count = tl.maximum(grid_h * grid_w, 1).to(tl.float32)
+    # ---- per-RoI geometry: the same helper as the backward -------------------------------------------------------
+    n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, count = _roi_geometry(
+        boxes_ptr + k * stride_bk, stride_bf, spatial_scale, sampling_ratio, OUT_H, OUT_W, ALIGNED
+    )
 
     # ---- this program's bins and channels ----------------------------------------------------------------------
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -247,24 +304,11 @@ def _roi_align_fwd_kernel(
     # ---- accumulate bilinear samples in fp32 ------------------------------------------------------------------
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for iy in range(0, grid_h):
-        y = start_h + ph * bin_h + tl.math.div_rn((iy + 0.5) * bin_h, grid_h.to(tl.float32))
-        inside_y = (y >= -1.0) & (y <= H)
-        y = tl.maximum(y, 0.0)
-        y_low = y.to(tl.int32)
-        y_edge = y_low >= H - 1
-        y_low = tl.where(y_edge, H - 1, y_low)
-        y_high = tl.where(y_edge, H - 1, y_low + 1)
-        ly = tl.where(y_edge, 0.0, y - y_low.to(tl.float32))
+        y_low, y_high, ly, inside_y = _axis_sample(start_h, ph, bin_h, iy, grid_h, H)
         hy = 1.0 - ly
         for ix in range(0, grid_w):
-            x = start_w + pw * bin_w + tl.math.div_rn((ix + 0.5) * bin_w, grid_w.to(tl.float32))
-            inside = inside_y & (x >= -1.0) & (x <= W) & mask_p
-            x = tl.maximum(x, 0.0)
-            x_low = x.to(tl.int32)
-            x_edge = x_low >= W - 1
-            x_low = tl.where(x_edge, W - 1, x_low)
-            x_high = tl.where(x_edge, W - 1, x_low + 1)
-            lx = tl.where(x_edge, 0.0, x - x_low.to(tl.float32))
+            x_low, x_high, lx, inside_x = _axis_sample(start_w, pw, bin_w, ix, grid_w, W)
+            inside = inside_y & inside_x & mask_p
             hx = 1.0 - lx
             m = inside[:, None] & mask_c[None, :]
             row_lo = y_low * stride_xh
@@ -307,24 +351,10 @@ def _roi_align_bwd_kernel(
     pid_p = tl.program_id(1)
     pid_c = tl.program_id(2)
 
-    # ---- per-RoI geometry (identical to the forward) ------------------------------------------------------------
-    box = boxes_ptr + k * stride_bk
-    n = tl.load(box).to(tl.int64)
-    offset = 0.5 if ALIGNED else 0.0
-    start_w = tl.load(box + 1 * stride_bf).to(tl.float32) * spatial_scale - offset
-    start_h = tl.load(box + 2 * stride_bf).to(tl.float32) * spatial_scale - offset
-    roi_w = (tl.load(box + 3 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_w
-    roi_h = (tl.load(box + 4 * stride_bf).to(tl.float32) * spatial_scale - offset) - start_h
-    if not ALIGNED:
-        roi_w = tl.maximum(roi_w, 1.0)
-        roi_h = tl.maximum(roi_h, 1.0)
-    bin_w = tl.math.div_rn(roi_w, OUT_W.to(tl.float32))
-    bin_h = tl.math.div_rn(roi_h, OUT_H.to(tl.float32))
-    adaptive_h = tl.math.ceil(tl.math.div_rn(roi_h, OUT_H.to(tl.float32))).to(tl.int32)
-    adaptive_w = tl.math.ceil(tl.math.div_rn(roi_w, OUT_W.to(tl.float32))).to(tl.int32)
-    grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h)
-    grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w)
-    count = tl.maximum(grid_h * grid_w, 1).to(tl.float32)
+    # ---- per-RoI geometry: the same helper as the forward --------------------------------------------------------
+    n, start_h, start_w, bin_h, bin_w, grid_h, grid_w, count = _roi_geometry(
+        boxes_ptr + k * stride_bk, stride_bf, spatial_scale, sampling_ratio, OUT_H, OUT_W, ALIGNED
+    )
 
     # ---- load this program's gradient tile once, pre-divided by the sample count ----------------------------------
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -341,24 +371,11 @@ def _roi_align_bwd_kernel(
 
     # ---- walk the samples and scatter with atomics (bins and RoIs overlap) ----------------------------------------
     for iy in range(0, grid_h):
-        y = start_h + ph * bin_h + tl.math.div_rn((iy + 0.5) * bin_h, grid_h.to(tl.float32))
-        inside_y = (y >= -1.0) & (y <= H)
-        y = tl.maximum(y, 0.0)
-        y_low = y.to(tl.int32)
-        y_edge = y_low >= H - 1
-        y_low = tl.where(y_edge, H - 1, y_low)
-        y_high = tl.where(y_edge, H - 1, y_low + 1)
-        ly = tl.where(y_edge, 0.0, y - y_low.to(tl.float32))
+        y_low, y_high, ly, inside_y = _axis_sample(start_h, ph, bin_h, iy, grid_h, H)
         hy = 1.0 - ly
         for ix in range(0, grid_w):
-            x = start_w + pw * bin_w + tl.math.div_rn((ix + 0.5) * bin_w, grid_w.to(tl.float32))
-            inside = inside_y & (x >= -1.0) & (x <= W) & mask_p
-            x = tl.maximum(x, 0.0)
-            x_low = x.to(tl.int32)
-            x_edge = x_low >= W - 1
-            x_low = tl.where(x_edge, W - 1, x_low)
-            x_high = tl.where(x_edge, W - 1, x_low + 1)
-            lx = tl.where(x_edge, 0.0, x - x_low.to(tl.float32))
+            x_low, x_high, lx, inside_x = _axis_sample(start_w, pw, bin_w, ix, grid_w, W)
+            inside = inside_y & inside_x & mask_p
             hx = 1.0 - lx
             m = inside[:, None] & mask_c[None, :]
             row_lo = y_low * stride_xh
@@ -480,180 +497,93 @@ def _roi_align_tokens_backward_triton(grad, boxes, batch, num_tokens, gh, gw, sp
 
 
 # %%
-# Custom ops: dispatch (Triton or reference), fake shapes, autograd
-# -----------------------------------------------------------------
+# Custom ops: dispatch (Triton or reference), fake shapes, autograd, eager route — all from one helper
+# --------------------------------------------------------------------------------------------------------
+# Both ops are linear in their first input, so `register_linear_op` gives each a backward op whose own gradient is
+# the forward again (double backward). The adapters below map the ops' flat arguments onto the functions above.
 
 
-@torch.library.custom_op("spatialreward::roi_align", mutates_args=())
-def _roi_align_op(
-    input: Tensor, boxes: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float,
-    sampling_ratio: int, aligned: bool,
-) -> Tensor:
-    if not use_triton(input):
-        return roi_align_reference(input, boxes, (pooled_height, pooled_width), spatial_scale, sampling_ratio, aligned)
-    return _roi_align_triton(input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned)
+def _nchw_reference(input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned):
+    return roi_align_reference(input, boxes, (oh, ow), spatial_scale, sampling_ratio, aligned)
 
 
-@_roi_align_op.register_fake
-def _(input, boxes, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned):
-    return input.new_empty(boxes.shape[0], input.shape[1], pooled_height, pooled_width)
+def _nchw_fake(input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned):
+    return input.new_empty(boxes.shape[0], input.shape[1], oh, ow)
 
 
-@torch.library.custom_op("spatialreward::roi_align_backward", mutates_args=())
-def _roi_align_backward_op(
-    grad: Tensor, boxes: Tensor, batch: int, channels: int, height: int, width: int, spatial_scale: float,
-    sampling_ratio: int, aligned: bool,
-) -> Tensor:
-    shape = (batch, channels, height, width)
-    if not use_triton(grad):
-        return roi_align_backward_reference(grad, boxes, shape, spatial_scale, sampling_ratio, aligned)
-    return _roi_align_backward_triton(grad, boxes, shape, spatial_scale, sampling_ratio, aligned)
+def _nchw_backward_reference(grad, boxes, n, c, h, w, spatial_scale, sampling_ratio, aligned):
+    return roi_align_backward_reference(grad, boxes, (n, c, h, w), spatial_scale, sampling_ratio, aligned)
 
 
-@_roi_align_backward_op.register_fake
-def _(grad, boxes, batch, channels, height, width, spatial_scale, sampling_ratio, aligned):
-    return grad.new_empty(batch, channels, height, width)
+def _nchw_backward_kernel(grad, boxes, n, c, h, w, spatial_scale, sampling_ratio, aligned):
+    return _roi_align_backward_triton(grad, boxes, (n, c, h, w), spatial_scale, sampling_ratio, aligned)
 
 
-def _roi_align_setup(ctx, inputs, output):
-    input, boxes, ph, pw, scale, sr, aligned = inputs
-    ctx.save_for_backward(boxes)
-    ctx.shape = tuple(input.shape)
-    ctx.params = (scale, sr, aligned)
+def _nchw_backward_fake(grad, boxes, n, c, h, w, spatial_scale, sampling_ratio, aligned):
+    return grad.new_empty(n, c, h, w)
 
 
-def _roi_align_grad(ctx, grad):
-    (boxes,) = ctx.saved_tensors
-    grad_input = torch.ops.spatialreward.roi_align_backward(grad, boxes, *ctx.shape, *ctx.params)
-    return grad_input, None, None, None, None, None, None  # boxes get no gradient, as in torchvision
-
-
-def _roi_align_backward_setup(ctx, inputs, output):
-    grad, boxes, n, c, h, w, scale, sr, aligned = inputs
-    ctx.save_for_backward(boxes)
-    ctx.params = (grad.shape[2], grad.shape[3], scale, sr, aligned)
-
-
-def _roi_align_backward_grad(ctx, gg):
-    # roi_align is linear in its input, so the backward's adjoint is the forward itself (double backward)
-    (boxes,) = ctx.saved_tensors
-    return (torch.ops.spatialreward.roi_align(gg, boxes, *ctx.params),) + (None,) * 8
-
-
-_roi_align_op.register_autograd(_roi_align_grad, setup_context=_roi_align_setup)
-_roi_align_backward_op.register_autograd(_roi_align_backward_grad, setup_context=_roi_align_backward_setup)
-
-
-@torch.library.custom_op("spatialreward::roi_align_tokens", mutates_args=())
-def _roi_align_tokens_op(
-    tokens: Tensor, boxes: Tensor, grid_height: int, grid_width: int, pooled_height: int, pooled_width: int,
-    spatial_scale: float, sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
-) -> Tensor:
-    grid_size, output_size = (grid_height, grid_width), (pooled_height, pooled_width)
-    if not use_triton(tokens):
-        return roi_align_tokens_reference(
-            tokens, boxes, grid_size, output_size, spatial_scale, sampling_ratio, aligned, num_prefix_tokens
-        )
-    return _roi_align_tokens_triton(
-        tokens, boxes, grid_height, grid_width, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
-        num_prefix_tokens,
-    )
-
-
-@_roi_align_tokens_op.register_fake
-def _(tokens, boxes, grid_height, grid_width, pooled_height, pooled_width, spatial_scale, sampling_ratio, aligned,
-      num_prefix_tokens):
-    return tokens.new_empty(boxes.shape[0], pooled_height, pooled_width, tokens.shape[2])
-
-
-@torch.library.custom_op("spatialreward::roi_align_tokens_backward", mutates_args=())
-def _roi_align_tokens_backward_op(
-    grad: Tensor, boxes: Tensor, batch: int, num_tokens: int, grid_height: int, grid_width: int,
-    spatial_scale: float, sampling_ratio: int, aligned: bool, num_prefix_tokens: int,
-) -> Tensor:
-    if not use_triton(grad):
-        return roi_align_tokens_backward_reference(
-            grad, boxes, (batch, num_tokens, grad.shape[3]), (grid_height, grid_width), spatial_scale, sampling_ratio,
-            aligned, num_prefix_tokens,
-        )
-    return _roi_align_tokens_backward_triton(
-        grad, boxes, batch, num_tokens, grid_height, grid_width, spatial_scale, sampling_ratio, aligned,
-        num_prefix_tokens,
-    )
-
-
-@_roi_align_tokens_backward_op.register_fake
-def _(grad, boxes, batch, num_tokens, grid_height, grid_width, spatial_scale, sampling_ratio, aligned,
-      num_prefix_tokens):
-    return grad.new_empty(batch, num_tokens, grad.shape[3])
-
-
-def _roi_align_tokens_setup(ctx, inputs, output):
-    tokens, boxes, gh, gw, ph, pw, scale, sr, aligned, prefix = inputs
-    ctx.save_for_backward(boxes)
-    ctx.args = (tokens.shape[0], tokens.shape[1], gh, gw, scale, sr, aligned, prefix)
-
-
-def _roi_align_tokens_grad(ctx, grad):
-    (boxes,) = ctx.saved_tensors
-    grad_tokens = torch.ops.spatialreward.roi_align_tokens_backward(grad, boxes, *ctx.args)
-    return (grad_tokens,) + (None,) * 9
-
-
-def _roi_align_tokens_backward_setup(ctx, inputs, output):
-    grad, boxes, b, n, gh, gw, scale, sr, aligned, prefix = inputs
-    ctx.save_for_backward(boxes)
-    ctx.args = (gh, gw, grad.shape[1], grad.shape[2], scale, sr, aligned, prefix)
-
-
-def _roi_align_tokens_backward_grad(ctx, gg):
-    (boxes,) = ctx.saved_tensors  # linear op: the adjoint of the backward is the forward
-    return (torch.ops.spatialreward.roi_align_tokens(gg, boxes, *ctx.args),) + (None,) * 9
-
-
-_roi_align_tokens_op.register_autograd(_roi_align_tokens_grad, setup_context=_roi_align_tokens_setup)
-_roi_align_tokens_backward_op.register_autograd(
-    _roi_align_tokens_backward_grad, setup_context=_roi_align_tokens_backward_setup
+_roi_align_call = register_linear_op(
+    "spatialreward::roi_align",
+    schema="(Tensor input, Tensor boxes, SymInt pooled_height, SymInt pooled_width, float spatial_scale, "
+    "SymInt sampling_ratio, bool aligned) -> Tensor",
+    backward_schema="(Tensor grad, Tensor boxes, SymInt batch, SymInt channels, SymInt height, SymInt width, "
+    "float spatial_scale, SymInt sampling_ratio, bool aligned) -> Tensor",
+    reference=_nchw_reference, kernel=_roi_align_triton, fake=_nchw_fake,
+    backward_reference=_nchw_backward_reference, backward_kernel=_nchw_backward_kernel,
+    backward_fake=_nchw_backward_fake,
+    # forward (input, boxes, oh, ow, scale, sr, aligned) -> backward's (N, C, H, W, scale, sr, aligned)
+    backward_args=lambda inputs: (*inputs[0].shape, *inputs[4:]),
+    # backward (grad[K, C, oh, ow], boxes, N, C, H, W, scale, sr, aligned) -> forward's (oh, ow, scale, sr, aligned)
+    adjoint_args=lambda inputs: (inputs[0].shape[2], inputs[0].shape[3], *inputs[6:]),
+    dtypes=KERNEL_DTYPES,
 )
 
 
-class _RoIAlignEager(torch.autograd.Function):
-    """`roi_align` on the Triton kernels without the custom-op layer, for eager calls (see `eager_fast_path`)."""
-
-    @staticmethod
-    def forward(ctx, input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned):
-        ctx.save_for_backward(boxes)
-        ctx.shape, ctx.params = tuple(input.shape), (spatial_scale, sampling_ratio, aligned)
-        return _roi_align_triton(input, boxes, oh, ow, spatial_scale, sampling_ratio, aligned)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (boxes,) = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the custom backward op is itself differentiable
-            return (torch.ops.spatialreward.roi_align_backward(grad, boxes, *ctx.shape, *ctx.params),) + (None,) * 6
-        return (_roi_align_backward_triton(grad, boxes, ctx.shape, *ctx.params),) + (None,) * 6
+def _tokens_reference(tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix):
+    return roi_align_tokens_reference(tokens, boxes, (gh, gw), (oh, ow), spatial_scale, sampling_ratio, aligned, prefix)
 
 
-class _RoIAlignTokensEager(torch.autograd.Function):
-    """`roi_align_tokens` on the Triton kernels without the custom-op layer, for eager calls."""
+def _tokens_fake(tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix):
+    return tokens.new_empty(boxes.shape[0], oh, ow, tokens.shape[2])
 
-    @staticmethod
-    def forward(ctx, tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix):
-        ctx.save_for_backward(boxes)
-        ctx.args = (tokens.shape[0], tokens.shape[1], gh, gw, spatial_scale, sampling_ratio, aligned, prefix)
-        return _roi_align_tokens_triton(tokens, boxes, gh, gw, oh, ow, spatial_scale, sampling_ratio, aligned, prefix)
 
-    @staticmethod
-    def backward(ctx, grad):
-        (boxes,) = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the custom backward op is itself differentiable
-            return (torch.ops.spatialreward.roi_align_tokens_backward(grad, boxes, *ctx.args),) + (None,) * 9
-        return (_roi_align_tokens_backward_triton(grad, boxes, *ctx.args),) + (None,) * 9
+def _tokens_backward_reference(grad, boxes, batch, num_tokens, gh, gw, spatial_scale, sampling_ratio, aligned, prefix):
+    return roi_align_tokens_backward_reference(
+        grad, boxes, (batch, num_tokens, grad.shape[3]), (gh, gw), spatial_scale, sampling_ratio, aligned, prefix
+    )
+
+
+def _tokens_backward_fake(grad, boxes, batch, num_tokens, gh, gw, spatial_scale, sampling_ratio, aligned, prefix):
+    return grad.new_empty(batch, num_tokens, grad.shape[3])
+
+
+_roi_align_tokens_call = register_linear_op(
+    "spatialreward::roi_align_tokens",
+    schema="(Tensor tokens, Tensor boxes, SymInt grid_height, SymInt grid_width, SymInt pooled_height, "
+    "SymInt pooled_width, float spatial_scale, SymInt sampling_ratio, bool aligned, SymInt num_prefix_tokens) "
+    "-> Tensor",
+    backward_schema="(Tensor grad, Tensor boxes, SymInt batch, SymInt num_tokens, SymInt grid_height, "
+    "SymInt grid_width, float spatial_scale, SymInt sampling_ratio, bool aligned, SymInt num_prefix_tokens) -> Tensor",
+    reference=_tokens_reference, kernel=_roi_align_tokens_triton, fake=_tokens_fake,
+    backward_reference=_tokens_backward_reference, backward_kernel=_roi_align_tokens_backward_triton,
+    backward_fake=_tokens_backward_fake,
+    # forward (tokens, boxes, gh, gw, oh, ow, scale, sr, aligned, prefix) -> backward's (B, N, gh, gw, scale, ...)
+    backward_args=lambda inputs: (inputs[0].shape[0], inputs[0].shape[1], inputs[2], inputs[3], *inputs[6:]),
+    # backward (grad[K, oh, ow, C], boxes, B, N, gh, gw, scale, sr, aligned, prefix) -> forward's (gh, gw, oh, ...)
+    adjoint_args=lambda inputs: (inputs[4], inputs[5], inputs[0].shape[1], inputs[0].shape[2], *inputs[6:]),
+    dtypes=KERNEL_DTYPES,
+)
 
 
 # %%
 # Public API
 # ----------
+
+
+class RoIBoxesError(ValueError, AssertionError):
+    """Malformed `boxes`. A ValueError, and an AssertionError too: torchvision's RoI ops raise AssertionError for a
+    bad box shape, so code written against `torchvision.ops.roi_align` catches ours unchanged."""
 
 
 def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
@@ -665,49 +595,95 @@ def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
     return size  # type: ignore[return-value]
 
 
-def _check_boxes(boxes: Tensor, like: Tensor) -> None:
+def _as_rois(boxes: Tensor | Sequence[Tensor], like: Tensor) -> Tensor:
+    """``[K, 5]`` rows of (batch_index, x1, y1, x2, y2) from either box form torchvision accepts: one ``[K, 5]``
+    tensor, or a list/tuple with one ``[L_i, 4]`` tensor of (x1, y1, x2, y2) per image (image ``i`` -> index i)."""
+    if isinstance(boxes, (list, tuple)):
+        for i, b in enumerate(boxes):
+            if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4:
+                shape = tuple(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                raise RoIBoxesError(
+                    f"boxes[{i}] has shape {shape}; a list of boxes holds one [L, 4] tensor of (x1, y1, x2, y2) "
+                    "per image (or pass one [K, 5] tensor with the batch index first)"
+                )
+            _check_box_tensor(b, like, f"boxes[{i}]")
+        if not boxes:
+            return like.new_zeros(0, 5, dtype=like.dtype if like.is_floating_point() else torch.float32)
+        return torch.cat([torch.cat([b.new_full((b.shape[0], 1), i), b], 1) for i, b in enumerate(boxes)])
+    if not isinstance(boxes, Tensor):
+        raise RoIBoxesError(f"boxes is a {type(boxes).__name__}; pass a [K, 5] tensor or a list of [L, 4] tensors")
     if boxes.dim() != 2 or boxes.shape[1] != 5:
-        raise ValueError(
+        raise RoIBoxesError(
             f"boxes has shape {tuple(boxes.shape)}; expected [K, 5] rows of (batch_index, x1, y1, x2, y2) — "
-            "prepend the batch index column, e.g. torch.cat([idx[:, None], xyxy], 1)"
+            "prepend the batch index column, e.g. torch.cat([idx[:, None], xyxy], 1), or pass a list of [L, 4] "
+            "tensors, one per image"
         )
+    _check_box_tensor(boxes, like, "boxes")
+    return boxes
+
+
+def _check_box_tensor(boxes: Tensor, like: Tensor, what: str) -> None:
     if not boxes.is_floating_point():
-        raise TypeError(f"boxes has dtype {boxes.dtype}; pass floating-point boxes (e.g. boxes.float())")
+        raise TypeError(f"{what} has dtype {boxes.dtype}; pass floating-point boxes (e.g. boxes.float())")
     if boxes.device != like.device:
-        raise ValueError(f"boxes are on {boxes.device} but the features are on {like.device}; move them with .to()")
+        raise ValueError(f"{what} are on {boxes.device} but the features are on {like.device}; move them with .to()")
+
+
+def _fx_proxy(*args):
+    """The first `torch.fx.Proxy` among `args` (one level into lists), else None: while `torch.fx.symbolic_trace`
+    runs, the public functions record themselves as one leaf node instead of tracing their Python checks."""
+    for a in args:
+        for item in a if isinstance(a, (list, tuple)) else (a,):
+            if isinstance(item, torch.fx.Proxy):
+                return item
+    return None
 
 
 def roi_align(
-    input: Tensor, boxes: Tensor, output_size: int | Sequence[int], spatial_scale: float = 1.0,
+    input: Tensor, boxes: Tensor | Sequence[Tensor], output_size: int | Sequence[int], spatial_scale: float = 1.0,
     sampling_ratio: int = -1, aligned: bool = False,
 ) -> Tensor:
-    """RoIAlign as `torchvision.ops.roi_align`: ``input[N, C, H, W]``, ``boxes[K, 5]`` -> ``[K, C, oh, ow]``.
+    """RoIAlign as `torchvision.ops.roi_align`: ``input[N, C, H, W]`` -> ``[K, C, oh, ow]``.
 
-    Differentiable w.r.t. `input` (boxes get no gradient). Runs the Triton kernel on CUDA (see `set_backend`), the
-    vectorised reference elsewhere; exports to ONNX ``RoiAlign`` via `spatialreward.kernels.onnx`.
+    `boxes` is a ``[K, 5]`` tensor of (batch_index, x1, y1, x2, y2), or a list of ``[L_i, 4]`` tensors, one per
+    image. Differentiable w.r.t. `input` (boxes get no gradient). Computes in fp32 for fp32/fp16/bf16 input, also
+    under autocast, and in fp64 for fp64 input (on the reference: the kernels are fp32). Runs the Triton kernel on
+    CUDA (see `set_backend`), the vectorised reference elsewhere; a leaf for `torch.fx`; exports to ONNX
+    ``RoiAlign`` via `spatialreward.kernels.onnx`.
     """
+    proxy = _fx_proxy(input, boxes)
+    if proxy is not None:
+        return proxy.tracer.create_proxy(
+            "call_function", _FX_TARGETS["roi_align"], (input, boxes, output_size, spatial_scale, sampling_ratio,
+                                                        aligned), {}
+        )
     if input.dim() != 4:
         raise ValueError(
             f"input has shape {tuple(input.shape)}; expected [N, C, H, W] (use roi_align_tokens for [B, N, C])"
         )
-    _check_boxes(boxes, input)
+    rois = _as_rois(boxes, input)
     oh, ow = _pair(output_size)
-    args = (input, boxes, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned))
-    return _RoIAlignEager.apply(*args) if eager_fast_path(input) else torch.ops.spatialreward.roi_align(*args)
+    args = (input, rois, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned))
+    return _roi_align_call(*args)
 
 
 def roi_align_tokens(
-    tokens: Tensor, boxes: Tensor, grid_size: Sequence[int], output_size: int | Sequence[int],
+    tokens: Tensor, boxes: Tensor | Sequence[Tensor], grid_size: Sequence[int], output_size: int | Sequence[int],
     spatial_scale: float = 1.0, sampling_ratio: int = -1, aligned: bool = False, num_prefix_tokens: int = 0,
 ) -> Tensor:
     """RoIAlign on ViT tokens ``[B, N, C]`` laid out row-major on ``grid_size = (gh, gw)``: ``[K, oh, ow, C]``.
 
     The first `num_prefix_tokens` tokens (class/register tokens) are skipped. Equals `roi_align` on
-    ``tokens[:, prefix:].transpose(1, 2).reshape(B, C, gh, gw)`` permuted to channels-last, without that copy.
+    ``tokens[:, prefix:].transpose(1, 2).reshape(B, C, gh, gw)`` permuted to channels-last, without that copy;
+    `boxes` and dtypes as for `roi_align`.
     """
+    proxy = _fx_proxy(tokens, boxes)
+    if proxy is not None:
+        args = (tokens, boxes, grid_size, output_size, spatial_scale, sampling_ratio, aligned, num_prefix_tokens)
+        return proxy.tracer.create_proxy("call_function", _FX_TARGETS["roi_align_tokens"], args, {})
     if tokens.dim() != 3:
         raise ValueError(f"tokens has shape {tuple(tokens.shape)}; expected [B, N, C]")
-    _check_boxes(boxes, tokens)
+    rois = _as_rois(boxes, tokens)
     gh, gw = _pair(grid_size)
     oh, ow = _pair(output_size)
     if tokens.shape[1] != num_prefix_tokens + gh * gw:
@@ -715,11 +691,38 @@ def roi_align_tokens(
             f"tokens has {tokens.shape[1]} tokens but grid_size={gh}x{gw} plus num_prefix_tokens={num_prefix_tokens} "
             f"needs {num_prefix_tokens + gh * gw}; fix grid_size or num_prefix_tokens (e.g. 1 for a class token)"
         )
-    args = (tokens, boxes, gh, gw, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned),
+    args = (tokens, rois, gh, gw, oh, ow, float(spatial_scale), int(sampling_ratio), bool(aligned),
             int(num_prefix_tokens))
-    if eager_fast_path(tokens):
-        return _RoIAlignTokensEager.apply(*args)
-    return torch.ops.spatialreward.roi_align_tokens(*args)
+    return _roi_align_tokens_call(*args)
+
+
+# torchvision wraps its op the same way: `torch.fx.symbolic_trace` of code in this module (e.g. `RoIAlign`) keeps the
+# call as one node. Calls from other modules are caught by the Proxy check at the top of each function.
+torch.fx.wrap("roi_align")
+torch.fx.wrap("roi_align_tokens")
+# the functions themselves, for the nodes they record: while tracing, the module globals above are fx's wrappers
+_FX_TARGETS = {"roi_align": roi_align, "roi_align_tokens": roi_align_tokens}
+
+
+class RoIAlign(torch.nn.Module):
+    """`roi_align` as a module, like `torchvision.ops.RoIAlign` (same arguments, same repr)."""
+
+    def __init__(self, output_size: int | Sequence[int], spatial_scale: float, sampling_ratio: int,
+                 aligned: bool = False):
+        super().__init__()
+        self.output_size = output_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(self, input: Tensor, rois: Tensor | Sequence[Tensor]) -> Tensor:
+        return roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned})"
+        )
 
 
 # %%
