@@ -87,8 +87,9 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
                           splits: Sequence[str] | None = None, teacher: str = "oracle", device: str = "cpu",
                           max_groups: int | None = None, text_encoder=None, progress: bool = True,
                           title: str | None = None) -> dict[str, Any]:
-    """Evaluate the student in ``model_dir`` on each split of ``data_dir`` (default: every split present, the
-    generalisation splits in their canonical order) and write ``out_json`` plus a PNG beside it."""
+    """Evaluate the student in ``model_dir`` on each split of ``data_dir`` and write ``out_json`` plus a PNG beside
+    it. Default splits: the generalisation splits present, in their canonical order; in a set without any (a
+    training set), its ``heldout`` split."""
     import json
 
     from spatialreward.dataset import atomic_write_bytes, read_samples
@@ -101,8 +102,7 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
     model = Student.from_pretrained(model_dir, map_location=device).to(device)
     present = list(dict.fromkeys(str(s.split) for s in read_samples(data_dir)))
     if splits is None:
-        splits = [s for s in GENERALISATION_SPLITS if s in present] + sorted(
-            s for s in present if s not in GENERALISATION_SPLITS)
+        splits = [s for s in GENERALISATION_SPLITS if s in present] or ["heldout"]
     missing = [s for s in splits if s not in present]
     if missing:
         raise ValueError(f"{data_dir}: no split {missing} (present: {present}); make a generalisation set with "

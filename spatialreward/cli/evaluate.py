@@ -15,7 +15,7 @@ Examples:
   spatialreward eval --model runs/nano --data data/synth --split train --out runs/nano/eval-train
   spatialreward synth --out data/gen --groups 240 --layout generalisation --seed 777
   spatialreward label --teacher oracle --data data/gen
-  spatialreward eval --model runs/nano --data data/gen --report generalisation --out docs/results/generalisation_nano.json
+  spatialreward eval --model runs/nano --data data/gen --report generalisation --out docs/results/gen_nano.json
 """
 
 

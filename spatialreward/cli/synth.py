@@ -91,6 +91,12 @@ def synth(
     console.print(f"splits — {splits}")
     console.print("operations — " + ", ".join(f"{k}: {n}" for k, n in report.operations.items()))
     console.print(f"held-out photos — {', '.join(report.photos['heldout']) or 'none'}")
+    if recipe == "diverse":
+        families = ", ".join(options["heldout_families"]) or "none"
+        console.print(f"recipe diverse — never in training: failure families {families}; phrasing "
+                      f"{heldout_phrasing}; scene styles {', '.join(options['heldout_scene_styles'])}"
+                      + ("; evaluation-only images " + ", ".join(report.photos.get("eval_pool", []))
+                         if layout == "generalisation" else ""))
     console.print(f"next: spatialreward label --teacher oracle --data {report.out}")
 
 
