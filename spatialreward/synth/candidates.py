@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from spatialreward.synth import artifacts as art
+from spatialreward.synth import failures as fail
 from spatialreward.synth import objects as obj
 from spatialreward.synth import operations as ops
 from spatialreward.synth import regions as reg
@@ -191,8 +192,78 @@ def _add_artifacts(rng: np.random.Generator, plan: ops.EditPlan, content: np.nda
     return edited
 
 
-def make_candidate(rng: np.random.Generator, op, plan: ops.EditPlan, kind: str, ideal: np.ndarray) -> Draft:
-    """Build one candidate of ``kind`` (before jitter and quantisation)."""
+MIN_ARTIFACT_EVIDENCE = 0.12  # the truth's artifact exponent: 25·e^−0.12 ≈ 22.2, below what jitter alone costs
+
+
+def artifact_evidence(content: np.ndarray, edited: np.ndarray, where: np.ndarray | None) -> float:
+    """The exponent the truth's artifacts sub-score would give ``edited`` over ``content`` (luma SSIM loss over the
+    frame and over ``where``, chroma SSIM loss): how visible a degradation is, before jitter."""
+    from spatialreward.synth.truth import _chroma, _luma, _ssim_map
+
+    ssim = _ssim_map(_luma(edited), _luma(content))
+    local = ssim[where] if where is not None and where.any() else ssim
+    chroma = np.mean([1.0 - _ssim_map(_chroma(edited, k), _chroma(content, k)).mean() for k in (1, 2)])
+    return float(3.0 * (1.0 - ssim.mean()) + 1.5 * (1.0 - local.mean()) + 6.0 * max(float(chroma), 0.0))
+
+
+def _family_artifacts(rng: np.random.Generator, plan: ops.EditPlan, content: np.ndarray, params: dict,
+                      families: tuple[str, ...]) -> np.ndarray:
+    """Degrade ``content`` with one of ``families`` (`failures.ARTIFACT_FAMILIES`) at a random strength, local to
+    the edit (60 % of local edits) or over the frame. The strength spreads from faint to strong on purpose: the
+    truth scores the evidence (E − C), so a faint artifact is labelled nearly clean. A draw whose evidence stays
+    under `MIN_ARTIFACT_EVIDENCE` (blur on a flat area; a few pixels on a tone edit, judged over the frame) is
+    redrawn stronger, up to 4 times: an artifact candidate must be visibly worse than the jitter every candidate
+    gets."""
+    s, size = plan.source, plan.source.shape[0]
+    strength = float(rng.uniform(0.3, 1.0))
+    for _ in range(4):
+        name = families[int(rng.integers(len(families)))]
+        family = fail.ARTIFACT_FAMILIES[name]
+        local = family.local_only or (not plan.is_global and rng.random() < 0.6)
+        if local and not plan.is_global:
+            area = diff_mask(s, content)
+            area = reg.dilate(area if area.any() else plan.region.mask, max(1, size // 75))
+        elif local:
+            area = plan.decoy.mask
+        else:
+            area = None
+        p: dict[str, Any] = {}
+        edited = fail.degrade(rng, content, name, strength, area, p)
+        if artifact_evidence(content, edited, None if plan.is_global else area) >= MIN_ARTIFACT_EVIDENCE:
+            break
+        strength = min(1.0, strength + 0.3)
+    params.update(family=name, strength_failure=round(strength, 4), scope="local" if area is not None else "global",
+                  family_params=p)
+    return edited
+
+
+def _family_over_edit(rng: np.random.Generator, plan: ops.EditPlan, content: np.ndarray, params: dict,
+                      families: tuple[str, ...]) -> tuple[np.ndarray, bool]:
+    """``content`` plus an over-edit of one of ``families``; returns it and whether it changed the whole frame.
+    Tone edits skip frame-wide filters (their consistency measure cannot tell those from the tone itself)."""
+    if plan.is_global:
+        families = tuple(f for f in families if not fail.OVER_EDIT_FAMILIES[f].hidden_in_global_edits) or families
+    name = families[int(rng.integers(len(families)))]
+    family = fail.OVER_EDIT_FAMILIES[name]
+    strength = float(rng.uniform(0.25, 1.0))
+    protect = np.zeros(content.shape[:2], bool) if plan.is_global else plan.region.mask
+
+    def free_region() -> reg.Region:
+        if plan.is_global:
+            return reg.area_region(rng, content, reg.pick_cell(rng))
+        return _free_region(rng, content, plan.region.mask)
+
+    p: dict[str, Any] = {}
+    out = family.apply(rng, content, strength, {"plan": plan, "protect": protect, "free_region": free_region}, p)
+    params.update(family=name, strength_failure=round(strength, 4), family_params=p)
+    return np.clip(out, 0, 1).astype(np.float32), family.frame
+
+
+def make_candidate(rng: np.random.Generator, op, plan: ops.EditPlan, kind: str, ideal: np.ndarray,
+                   failures: fail.FailurePools | None = None) -> Draft:
+    """Build one candidate of ``kind`` (before jitter and quantisation). ``failures`` draws artifacts and
+    over-edits from those families (the diverse recipe); None keeps the classic generator's five artifact types
+    and its collateral over-edit (byte-identical to ``synth-v1``)."""
     s = plan.source
     size = s.shape[0]
     params: dict[str, Any] = {}
@@ -238,6 +309,10 @@ def make_candidate(rng: np.random.Generator, op, plan: ops.EditPlan, kind: str, 
         content = _strength_blend(s, full, strength)
         params["strength"] = round(strength, 4)
         own_ideal = full
+    elif kind == "over_edit" and failures is not None:
+        content, _ = correct()
+        content, frame = _family_over_edit(rng, plan, content, params, failures.over_edits)
+        global_change = global_change or frame
     elif kind == "over_edit":
         content, _ = correct()
         content, what = collateral(rng, plan, content)
@@ -259,7 +334,9 @@ def make_candidate(rng: np.random.Generator, op, plan: ops.EditPlan, kind: str, 
     params.pop("_fill_mix", None)
 
     edited = content
-    if kind == "artifacts":
+    if kind == "artifacts" and failures is not None:
+        edited = _family_artifacts(rng, plan, content, params, failures.artifacts)
+    elif kind == "artifacts":
         edited = _add_artifacts(rng, plan, content, params)
     return Draft(kind=kind, content=content, edited=edited, global_change=global_change, applied=applied,
                  params=params, own_ideal=own_ideal)

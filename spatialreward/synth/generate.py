@@ -38,19 +38,30 @@ from spatialreward.dataset import DatasetError, atomic_write_bytes, write_sample
 from spatialreward.synth import candidates as cand
 from spatialreward.synth import truth
 from spatialreward.synth.artifacts import jitter
-from spatialreward.synth.instructions import render_instruction
+from spatialreward.synth.failures import DEFAULT_HELDOUT_FAMILIES, FailurePools, check_families
+from spatialreward.synth.instructions import DEFAULT_HELDOUT_PHRASING, PHRASINGS, render_instruction, render_phrased
 from spatialreward.synth.objects import colour_hue
 from spatialreward.synth.operations import OPERATION_WEIGHTS, OPERATIONS
-from spatialreward.synth.photos import available_photos, load_photo, random_view, split_photos
+from spatialreward.synth.photos import (available_eval_photos, available_photos, load_eval_photo, load_photo,
+                                       random_view, split_photos)
+from spatialreward.synth.scenes import DEFAULT_HELDOUT_STYLES, SCENE_STYLES, render_scene
 from spatialreward.types import EditSample
 
-GENERATOR_VERSION = "synth-v1"  # bump when the same seed would give different data
+GENERATOR_VERSION = "synth-v2"  # bump when the same seed would give different data (the diverse recipe)
+CLASSIC_VERSION = "synth-v1"  # the classic recipe, byte-identical to the generator before failure families
 MANIFEST = "synth.json"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------------------------
+
+
+RECIPES = ("diverse", "classic")
+LAYOUTS = ("train", "generalisation")
+# Splits of a generalisation set, in the order groups cycle through them; each shifts one factor from training.
+GENERALISATION_SPLITS = ("in_distribution", "heldout_photos", "heldout_scenes", "heldout_phrasing",
+                         "heldout_failures", "eval_pool")
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,13 @@ class SynthConfig:
         candidates: edits per group (G); 8 gives one of each kind.
         size: square image side in pixels.
         heldout_fraction: share of groups (and of source photos) kept for the held-out split.
+        recipe: ``diverse`` (failure families, rendered scenes, phrasing families) or ``classic`` (``synth-v1``,
+            byte-identical to the old generator: five artifact types, one over-edit, photos only).
+        layout: ``train`` (splits ``train`` + ``heldout``) or ``generalisation`` (an evaluation-only set whose
+            groups cycle through `GENERALISATION_SPLITS`, each holding out one factor).
+        procedural_fraction: share of training groups whose source is a rendered scene instead of a photo.
+        heldout_families / heldout_phrasing / heldout_scene_styles: never in training; only in the generalisation
+            layout's ``heldout_failures`` / ``heldout_phrasing`` / ``heldout_scenes`` splits.
     """
 
     groups: int = field(default=200, metadata={"help": "Number of GRPO groups."})
@@ -70,6 +88,12 @@ class SynthConfig:
     candidates: int = field(default=8, metadata={"help": "Candidates per group (8 = one per kind)."})
     size: int = field(default=224, metadata={"help": "Image side in pixels."})
     heldout_fraction: float = field(default=0.2, metadata={"help": "Share of groups and photos held out."})
+    recipe: str = field(default="diverse", metadata={"help": "diverse or classic (the synth-v1 generator)."})
+    layout: str = field(default="train", metadata={"help": "train (train + heldout) or generalisation."})
+    procedural_fraction: float = field(default=0.35, metadata={"help": "Share of rendered-scene sources."})
+    heldout_families: tuple[str, ...] = field(default=DEFAULT_HELDOUT_FAMILIES)
+    heldout_phrasing: str = field(default=DEFAULT_HELDOUT_PHRASING)
+    heldout_scene_styles: tuple[str, ...] = field(default=DEFAULT_HELDOUT_STYLES)
 
     def __post_init__(self) -> None:
         if self.groups < 1:
@@ -80,9 +104,29 @@ class SynthConfig:
             raise ValueError(f"size={self.size}: use 48–1024 pixels (objects and regions need room; 224 is usual)")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction={self.heldout_fraction}: use a value in [0, 1), e.g. 0.2")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe={self.recipe!r}: use one of {', '.join(RECIPES)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout={self.layout!r}: use one of {', '.join(LAYOUTS)}")
+        if self.layout == "generalisation" and self.recipe != "diverse":
+            raise ValueError("layout='generalisation' needs recipe='diverse' (the classic generator has no families)")
+        if not 0.0 <= self.procedural_fraction <= 1.0:
+            raise ValueError(f"procedural_fraction={self.procedural_fraction}: use a value in [0, 1]")
+        object.__setattr__(self, "heldout_families", check_families(tuple(self.heldout_families)))
+        object.__setattr__(self, "heldout_scene_styles", tuple(self.heldout_scene_styles))
+        bad = [s for s in self.heldout_scene_styles if s not in SCENE_STYLES]
+        if bad or len(self.heldout_scene_styles) >= len(SCENE_STYLES):
+            raise ValueError(f"heldout_scene_styles={self.heldout_scene_styles}: use some (not all) of "
+                             f"{', '.join(SCENE_STYLES)}")
+        if self.heldout_phrasing not in PHRASINGS:
+            raise ValueError(f"heldout_phrasing={self.heldout_phrasing!r}: use one of {', '.join(PHRASINGS)}")
+        FailurePools.split(self.heldout_families, evaluation=False)  # raises when a kind has nothing left
 
     def split_of(self, index: int) -> str:
-        """``heldout`` for evenly spread groups (exactly ``round(groups · fraction)`` of them), else ``train``."""
+        """Train layout: ``heldout`` for evenly spread groups (exactly ``round(groups · fraction)`` of them), else
+        ``train``. Generalisation layout: the groups cycle through `GENERALISATION_SPLITS`."""
+        if self.layout == "generalisation":
+            return GENERALISATION_SPLITS[index % len(GENERALISATION_SPLITS)]
         f = self.heldout_fraction
         return "heldout" if math.floor((index + 1) * f) > math.floor(index * f) else "train"
 
@@ -149,6 +193,7 @@ class Group:
     intended_boxes: list[list[float]]
     candidates: list[Candidate]
     describe: dict[str, str] = field(default_factory=dict)  # attribute key → phrase, for applied attributes
+    phrasing: str = ""  # the instruction's phrasing family (diverse recipe; "" for the classic templates)
 
 
 def _quantise(x: np.ndarray) -> np.ndarray:
@@ -174,14 +219,19 @@ def make_group(
     size: int = 224,
     candidates: int = 8,
     operation: str | None = None,
+    failures: FailurePools | None = None,
+    phrasings: tuple[str, ...] | None = None,
 ) -> Group:
     """Build one group from an RGB uint8 ``photo`` (any size): plan an edit, render G candidates, measure them.
 
     ``operation`` forces one of `operations.OPERATIONS` (default: drawn by `OPERATION_WEIGHTS`). An edit that
     would be invisible (e.g. "make it black and white" on a grey photo) is re-planned, up to 12 times.
+    ``failures`` (artifact / over-edit families to draw from) and ``phrasings`` (instruction phrasing families)
+    select the diverse recipe; left None, the group is the classic generator's (``synth-v1``).
     """
     with _one_blas_thread():
-        return _make_group(rng, photo, size=size, candidates=candidates, operation=operation)
+        return _make_group(rng, photo, size=size, candidates=candidates, operation=operation, failures=failures,
+                           phrasings=phrasings)
 
 
 @contextmanager
@@ -198,7 +248,7 @@ def _one_blas_thread():
 
 
 def _make_group(rng: np.random.Generator, photo: np.ndarray, *, size: int, candidates: int,
-                operation: str | None) -> Group:
+                operation: str | None, failures: FailurePools | None, phrasings: tuple[str, ...] | None) -> Group:
     op = OPERATIONS[operation or pick_operation(rng)]
     scale = size / 224
     for _ in range(12):
@@ -209,12 +259,15 @@ def _make_group(rng: np.random.Generator, photo: np.ndarray, *, size: int, candi
         if _visible(ideal, plan.source, plan.region.mask):
             break
     source = plan.source
-    instruction = render_instruction(rng, plan.family, plan.words)
+    if phrasings is None:
+        instruction, phrasing = render_instruction(rng, plan.family, plan.words), ""
+    else:
+        instruction, phrasing = render_phrased(rng, plan.family, plan.words, phrasings)
     intended = plan.region.mask
     ref = truth.reference(source, ideal, intended, is_global=op.is_global,
                           target_hue=colour_hue(plan.attribute) if op.name == "recolour" else None)
     kinds = cand.kinds_for(candidates, op.is_global)
-    drafts = [cand.make_candidate(rng, op, plan, kind, ideal) for kind in kinds]
+    drafts = [cand.make_candidate(rng, op, plan, kind, ideal, failures) for kind in kinds]
     out: list[Candidate] = []
     for i in rng.permutation(len(drafts)):
         d = drafts[int(i)]
@@ -227,7 +280,8 @@ def _make_group(rng: np.random.Generator, photo: np.ndarray, *, size: int, candi
         else:
             changed = diff_top
             boxes = truth.boxes_of(changed)
-        measures = truth.measure(ref, d.content, edited, diff_all, own_ideal=d.own_ideal, change=change)
+        measures = truth.measure(ref, d.content, edited, diff_all, own_ideal=d.own_ideal, change=change,
+                                 chroma=failures is not None)
         out.append(Candidate(kind=d.kind, image=_quantise(edited), changed=changed, boxes=boxes,
                              subscores=truth.subscores(measures), measures=measures, applied=d.applied,
                              params=d.params))
@@ -236,7 +290,7 @@ def _make_group(rng: np.random.Generator, photo: np.ndarray, *, size: int, candi
     return Group(source=_quantise(source), instruction=instruction, operation=op.name, family=plan.family,
                  attribute=op.describe(plan.attribute), target=plan.words.get("target", ""),
                  position=plan.words.get("pos", ""), intended=intended,
-                 intended_boxes=intended_boxes, candidates=out, describe=describe)
+                 intended_boxes=intended_boxes, candidates=out, describe=describe, phrasing=phrasing)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -250,7 +304,9 @@ def _save_png(path: Path, array: np.ndarray) -> int:
     return path.stat().st_size
 
 
-def _group_samples(group: Group, group_id: str, split: str, photo: str) -> list[dict[str, Any]]:
+def _group_samples(group: Group, group_id: str, split: str, photo: str, config: SynthConfig,
+                   source_kind: str) -> list[dict[str, Any]]:
+    classic = config.recipe == "classic"
     samples = []
     for k, c in enumerate(group.candidates):
         meta = {
@@ -270,8 +326,10 @@ def _group_samples(group: Group, group_id: str, split: str, photo: str) -> list[
                 "measures": c.measures,
             },
             "masks": {"changed": f"masks/{group_id}/{k}_changed.png", "intended": f"masks/{group_id}/intended.png"},
-            "generator": GENERATOR_VERSION,
+            "generator": CLASSIC_VERSION if classic else GENERATOR_VERSION,
         }
+        if not classic:  # what the generalisation report groups by
+            meta.update(failure_family=c.params.get("family", ""), phrasing=group.phrasing, source_kind=source_kind)
         samples.append(EditSample(
             sample_id=f"{group_id}-{k}", source=f"images/{group_id}/source.png", edited=f"images/{group_id}/{k}.png",
             instruction=group.instruction, group_id=group_id, split=split, meta=meta,
@@ -284,20 +342,84 @@ def _config_key(config: SynthConfig) -> dict[str, Any]:
     set can be extended by running again with more groups (the first ones are read back)."""
     key = {"generator": GENERATOR_VERSION, **asdict(config)}
     del key["groups"]
-    return key
+    if config.recipe == "classic":  # exactly the old key: classic sets made before the diverse recipe resume
+        key = {k: key[k] for k in ("seed", "candidates", "size", "heldout_fraction")}
+        key = {"generator": CLASSIC_VERSION, **key}
+    return json.loads(json.dumps(key))  # tuples as lists, as synth.json and group.json hold them
+
+
+@dataclass(frozen=True)
+class SplitRecipe:
+    """Where one split's groups come from: photos (by name), rendered scene styles and how often, and the failure
+    and phrasing families they may use. ``failures`` / ``phrasings`` None: the classic generator."""
+
+    photos: tuple[str, ...]
+    eval_pool: bool = False  # the photo names are `photos.EVAL_POOL_PHOTOS` (matplotlib), not skimage
+    scene_styles: tuple[str, ...] = ()
+    procedural_fraction: float = 0.0
+    failures: FailurePools | None = None
+    phrasings: tuple[str, ...] | None = None
+
+
+def split_recipes(config: SynthConfig, train_photos: tuple[str, ...], heldout_photos: tuple[str, ...],
+                  eval_photos: tuple[str, ...]) -> dict[str, SplitRecipe]:
+    """Each split's `SplitRecipe`. Training sees no held-out photo, scene style, phrasing or failure family; each
+    generalisation split changes exactly one of those factors from the training distribution."""
+    if config.recipe == "classic":
+        return {"train": SplitRecipe(train_photos), "heldout": SplitRecipe(heldout_photos or train_photos)}
+    train_styles = tuple(s for s in SCENE_STYLES if s not in config.heldout_scene_styles)
+    phrasings = tuple(p for p in PHRASINGS if p != config.heldout_phrasing)
+    seen = FailurePools.split(config.heldout_families, evaluation=False)
+    unseen = FailurePools.split(config.heldout_families, evaluation=True)
+    base = SplitRecipe(train_photos, scene_styles=train_styles, procedural_fraction=config.procedural_fraction,
+                       failures=seen, phrasings=phrasings)
+    photos_only = SplitRecipe(heldout_photos or train_photos, failures=seen, phrasings=phrasings)
+    if config.layout == "train":
+        return {"train": base, "heldout": photos_only}
+    if not eval_photos:
+        raise DatasetError("the generalisation layout needs matplotlib's sample images for its eval_pool split, "
+                           "and none loads here (is matplotlib installed with its sample data?)")
+    return {
+        "in_distribution": base,
+        "heldout_photos": photos_only,
+        "heldout_scenes": SplitRecipe((), scene_styles=config.heldout_scene_styles, procedural_fraction=1.0,
+                                      failures=seen, phrasings=phrasings),
+        "heldout_phrasing": SplitRecipe(train_photos, scene_styles=train_styles,
+                                        procedural_fraction=config.procedural_fraction, failures=seen,
+                                        phrasings=(config.heldout_phrasing,)),
+        "heldout_failures": SplitRecipe(train_photos, scene_styles=train_styles,
+                                        procedural_fraction=config.procedural_fraction, failures=unseen,
+                                        phrasings=phrasings),
+        "eval_pool": SplitRecipe(eval_photos, eval_pool=True, failures=seen, phrasings=phrasings),
+    }
+
+
+def draw_source(rng: np.random.Generator, recipe: SplitRecipe) -> tuple[str, np.ndarray, str]:
+    """``(name, RGB uint8 image, source kind)`` of one group: a rendered scene (``scene:<style>``) with
+    probability ``procedural_fraction``, else a photo of the recipe's pool."""
+    if recipe.failures is None:  # classic: one draw, as synth-v1 made it
+        name = recipe.photos[int(rng.integers(len(recipe.photos)))]
+        return name, load_photo(name), "photo"
+    if recipe.scene_styles and (not recipe.photos or rng.random() < recipe.procedural_fraction):
+        style = recipe.scene_styles[int(rng.integers(len(recipe.scene_styles)))]
+        return f"scene:{style}", render_scene(rng, style), "scene"
+    name = recipe.photos[int(rng.integers(len(recipe.photos)))]
+    if recipe.eval_pool:
+        return name, load_eval_photo(name), "eval_pool"
+    return name, load_photo(name), "photo"
 
 
 def build_and_write_group(out: str, config: SynthConfig, index: int, group_id: str, split: str,
-                          pool: tuple[str, ...]) -> tuple[list[dict[str, Any]], bool, float]:
+                          recipe: SplitRecipe) -> tuple[list[dict[str, Any]], bool, float]:
     """Build group ``index`` and write its files. Returns its sample records, whether it was resumed (read back
     from a finished earlier run) and the CPU seconds it took."""
     cpu_start = time.process_time()
-    samples, resumed = _build_and_write_group(out, config, index, group_id, split, pool)
+    samples, resumed = _build_and_write_group(out, config, index, group_id, split, recipe)
     return samples, resumed, time.process_time() - cpu_start
 
 
 def _build_and_write_group(out: str, config: SynthConfig, index: int, group_id: str, split: str,
-                           pool: tuple[str, ...]) -> tuple[list[dict[str, Any]], bool]:
+                           recipe: SplitRecipe) -> tuple[list[dict[str, Any]], bool]:
     root = Path(out)
     marker = root / "images" / group_id / "group.json"
     key = _config_key(config)
@@ -309,14 +431,15 @@ def _build_and_write_group(out: str, config: SynthConfig, index: int, group_id: 
         except (OSError, ValueError):
             pass  # a damaged marker: rebuild the group
     rng = np.random.default_rng([config.seed, index])
-    photo_name = pool[int(rng.integers(len(pool)))]
-    group = make_group(rng, load_photo(photo_name), size=config.size, candidates=config.candidates)
+    photo_name, photo, source_kind = draw_source(rng, recipe)
+    group = make_group(rng, photo, size=config.size, candidates=config.candidates, failures=recipe.failures,
+                       phrasings=recipe.phrasings)
     _save_png(root / "images" / group_id / "source.png", group.source)
     _save_png(root / "masks" / group_id / "intended.png", group.intended.astype(np.uint8) * 255)
     for k, c in enumerate(group.candidates):
         _save_png(root / "images" / group_id / f"{k}.png", c.image)
         _save_png(root / "masks" / group_id / f"{k}_changed.png", c.changed.astype(np.uint8) * 255)
-    samples = _group_samples(group, group_id, split, photo_name)
+    samples = _group_samples(group, group_id, split, photo_name, config, source_kind)
     record = {"config": key, "index": index, "samples": samples}
     atomic_write_bytes(marker, json.dumps(record).encode())
     return samples, False
@@ -359,6 +482,7 @@ def generate_dataset(
     heldout_fraction: float = 0.2,
     workers: int | None = None,
     progress: bool = True,
+    **options: Any,
 ) -> SynthReport:
     """Write a synthetic edit set of ``groups`` GRPO groups to ``out`` and return what was made.
 
@@ -366,16 +490,21 @@ def generate_dataset(
     interrupted run into the same folder. ``workers`` processes build groups in parallel (default: all cores;
     0 or 1 builds in this process). Workers start by the ``forkserver`` method and re-import the main module, so
     a script calling this with workers > 1 needs the usual ``if __name__ == "__main__":`` guard.
+    ``options`` are the other `SynthConfig` fields (``recipe``, ``layout``, ``heldout_families``, …).
     """
     config = SynthConfig(groups=groups, seed=seed, candidates=candidates, size=size,
-                         heldout_fraction=heldout_fraction)
+                         heldout_fraction=heldout_fraction, **options)
     out = Path(out)
     _check_folder(out, config)
     out.mkdir(parents=True, exist_ok=True)
     names = available_photos()
     train_photos, heldout_photos = split_photos(names, heldout_fraction)
-    manifest = {"config": _config_key(config), "groups": groups,
-                "photos": {"train": list(train_photos), "heldout": list(heldout_photos)}}
+    eval_photos = available_eval_photos() if config.layout == "generalisation" else ()
+    recipes = split_recipes(config, train_photos, heldout_photos, eval_photos)
+    photos = {"train": list(train_photos), "heldout": list(heldout_photos)}
+    if config.recipe == "diverse":
+        photos["eval_pool"] = list(eval_photos)
+    manifest = {"config": _config_key(config), "groups": groups, "photos": photos}
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
 
     split_counter: Counter[str] = Counter()
@@ -384,8 +513,7 @@ def generate_dataset(
         split = config.split_of(i)
         group_id = f"{split}-{split_counter[split]:05d}"
         split_counter[split] += 1
-        pool = heldout_photos if split == "heldout" else train_photos
-        tasks.append((str(out), config, i, group_id, split, pool))
+        tasks.append((str(out), config, i, group_id, split, recipes[split]))
 
     workers = default_workers() if workers is None else max(1, workers)
     workers = min(workers, groups)
@@ -422,7 +550,7 @@ def generate_dataset(
         bytes_on_disk=_dir_bytes(out), kinds=dict(sorted(kinds.items())),
         splits=dict(Counter(s.split for s in samples)), groups_per_split=dict(split_counter),
         operations=dict(sorted(Counter(g[0]["meta"]["operation"] for g in results).items())),
-        photos={"train": list(train_photos), "heldout": list(heldout_photos)},
+        photos=photos,
         resumed_groups=resumed, workers=workers, cpu_seconds=round(cpu_seconds, 2),
     )
     manifest["counts"] = {"samples": report.samples, "kinds": report.kinds, "splits": report.splits,

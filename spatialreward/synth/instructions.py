@@ -111,3 +111,121 @@ def render_instruction(rng: np.random.Generator, family: str, words: dict[str, s
             templates = tuple(t for t in templates if "looks {adj}" not in t)
     text = templates[int(rng.integers(len(templates)))].format(**words)
     return text[0].upper() + text[1:]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Phrasing families (the diverse recipe): whole ways of writing an instruction, one of which can be held out
+# ---------------------------------------------------------------------------------------------------------------
+
+PHRASINGS = ("imperative", "request", "descriptive", "terse")
+DEFAULT_HELDOUT_PHRASING = "terse"
+
+# Goal statements ("X should be Y") beyond the few in `TEMPLATES`.
+DESCRIPTIVE: dict[str, tuple[str, ...]] = {
+    "recolour_object": ("In the edited photo, {target} is {colour}.", "{target} should end up {colour}."),
+    "recolour_area": ("{target} should have a {colour} tint.", "The result shows {target} in {colour}."),
+    "add": ("The photo has {article} {colour} {thing} {pos}.", "The picture now shows {article} {colour} {thing} "
+            "{pos}."),
+    "remove": ("The photo has no {thing} {pos} any more.", "{target} should be gone."),
+    "texture_object": ("{target} should look like {material}.", "In the result, {target} is made of {material}."),
+    "texture_area": ("{target} should be covered in {material}.", "The result has {material} over {target}."),
+    "background_object": ("The {thing} should stand in front of {background}.",
+                          "Behind the {thing} there should be {background}."),
+    "background_subject": ("The central subject should stand in front of {background}.",),
+    "background_blur": ("The background behind the {thing} should be out of focus.",),
+    "tone": ("The whole image has {noun}.", "The photo ends up with {noun} everywhere."),
+}
+# Polite requests for the families whose `TEMPLATES` have none.
+REQUEST: dict[str, tuple[str, ...]] = {
+    "texture_area": ("Could you cover {target} with {material}?", "Please give {target} a {material} texture."),
+    "background_object": ("Could you replace the background with {background}?",
+                          "Please put the {thing} in front of {background}."),
+    "background_subject": ("Could you put {background} around the subject in the middle?",),
+    "background_blur": ("Could you blur the background behind the {thing}?",),
+    "texture_object": ("Could you make {target} look like {material}?",),
+    "recolour_area": ("Could you tint {target} {colour}?",),
+}
+# Terse, note-like instructions (a caption fragment, an arrow): the family held out by default.
+TERSE: dict[str, tuple[str, ...]] = {
+    "recolour_object": ("{thing} {pos} -> {colour}", "{colour} {thing} {pos}", "{target}: {colour}"),
+    "recolour_area": ("{target} -> {colour}", "{colour} tint, {target}"),
+    "add": ("+ {colour} {thing} {pos}", "new {colour} {thing} {pos}"),
+    "remove": ("no {thing} {pos}", "{thing} {pos}: remove", "- {colour} {thing} {pos}"),
+    "texture_object": ("{thing} {pos} -> {material}", "{material} {thing} {pos}"),
+    "texture_area": ("{target} -> {material}", "{material} texture, {target}"),
+    "background_object": ("background -> {background}", "bg: {background}, keep {thing}"),
+    "background_subject": ("background: {background}, subject kept",),
+    "background_blur": ("blur bg behind {thing}", "background blur, {thing} sharp"),
+    "tone": ("whole photo: {noun}", "{noun}, global"),
+}
+_REQUEST_START = ("Can you", "Please", "I'd like", "I want")
+_DESCRIPTIVE_MARK = ("should be", "There should")
+
+# Word → synonyms (whole words, applied to the rendered text with probability 0.5 each).
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "red": ("crimson", "scarlet"), "orange": ("amber", "tangerine"), "yellow": ("golden", "lemon-yellow"),
+    "green": ("emerald", "leaf-green"), "teal": ("turquoise", "blue-green"), "blue": ("navy", "cobalt"),
+    "purple": ("violet", "lilac"), "pink": ("rose", "magenta"), "brown": ("chocolate", "tan"),
+    "grey": ("gray", "silver"), "ball": ("sphere",), "box": ("cube", "crate"), "sign": ("signpost", "board"),
+    "can": ("tin",), "cushion": ("pillow",), "balloon": ("party balloon",), "cone": ("traffic cone",),
+    "photo": ("picture", "image"), "remove": ("erase",), "wood": ("timber",), "marble": ("stone",),
+    "tiles": ("tiling",), "background": ("backdrop",), "centre": ("center",),
+}
+_SYNONYM_RE = None
+
+
+def phrasing_of(template: str) -> str:
+    """The phrasing family of a `TEMPLATES` entry: request, descriptive or imperative."""
+    if template.startswith(_REQUEST_START):
+        return "request"
+    if any(mark in template for mark in _DESCRIPTIVE_MARK):
+        return "descriptive"
+    return "imperative"
+
+
+def templates_for(family: str, phrasing: str) -> tuple[str, ...]:
+    """The templates of an edit ``family`` written in ``phrasing``."""
+    if phrasing == "terse":
+        return TERSE[family]
+    own = tuple(t for t in TEMPLATES[family] if phrasing_of(t) == phrasing)
+    extra = {"descriptive": DESCRIPTIVE, "request": REQUEST}.get(phrasing, {})
+    return own + extra.get(family, ())
+
+
+def with_synonyms(rng: np.random.Generator, text: str) -> str:
+    """``text`` with each known word replaced by a random synonym half of the time (one draw per word found)."""
+    import re
+
+    global _SYNONYM_RE
+    if _SYNONYM_RE is None:
+        _SYNONYM_RE = re.compile(r"\b(" + "|".join(sorted(SYNONYMS, key=len, reverse=True)) + r")\b")
+
+    def swap(match):
+        options = SYNONYMS[match.group(1)]
+        if rng.random() < 0.5:
+            return match.group(1)
+        return options[int(rng.integers(len(options)))]
+
+    return _SYNONYM_RE.sub(swap, text)
+
+
+def render_phrased(rng: np.random.Generator, family: str, words: dict[str, str],
+                   phrasings: tuple[str, ...]) -> tuple[str, str]:
+    """``(instruction, phrasing)``: a phrasing drawn from ``phrasings`` (those with templates for ``family``), a
+    template of it filled with ``words``, then synonyms. Position phrases are never swapped: the instruction must
+    still say where the edit belongs."""
+    usable = [p for p in phrasings if templates_for(family, p)]
+    if not usable:
+        raise ValueError(f"no templates for edit family {family!r} in phrasings {phrasings}")
+    phrasing = usable[int(rng.integers(len(usable)))]
+    templates = templates_for(family, phrasing)
+    if family == "tone" and words["adj"].startswith(("look", "glow")):
+        templates = tuple(t for t in templates if "looks {adj}" not in t) or templates
+    text = templates[int(rng.integers(len(templates)))].format(**words)
+    pos = words.get("pos", "")
+    if pos and pos in text:  # protect the position phrase from synonyms ("centre" → "center" is fine elsewhere)
+        head, _, tail = text.partition(pos)
+        text = with_synonyms(rng, head) + pos + with_synonyms(rng, tail)
+    else:
+        text = with_synonyms(rng, text)
+    return text[0].upper() + text[1:], phrasing

@@ -111,3 +111,54 @@ def random_view(rng: np.random.Generator, photo: np.ndarray, size: int, *, min_s
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     view = crop.resize((size, size), Image.Resampling.BILINEAR if side > size else Image.Resampling.BICUBIC)
     return np.asarray(view, dtype=np.float32) / 255.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evaluation-only pool: images another package ships, never used for training
+# ---------------------------------------------------------------------------------------------------------------
+
+# Name → how to read it from matplotlib's bundled sample data (`matplotlib.cbook.get_sample_data`). Elevation maps
+# become images through a colour map and hill shading, as a plotting user would see them.
+EVAL_POOL_PHOTOS = ("mpl:grace_hopper", "mpl:minduka", "mpl:mri", "mpl:jacksboro", "mpl:topobathy")
+
+
+def _relief(elevation: np.ndarray, cmap: str) -> np.ndarray:
+    import matplotlib
+    from matplotlib.colors import LightSource
+
+    z = np.asarray(elevation, np.float64)
+    rgb = LightSource(azdeg=315, altdeg=45).shade(z, cmap=matplotlib.colormaps[cmap], blend_mode="soft")
+    return (np.clip(rgb[..., :3], 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+@lru_cache(maxsize=None)
+def load_eval_photo(name: str) -> np.ndarray | None:
+    """One evaluation-only image (a name of `EVAL_POOL_PHOTOS`) as RGB uint8, or None when it cannot be read."""
+    try:
+        import matplotlib.cbook as cbook
+
+        if name == "mpl:grace_hopper":
+            with cbook.get_sample_data("grace_hopper.jpg") as f:
+                return _to_rgb_uint8(np.asarray(Image.open(f).convert("RGB")))
+        if name == "mpl:minduka":
+            with cbook.get_sample_data("Minduka_Present_Blue_Pack.png") as f:
+                return _to_rgb_uint8(np.asarray(Image.open(f).convert("RGBA")))
+        if name == "mpl:mri":
+            with cbook.get_sample_data("s1045.ima.gz") as f:
+                raw = np.frombuffer(f.read(), np.uint16).astype(np.float32).reshape(256, 256)
+            return _to_rgb_uint8((raw / max(float(raw.max()), 1.0) * 255).astype(np.uint8))
+        if name == "mpl:jacksboro":
+            return _relief(cbook.get_sample_data("jacksboro_fault_dem.npz")["elevation"], "gist_earth")
+        if name == "mpl:topobathy":
+            return _relief(cbook.get_sample_data("topobathy.npz")["topo"], "terrain")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:  # noqa: BLE001 — a matplotlib without its sample data: the pool is smaller
+        return None
+    raise ValueError(f"unknown evaluation-pool image {name!r}; known: {', '.join(EVAL_POOL_PHOTOS)}")
+
+
+@lru_cache(maxsize=None)
+def available_eval_photos() -> tuple[str, ...]:
+    """The evaluation-only images that load here."""
+    return tuple(n for n in EVAL_POOL_PHOTOS if load_eval_photo(n) is not None)

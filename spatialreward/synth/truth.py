@@ -42,7 +42,8 @@ content C; artifacts judge the degradation E − C.
                             aligned = clip((match − 0.2) / 0.6, 0, 1), amount = progress if ≤ 1 else 1/progress
     consistency           = 25 / (1 + 6 · (leak_fraction + 5 · leak_energy))
     naturalness           = 25 · exp(−(10 · seam + 1.5 · smear + 4 · clip_excess))
-    artifacts             = 25 · exp(−(3 · ssim_loss + 1.5 · ssim_loss_local))
+    artifacts             = 25 · exp(−(3 · ssim_loss + 1.5 · ssim_loss_local + 6 · chroma_loss)), chroma_loss
+                            (colour bleeding the luma SSIM cannot see) measured in the diverse recipe only
 """
 
 from __future__ import annotations
@@ -266,12 +267,17 @@ def _hue_error(edited: np.ndarray, mask: np.ndarray, target_hue: float) -> float
 
 
 def measure(ref: Reference, content: np.ndarray, edited: np.ndarray, diff: np.ndarray,
-            own_ideal: np.ndarray | None = None, change: np.ndarray | None = None) -> dict[str, float]:
+            own_ideal: np.ndarray | None = None, change: np.ndarray | None = None,
+            chroma: bool = False) -> dict[str, float]:
     """All named measures of one candidate (see the module docstring). ``diff`` is the content's change mask.
 
     ``own_ideal`` is the full-strength rendering of what the candidate actually did when that differs from the
     ideal (another attribute, another region): naturalness judges how well it did *that* (a gravel fill is not a
     smear because sand was asked); instruction following judges whether it was the right thing.
+
+    ``chroma`` adds ``chroma_loss`` (1 − SSIM of E and C on the two chroma planes, averaged), which the artifacts
+    sub-score then uses: luma SSIM alone is blind to colour bleeding. The classic recipe leaves it out (its bytes
+    stay those of ``synth-v1``).
     """
     s, m = ref.source, ref.intended
     change = _absdiff(content, s) if change is None else change  # [H, W] mean_c |C − S|
@@ -360,7 +366,16 @@ def measure(ref: Reference, content: np.ndarray, edited: np.ndarray, diff: np.nd
     }
     if ref.target_hue is not None:
         out["hue_error_deg"] = _hue_error(edited, diff & m, ref.target_hue)
+    if chroma:
+        out["chroma_loss"] = max(0.0, float(np.mean([1.0 - _ssim_map(_chroma(edited, k), _chroma(content, k)).mean()
+                                                     for k in (1, 2)])))
     return {k: round(float(v), 5) for k, v in out.items()}
+
+
+def _chroma(x: np.ndarray, k: int) -> np.ndarray:
+    """Chroma plane ``k`` (1 = Cb, 2 = Cr) of an RGB image, shifted to [0, 1] like luma (for `_ssim_map`)."""
+    w = ((-0.1687, -0.3313, 0.5), (0.5, -0.4187, -0.0813))[k - 1]
+    return 0.5 + w[0] * x[..., 0] + w[1] * x[..., 1] + w[2] * x[..., 2]
 
 
 def _blockiness(x: np.ndarray) -> float:
@@ -381,5 +396,5 @@ def subscores(m: dict[str, float]) -> list[float]:
     s1 = 25.0 * min(max(follow, 0.0), 1.0)
     s2 = 25.0 / (1.0 + 6.0 * (m["leak_fraction"] + 5.0 * m["leak_energy"]))
     s3 = 25.0 * math.exp(-(10.0 * m["seam"] + 1.5 * m["smear"] + 4.0 * m["clip_excess"]))
-    s4 = 25.0 * math.exp(-(3.0 * m["ssim_loss"] + 1.5 * m["ssim_loss_local"]))
+    s4 = 25.0 * math.exp(-(3.0 * m["ssim_loss"] + 1.5 * m["ssim_loss_local"] + 6.0 * m.get("chroma_loss", 0.0)))
     return [round(min(max(v, 0.0), 25.0), 3) for v in (s1, s2, s3, s4)]

@@ -1,0 +1,172 @@
+"""The generalisation report: how a student does on data that differs from its training in one factor at a time.
+
+A student that only learned its generator scores well on its own held-out split and near chance elsewhere. This
+report evaluates one student on every split of a *generalisation set* (``spatialreward synth --layout
+generalisation``: in-distribution, held-out photos, a held-out scene style, a held-out phrasing family, held-out
+failure families, matplotlib's evaluation-only images), and on each split reports, next to the usual metrics:
+
+* per candidate kind: pairwise accuracy of *correct vs that kind* (does the student put the correct edit above a
+  partial one, a wrong-attribute one, …; a student tie is wrong, teacher ties are no pair);
+* hard pairs: the same pooled over wrong attribute, over-edit and artifacts — the failures a position heuristic
+  cannot see, where a generator-fitted student falls to chance;
+* per failure family (artifacts and over-edits): correct vs that family's candidates;
+* edited-only mask IoU (the all-edits IoU is flattered by no-ops).
+
+`generalisation_report` writes one JSON (every number, with its pair counts) and one PNG (bars per split).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+HARD_KINDS = ("wrong_attribute", "over_edit", "artifacts")
+HEADLINE = ("pairwise_accuracy", "hard_pairs", "spearman", "group_advantage_corr", "mask_iou_edited_only")
+
+
+def _ratio(correct: int, total: int) -> dict[str, Any]:
+    return {"accuracy": correct / total if total else None, "pairs": total}
+
+
+def correct_vs(pred: Sequence[float], target: Sequence[float], group_ids: Sequence, keys: Sequence[str],
+               kinds: Sequence[str], *, teacher_tie: float = 1e-6) -> dict[str, dict[str, Any]]:
+    """For each key (a candidate kind or failure family): over pairs (the group's correct edit, a candidate with
+    that key) whose teacher rewards differ, the share the student orders like the teacher (student ties wrong)."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    members: dict[Any, list[int]] = defaultdict(list)
+    for i, g in enumerate(group_ids):
+        members[g].append(i)
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for ix in members.values():
+        correct = [i for i in ix if kinds[i] == "correct"]
+        for c in correct:
+            for i in ix:
+                if i == c or not keys[i]:
+                    continue
+                dt = target[c] - target[i]
+                if abs(dt) <= teacher_tie:
+                    continue
+                dp = pred[c] - pred[i]
+                tally[keys[i]][1] += 1
+                tally[keys[i]][0] += int(dp * dt > 0)
+    return {k: _ratio(*v) for k, v in sorted(tally.items())}
+
+
+def pooled(table: dict[str, dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """Pairs of several keys of a `correct_vs` table pooled into one accuracy."""
+    hits = sum(round(table[k]["accuracy"] * table[k]["pairs"]) for k in keys if k in table and table[k]["pairs"])
+    total = sum(table[k]["pairs"] for k in keys if k in table)
+    return _ratio(hits, total)
+
+
+def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data) -> dict[str, Any]:
+    """The per-split block of the report from predictions, `reward_metrics` output and the split's `EditData`."""
+    target = data.reward.numpy()
+    group_ids = [s.group_id for s in data.samples]
+    kinds = [s.meta.get("kind", "") for s in data.samples]
+    per_kind = correct_vs(pred_reward, target, group_ids, kinds, kinds)
+    families = [s.meta.get("failure_family", "") if s.meta.get("kind") in ("artifacts", "over_edit") else ""
+                for s in data.samples]
+    per_family = correct_vs(pred_reward, target, group_ids, families, kinds)
+    hard = pooled(per_kind, HARD_KINDS)
+    keep = ("edits", "groups", "pairwise_accuracy", "pairs", "spearman", "kendall", "group_advantage_corr",
+            "reward_mae", "subscore_mae", "mask_iou", "mask_iou_edited_only", "mask_edits_with_boxes",
+            "presence_accuracy")
+    out = {k: metrics.get(k) for k in keep}
+    out.update(hard_pairs=hard["accuracy"], hard_pair_count=hard["pairs"], per_kind=per_kind,
+               per_failure_family=per_family,
+               sources=sorted({str(s.meta.get("photo", "")) for s in data.samples}),
+               phrasings=sorted({str(s.meta.get("phrasing", "")) for s in data.samples}))
+    return out
+
+
+def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json: str | Path, *,
+                          splits: Sequence[str] | None = None, teacher: str = "oracle", device: str = "cpu",
+                          max_groups: int | None = None, text_encoder=None, progress: bool = True,
+                          title: str | None = None) -> dict[str, Any]:
+    """Evaluate the student in ``model_dir`` on each split of ``data_dir`` and write ``out_json`` plus a PNG beside
+    it. Default splits: the generalisation splits present, in their canonical order; in a set without any (a
+    training set), its ``heldout`` split."""
+    import json
+
+    from spatialreward.dataset import atomic_write_bytes, read_samples
+    from spatialreward.student.data import load_split, mask_target_size
+    from spatialreward.student.evaluate import evaluate_data
+    from spatialreward.student.model import Student
+    from spatialreward.student.text import text_encoder_for
+    from spatialreward.synth.generate import GENERALISATION_SPLITS
+
+    model = Student.from_pretrained(model_dir, map_location=device).to(device)
+    present = list(dict.fromkeys(str(s.split) for s in read_samples(data_dir)))
+    if splits is None:
+        splits = [s for s in GENERALISATION_SPLITS if s in present] or ["heldout"]
+    missing = [s for s in splits if s not in present]
+    if missing:
+        raise ValueError(f"{data_dir}: no split {missing} (present: {present}); make a generalisation set with "
+                         "`spatialreward synth --layout generalisation`")
+    encoder = text_encoder_for(model.cfg, text_encoder)
+    report: dict[str, Any] = {"title": title or f"{Path(model_dir).name} on {Path(data_dir).name}",
+                              "model": str(model_dir), "data": str(data_dir), "teacher": teacher, "splits": {}}
+    manifest = Path(data_dir) / "synth.json"
+    if manifest.is_file():
+        report["synth_config"] = json.loads(manifest.read_text()).get("config")
+    train_config = Path(model_dir) / "train_state.json"
+    if train_config.is_file():
+        report["train_state"] = json.loads(train_config.read_text())
+    for split in splits:
+        data = load_split(data_dir, split=split, teacher=teacher, img_size=model.cfg.img_size,
+                          mask_size=mask_target_size(model.cfg.grid), text_encoder=encoder, max_groups=max_groups,
+                          progress=progress)
+        metrics, preds = evaluate_data(model, data, device=device)
+        report["splits"][split] = split_report(preds.reward, metrics, data)
+    report["summary"] = {split: {k: block.get(k) for k in HEADLINE} for split, block in report["splits"].items()}
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_json, json.dumps(report, indent=2).encode())
+    plot_report(report, out_json.with_suffix(".png"))
+    return report
+
+
+def plot_report(report: dict[str, Any], path: str | Path) -> None:
+    """Bars per split: pairwise, hard pairs, Spearman, group-advantage and edited-only mask IoU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from spatialreward.dataset import atomic_write_bytes
+
+    splits = list(report["summary"])
+    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(splits)), 4.2))
+    width = 0.8 / len(HEADLINE)
+    for k, metric in enumerate(HEADLINE):
+        values = [report["summary"][s][metric] for s in splits]
+        xs = np.arange(len(splits)) + (k - (len(HEADLINE) - 1) / 2) * width
+        ax.bar(xs, [np.nan if v is None else v for v in values], width, label=metric.replace("_", " "))
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(np.arange(len(splits)), [s.replace("_", "\n") for s in splits], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(report["title"], fontsize=10)
+    ax.legend(fontsize=7, ncol=3, loc="lower right")
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The summary as a markdown table (one row per split)."""
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [f"### {report['title']}", "", "| split | pairwise | hard pairs | Spearman | group-adv. | mask IoU "
+             "(edited) |", "|---|---:|---:|---:|---:|---:|"]
+    for split, row in report["summary"].items():
+        lines.append(f"| {split} | " + " | ".join(fmt(row[k]) for k in HEADLINE) + " |")
+    return "\n".join(lines) + "\n"

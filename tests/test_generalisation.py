@@ -1,0 +1,101 @@
+"""The generalisation report: correct-vs-kind pair accuracy by hand, then a real (tiny) set, student and CLI run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from spatialreward.student.generalisation import HEADLINE, correct_vs, pooled
+from spatialreward.synth import GENERALISATION_SPLITS, generate_dataset
+from tests.fixtures.students import HashingTextEncoder
+
+torch.set_num_threads(2)
+
+
+def test_correct_vs_counts_pairs_by_kind():
+    kinds = ["correct", "partial", "artifacts", "no_op", "correct", "partial", "artifacts", "no_op"]
+    groups = ["a"] * 4 + ["b"] * 4
+    target = [0.9, 0.5, 0.6, 0.1, 0.8, 0.8, 0.3, 0.2]  # group b: the partial ties with correct → no pair
+    pred = [0.7, 0.6, 0.8, 0.1, 0.5, 0.1, 0.5, 0.2]  # a: partial right, artifacts wrong; b: artifacts tie → wrong
+    table = correct_vs(pred, target, groups, kinds, kinds)
+    assert table["partial"] == {"accuracy": 1.0, "pairs": 1}
+    assert table["artifacts"] == {"accuracy": 0.0, "pairs": 2}
+    assert table["no_op"] == {"accuracy": 1.0, "pairs": 2}
+    assert "correct" not in table
+    assert pooled(table, ("partial", "artifacts")) == {"accuracy": 1 / 3, "pairs": 3}
+    assert pooled(table, ("wrong_region",)) == {"accuracy": None, "pairs": 0}
+
+
+@pytest.fixture(scope="module")
+def labelled_generalisation_set(tmp_path_factory):
+    from spatialreward.cli import app
+
+    out = tmp_path_factory.mktemp("gen") / "set"
+    generate_dataset(out, groups=len(GENERALISATION_SPLITS), seed=4, size=64, workers=1, progress=False,
+                     layout="generalisation")
+    res = CliRunner().invoke(app, ["label", "--teacher", "oracle", "--data", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_student(tmp_path_factory):
+    from spatialreward.student.model import Student
+    from spatialreward.student.presets import preset_config
+
+    cfg = preset_config("nano", img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32,
+                        mask_subdivision=2, text_dim=HashingTextEncoder().dim)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("student") / "toy"
+    Student(cfg).save_pretrained(out)
+    return out
+
+
+def test_report_covers_every_split(labelled_generalisation_set, toy_student, tmp_path):
+    from spatialreward.student.generalisation import generalisation_report
+
+    target = tmp_path / "docs" / "generalisation_toy.json"
+    report = generalisation_report(toy_student, labelled_generalisation_set, target,
+                                   text_encoder=HashingTextEncoder(), progress=False)
+    assert target.is_file() and target.with_suffix(".png").is_file()
+    saved = json.loads(target.read_text())
+    assert list(saved["splits"]) == list(GENERALISATION_SPLITS) == list(report["summary"])
+    for split, block in saved["splits"].items():
+        assert set(HEADLINE) <= set(block), split
+        assert block["edits"] == 8 and block["pairs"] > 0
+        for key in ("pairwise_accuracy", "hard_pairs", "mask_iou_edited_only"):
+            assert block[key] is None or 0.0 <= block[key] <= 1.0, (split, key)
+        kinds = set(block["per_kind"])
+        assert kinds <= {"partial", "no_op", "over_edit", "artifacts", "wrong_attribute", "wrong_region",
+                         "global", "region_only", "overdone"}
+        assert block["hard_pair_count"] == sum(block["per_kind"].get(k, {"pairs": 0})["pairs"]
+                                               for k in ("wrong_attribute", "over_edit", "artifacts"))
+    fams = saved["splits"]["heldout_failures"]["per_failure_family"]
+    assert set(fams) <= {"checkerboard", "frame_shift", "second_object", "extra_object", "collateral_patch"}
+    assert saved["splits"]["heldout_phrasing"]["phrasings"] == ["terse"]
+    with pytest.raises(ValueError, match="no split"):
+        generalisation_report(toy_student, labelled_generalisation_set, tmp_path / "x.json", splits=["train"],
+                              text_encoder=HashingTextEncoder(), progress=False)
+
+
+def test_cli_report(labelled_generalisation_set, toy_student, tmp_path, monkeypatch):
+    import spatialreward.student.text as text
+    from spatialreward.cli import app
+    from spatialreward.cli._errors import CLIError
+
+    monkeypatch.setattr(text, "get_text_encoder", lambda *a, **k: HashingTextEncoder())
+    runner = CliRunner()
+    target = tmp_path / "g.json"
+    res = runner.invoke(app, ["eval", "--model", str(toy_student), "--data", str(labelled_generalisation_set),
+                              "--report", "generalisation", "--out", str(target), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert set(summary) == set(GENERALISATION_SPLITS) and target.is_file()
+    res = runner.invoke(app, ["eval", "--model", str(toy_student), "--data", str(labelled_generalisation_set),
+                              "--report", "fancy"])
+    assert isinstance(res.exception, CLIError) and "--report" in str(res.exception)
+    assert np.isfinite(summary["in_distribution"]["pairwise_accuracy"])
