@@ -2,9 +2,9 @@
 # The matched comparison (issue 16): nano distilled for STEPS steps (same seed) on the classic vs the diverse set,
 # each evaluated with the generalisation report on the one generalisation set and on its own held-out split.
 # Writes docs/results/generalisation_{classic,diverse}[_own_heldout].{json,png}.
-#   STEPS=600 bash bench/fidelity/compare.sh [DATA_ROOT=data] [RUNS=runs/cmp]
+#   STEPS=800 bash bench/fidelity/compare.sh [DATA_ROOT=data] [RUNS=runs/cmp]
 set -euo pipefail
-ROOT=${1:-data}; RUNS=${2:-runs/cmp}; STEPS=${STEPS:-600}
+ROOT=${1:-data}; RUNS=${2:-runs/cmp}; STEPS=${STEPS:-800}
 SR="${PYTHON:-.venv/bin/python} -m spatialreward"
 for r in classic diverse; do
   $SR distill --preset nano --data $ROOT/cmp_$r --out $RUNS/nano_$r --max-steps $STEPS --seed 0 \
