@@ -32,13 +32,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spatialreward.export.onnx_export import ExportError, sha256_file
+
 TEXT_FILE = "text.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_OUTPUT = "text_embedding"
 
 
-class TextEncoderError(ValueError):
+class TextEncoderError(ExportError):
     """The exported text encoder's files are missing or not the ones ``export.json`` pins."""
 
 
@@ -68,7 +70,10 @@ def tokenizer_settings(max_seq_length: int) -> dict[str, Any]:
     """What `OnnxTextEncoder` applies to ``tokenizer.json`` (recorded in ``export.json``)."""
     return {"library": "tokenizers", "truncation": {"max_length": max_seq_length, "strategy": "longest_first"},
             "padding": {"strategy": "batch_longest", "pad_id": 0, "pad_token": "[PAD]", "direction": "right"},
-            "add_special_tokens": True, "lowercase": True}
+            "add_special_tokens": True,
+            "note": "normaliser (BERT, lowercasing), pre-tokeniser and [CLS]/[SEP] template as tokenizer.json defines "
+                    "them; this truncation and padding replace the file's own (128 tokens, fixed padding), as "
+                    "sentence-transformers does"}
 
 
 _EXPORTED: dict[int, Path] = {}  # opset -> text.onnx exported in this process
@@ -82,7 +87,6 @@ def _cache_dir() -> Path:
 
 def export_text_encoder(out_dir: Path, *, opset: int, log=print) -> dict[str, Any]:
     """Write ``text.onnx`` + ``tokenizer.json`` into ``out_dir`` and return the ``export.json`` entry for them."""
-    from spatialreward.export.onnx_export import sha256_file
     from spatialreward.student.text import MINILM_DIM, MINILM_NAME, MINILM_SHA256, _minilm_dir
 
     model_dir = _minilm_dir()
@@ -102,7 +106,7 @@ def export_text_encoder(out_dir: Path, *, opset: int, log=print) -> dict[str, An
         "inputs": {n: {"dtype": "int64", "shape": ["batch", "tokens"]} for n in TEXT_INPUTS},
         "outputs": {TEXT_OUTPUT: {"dtype": "float32", "shape": ["batch", MINILM_DIM]}},
         "precision": "fp32", "pooling": "mean over attention_mask, then L2 normalisation (inside the graph)",
-        "source_sha256": {"model.safetensors": MINILM_SHA256["model.safetensors"]},
+        "weights_sha256": MINILM_SHA256["model.safetensors"],  # the pinned MiniLM weights text.onnx holds
     }
 
 
@@ -134,8 +138,6 @@ def _export_graph(graph: TextGraph, path: Path, *, opset: int, max_len: int) -> 
 def verify_text_files(directory: Path, entry: dict) -> None:
     """Each file ``entry["sha256"]`` pins exists in ``directory`` with that sha256; else `TextEncoderError`
     naming the file."""
-    from spatialreward.export.onnx_export import sha256_file
-
     for name, expected in entry["sha256"].items():
         path = directory / name
         if not path.is_file():

@@ -251,6 +251,8 @@ def _minilm():
 def test_text_onnx_is_recorded_and_checks_clean(exported):
     import onnx
 
+    from spatialreward.export.trt_check import check_model
+
     _, out = exported
     entry = read_export_meta(out)["text_encoder"]
     assert entry["exported"] is True and entry["name"] == "all-MiniLM-L6-v2" and entry["dim"] == 384
@@ -267,6 +269,7 @@ def test_text_onnx_is_recorded_and_checks_clean(exported):
     (emb,) = model.graph.output
     assert emb.name == "text_embedding" and emb.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert emb.type.tensor_type.shape.dim[0].dim_param and emb.type.tensor_type.shape.dim[1].dim_value == 384
+    assert check_model(model, "text.onnx") == []  # TensorRT-10 parser table: nothing it would refuse
 
 
 def test_text_onnx_matches_the_torch_encoder(exported):
