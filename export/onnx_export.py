@@ -5,11 +5,15 @@ written)::
 
     encode.onnx    images uint8 [B, S, S, 3] -> tokens [B, P+N, C] (+ pixels)            (`graphs.EncodeGraph`)
     score.onnx     source + edited encodings + text_embedding [B, 384] -> sub-scores, ...  (`graphs.ScoreGraph`)
-    export.json    shapes, opset, precision, batch profile, the checkpoint's sha256, reward weights, versions
+    text.onnx      input_ids / attention_mask int64 [B, T] -> text_embedding [B, 384]       (`text_export`)
+    tokenizer.json the instruction encoder's tokenizer (run with the settings export.json records)
+    export.json    shapes, opset, precision, batch profile, the checkpoint's sha256, reward weights, versions,
+                   and the text encoder's files with their sha256
 
-The instruction encoder is not exported: embeddings come from the frozen MiniLM (`student.text`), cached per
-exact instruction string (a GRPO group shares one, so a stream of groups encodes each instruction once). A
-deployment that cannot run torch can pass precomputed embeddings to ``RewardModel.score_tensors``.
+``text.onnx`` is the frozen MiniLM the student was trained against, mean pooling and L2 normalisation inside, so
+ONNX Runtime embeds instructions with it and the ``tokenizers`` library (no sentence-transformers at scoring
+time); it is always fp32. ``--no-text-encoder`` leaves it out (then, as in older exports, embeddings come from
+the torch encoder in `student.text`, or are passed precomputed to ``RewardModel.score_tensors``).
 
 Export goes through ``torch.onnx.export(dynamo=True)`` with the kernels' ONNX translations
 (`spatialreward.kernels.onnx`); each graph then passes ``onnx.checker`` (full check) and strict shape inference,
@@ -59,6 +63,9 @@ class ExportConfig:
     )
     max_batch: int = field(default=1024, metadata={"help": "largest batch (images per encode call, edits per score)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing export folder"})
+    text_encoder: bool = field(
+        default=True, metadata={"help": "also export the instruction encoder (text.onnx + tokenizer.json, fp32)"}
+    )
 
     def __post_init__(self) -> None:
         if self.opset < 16:
@@ -281,6 +288,12 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
         log(f"exporting {SCORE_FILE} …")
         _export_graph(score, score_args, tmp / SCORE_FILE, input_names=score_input_names(pixel_stats),
                       output_names=SCORE_OUTPUTS, opset=cfg.opset, max_batch=cfg.max_batch)
+        text_entry = {
+            "name": st_cfg.text_encoder, "dim": text_dim, "exported": False,
+            "note": "instruction embeddings come from the frozen torch sentence encoder, cached per instruction",
+        }
+        if cfg.text_encoder:
+            text_entry = _export_text(tmp, st_cfg, opset=cfg.opset, log=log)
         meta = {
             "format": EXPORT_FORMAT,
             "format_version": EXPORT_FORMAT_VERSION,
@@ -293,10 +306,7 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
             "image_size": side,
             "pixel_stats": pixel_stats,
             "reward_weights": dict(st_cfg.reward_weights),  # baked into score.onnx's reward output
-            "text_encoder": {
-                "name": st_cfg.text_encoder, "dim": text_dim, "exported": False,
-                "note": "instruction embeddings come from the frozen torch sentence encoder, cached per instruction",
-            },
+            "text_encoder": text_entry,
             "graphs": {
                 "encode": {"file": ENCODE_FILE, "inputs": _io_spec(ENCODE_INPUTS, (images,)),
                            "outputs": _io_spec(encoding_names(pixel_stats), enc)},
@@ -311,8 +321,24 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"wrote {out} ({ENCODE_FILE}, {SCORE_FILE}, {EXPORT_FILE})")
+    log(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return out
+
+
+def _export_text(tmp: Path, st_cfg, *, opset: int, log) -> dict[str, Any]:
+    """``text.onnx`` + ``tokenizer.json`` into ``tmp``; the ``export.json`` entry. Errors name the way out."""
+    from spatialreward.export.text_export import export_text_encoder
+    from spatialreward.student.text import MINILM_DIM, MINILM_NAME
+
+    if st_cfg.text_encoder != MINILM_NAME or st_cfg.text_dim != MINILM_DIM:
+        raise ExportError(
+            f"the student was trained with text encoder {st_cfg.text_encoder!r} ({st_cfg.text_dim} wide); only "
+            f"{MINILM_NAME!r} ({MINILM_DIM}) can be exported as text.onnx: pass --no-text-encoder"
+        )
+    try:
+        return export_text_encoder(tmp, opset=opset, log=log)
+    except ImportError as exc:
+        raise ExportError(f"exporting text.onnx: {exc} (or pass --no-text-encoder to leave it out)") from exc
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

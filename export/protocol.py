@@ -7,6 +7,10 @@
 An `Encoding` is opaque to the runtime except that it is a tuple of tensors whose first axis is the image, so
 ``tuple(t[index] for t in enc)`` picks rows: that is how a GRPO group's source, encoded once, is paired with every
 candidate. Backends keep their tensors on their own device; `Scores` are fp32 tensors on that device.
+
+A backend may also embed instructions itself (`EmbedsText`): ``backend.embed_text(list[str]) -> [B, D]`` fp32 on
+CPU, cached per exact string. ONNX Runtime does so with an export's ``text.onnx``; the runtime falls back to the
+torch encoder the student was trained with for a backend without it.
 """
 
 from __future__ import annotations
@@ -52,3 +56,10 @@ class ScoringBackend(Protocol):
     def score(self, source: Encoding, edited: Encoding, text_embedding: torch.Tensor) -> Scores: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class EmbedsText(Protocol):
+    """Optional for a `ScoringBackend`: instruction embeddings from the backend's own text encoder."""
+
+    def embed_text(self, instructions: list[str]) -> torch.Tensor: ...

