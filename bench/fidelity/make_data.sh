@@ -1,0 +1,12 @@
+#!/bin/bash
+# Data for the fidelity experiments (issue 16): a classic-recipe and a diverse-recipe training set with the same
+# seed and size, and one generalisation set (its splits hold out photos, scenes, a phrasing family, failure
+# families, and an evaluation-only photo pool), all labelled by the oracle. ~10 min on 2 cores.
+#   bash bench/fidelity/make_data.sh [DATA_ROOT=data]
+set -euo pipefail
+ROOT=${1:-data}
+SR="${PYTHON:-.venv/bin/python} -m spatialreward"
+$SR synth --out $ROOT/cmp_classic --groups 600 --seed 0 --recipe classic --workers 1 --no-progress
+$SR synth --out $ROOT/cmp_diverse --groups 600 --seed 0 --workers 1 --no-progress
+$SR synth --out $ROOT/cmp_gen --groups 240 --seed 777 --layout generalisation --workers 1 --no-progress
+for d in cmp_classic cmp_diverse cmp_gen; do $SR label --teacher oracle --data $ROOT/$d; done
