@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Literal
 
 import pytest
@@ -155,10 +156,12 @@ def captured_distiller(monkeypatch, tmp_path):
     seen: dict = {}
 
     class Captured:
-        is_main = False
+        is_main = True
 
         def __init__(self, cfg, *, student_config=None, **kwargs):
             seen["cfg"], seen["student"] = cfg, student_config
+            # what the Distiller trains: the given config, or the checkpoint's when a run resumes
+            self.model = SimpleNamespace(cfg=seen.get("checkpoint_student", student_config))
 
         def train(self):
             return Path(seen["cfg"].out)
@@ -171,7 +174,8 @@ def captured_distiller(monkeypatch, tmp_path):
     def invoke(*args: str):
         from spatialreward.cli import app
 
-        seen.clear()
+        for key in ("cfg", "student"):
+            seen.pop(key, None)
         result = CliRunner().invoke(app, ["distill", "--data", str(data), "--out", str(tmp_path / "run"), *args])
         return result, seen
 
@@ -214,3 +218,15 @@ def test_distill_refuses_bad_student_values_naming_them(captured_distiller):
     assert result.exit_code != 0 and "img_size=50" in str(result.exception)
     result, _ = captured_distiller()  # no budget: DistillConfig says how to set one
     assert result.exit_code != 0 and "max_minutes" in str(result.exception)
+
+
+def test_distill_says_when_a_resumed_run_keeps_another_student(captured_distiller):
+    from spatialreward.student.presets import preset_config
+
+    result, seen = captured_distiller("--max-steps", "3")
+    assert result.exit_code == 0 and "resuming" not in result.output
+    seen["checkpoint_student"] = preset_config("nano", embed_dim=64)
+    result, _ = captured_distiller("--max-steps", "3", "--resume", "--embed-dim", "96")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "resuming the student" in said and "--preset nano" in said and "in embed_dim;" in said

@@ -7,7 +7,7 @@ an absent one keeps the preset's value. Only ``--data`` and ``--out`` are declar
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -61,6 +61,11 @@ def distill(
         distiller = Distiller(cfg, student_config=student_config)
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from exc
+    differ = [f.name for f in fields(StudentConfig)
+              if getattr(distiller.model.cfg, f.name) != getattr(student_config, f.name)]
+    if differ and distiller.is_main:  # a resumed run keeps the student in its checkpoint
+        rprint(f"[yellow]{out}: resuming the student the run was started with, which differs from --preset {preset} "
+               f"and the student flags in {', '.join(differ)}; those apply to a new run only[/yellow]")
     out_dir = distiller.train()
     if distiller.is_main:
         rprint(f"wrote [bold]{out_dir}[/bold] (model.safetensors, config.json, checkpoint/, metrics.jsonl); "
