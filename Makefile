@@ -34,7 +34,8 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# The long checks kept out of `make test` (a longer distillation that must reach a quality bar, ...): minutes on a CPU.
+# The long checks kept out of `make test` (@pytest.mark.slow: full-size export checks, the serving benchmarks'
+# smoke runs, a local Ray Serve replica): minutes on a CPU. `-m slow` here overrides pyproject's `-m 'not slow'`.
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 

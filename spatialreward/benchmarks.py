@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from spatialreward.dataset import DatasetError, ReadReport, iter_jsonl
-from spatialreward.types import EditSample
+from spatialreward.types import EditSample, resolve_path
 
 Dimension = Literal["prompt_following", "consistency", "overall"]
 
@@ -70,11 +70,6 @@ def _iter_records(path: Path, model: type[BaseModel], strict: bool, report: Read
     return iter_jsonl(path, model, strict=strict, report=report)
 
 
-def _resolve(image_root: Path, rel: str) -> str:
-    p = Path(rel)
-    return str(p if p.is_absolute() else image_root / p)
-
-
 def read_editreward_bench(
     path: str | Path, *, image_root: str | Path | None = None, strict: bool = False, report: ReadReport | None = None
 ) -> list[EditSample]:
@@ -89,8 +84,8 @@ def read_editreward_bench(
             samples.append(
                 EditSample(
                     sample_id=f"{group}-{rank}",
-                    source=_resolve(root, rec.input_image),
-                    edited=_resolve(root, out),
+                    source=str(resolve_path(root, rec.input_image)),
+                    edited=str(resolve_path(root, out)),
                     instruction=rec.instruction,
                     group_id=group,
                     meta={
@@ -119,8 +114,8 @@ def read_mer_bench(
             samples.append(
                 EditSample(
                     sample_id=f"{group}-{rank}",
-                    source=_resolve(root, rec.original_image),
-                    edited=_resolve(root, out),
+                    source=str(resolve_path(root, rec.original_image)),
+                    edited=str(resolve_path(root, out)),
                     instruction=rec.instruction,
                     group_id=group,
                     meta={"benchmark": "mer-bench", "rank": rank, "category": rec.category, "line": lineno},

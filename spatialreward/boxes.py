@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-BOX_SCALE = 1000.0
+from spatialreward.types import BOX_SCALE
 
 
 def normalized_to_pixels(boxes: Sequence[Sequence[float]] | np.ndarray, height: int, width: int) -> np.ndarray:

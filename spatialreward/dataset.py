@@ -26,7 +26,7 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from spatialreward.types import EditSample, Judgement
+from spatialreward.types import EditSample, Judgement, resolve_path
 
 SAMPLES_FILE = "samples.jsonl"
 LABELS_DIR = "labels"
@@ -229,7 +229,7 @@ def sample_image_path(
                 f"{lead}image path {path!r} climbs out of {root} with '..' (pass --allow-outside-root / "
                 "allow_outside_root=True if you trust this dataset)"
             )
-    return p if p.is_absolute() else Path(root) / p
+    return resolve_path(root, p)
 
 
 def group_samples(samples: Sequence[EditSample]) -> OrderedDict[str, list[EditSample]]:

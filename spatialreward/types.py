@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SCHEMA_VERSION = 1
 SUBSCORE_NAMES = ("instruction_following", "consistency", "naturalness", "artifacts")
-SCORE_MAX = 25.0
-BOX_SCALE = 1000.0
+SCORE_MAX = 25.0  # every sub-score is in [0, SCORE_MAX]
+BOX_SCALE = 1000.0  # boxes are in [0, BOX_SCALE] on both axes
+WHOLE_IMAGE = (0.0, 0.0, BOX_SCALE, BOX_SCALE)  # the box of the whole image: the region of a global edit
 
 Status = Literal["ok", "parse_error", "failed"]
 
@@ -43,14 +44,16 @@ class EditSample(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
     def source_path(self, root: str | Path) -> Path:
-        return _resolve(root, self.source)
+        return resolve_path(root, self.source)
 
     def edited_path(self, root: str | Path) -> Path:
-        return _resolve(root, self.edited)
+        return resolve_path(root, self.edited)
 
 
-def _resolve(root: str | Path, rel: str) -> Path:
-    p = Path(rel)
+def resolve_path(root: str | Path, path: str | Path) -> Path:
+    """``path`` as written when absolute, else relative to the folder ``root`` (no check: see
+    `dataset.sample_image_path` for paths read from a dataset file)."""
+    p = Path(path)
     return p if p.is_absolute() else Path(root) / p
 
 

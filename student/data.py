@@ -29,9 +29,8 @@ from PIL import Image
 from spatialreward.boxes import boxes_to_mask
 from spatialreward.dataset import ReadReport, group_samples, read_labels, read_samples
 from spatialreward.images import ImageLoadError, load_image
-from spatialreward.types import EditSample, Judgement
+from spatialreward.types import WHOLE_IMAGE, EditSample, Judgement
 
-WHOLE_IMAGE = (0.0, 0.0, 1000.0, 1000.0)
 MASK_CELLS_PER_TOKEN = 4  # mask targets live on a grid 4× finer than the tokens (28×28 for a 7×7 grid)
 
 

@@ -21,7 +21,7 @@ from spatialreward.boxes import boxes_to_mask
 from spatialreward.student.data import EditData, GroupBatchSampler
 from spatialreward.student.metrics import reward_metrics
 from spatialreward.student.model import subscore_std_points
-from spatialreward.types import SUBSCORE_NAMES
+from spatialreward.types import BOX_SCALE, SUBSCORE_NAMES
 
 
 @dataclass
@@ -167,7 +167,7 @@ def _plot(metrics, preds: Predictions, data: EditData, path: Path, *, title: str
         ax.imshow(img)
         ax.imshow(np.ma.masked_where(~preds.masks[i], preds.masks[i]), alpha=0.45, cmap="autumn")
         for x1, y1, x2, y2 in data.judgements[i].boxes:
-            s = side / 1000.0
+            s = side / BOX_SCALE
             ax.add_patch(plt.Rectangle((x1 * s, y1 * s), (x2 - x1) * s, (y2 - y1) * s, fill=False, ec="lime", lw=1.2))
         ax.set_title(f"T {teacher[i]:.2f} / S {preds.reward[i]:.2f}", fontsize=8)
         ax.axis("off")

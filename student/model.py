@@ -40,7 +40,7 @@ from spatialreward.formula import DEFAULT_WEIGHTS, RewardWeights, reward_from_su
 from spatialreward.kernels import get_backend, region_attention, roi_align_tokens
 from spatialreward.student import checkpoint
 from spatialreward.student.text import MINILM_DIM, MINILM_NAME
-from spatialreward.types import SCORE_MAX
+from spatialreward.types import BOX_SCALE, SCORE_MAX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -234,9 +234,9 @@ def mask_bounding_box(mask: torch.Tensor) -> torch.Tensor:
     x2 = torch.where(cols, xs + 1, torch.zeros_like(xs)).amax(1)
     y1 = torch.where(rows, ys, torch.full_like(ys, h)).amin(1)
     y2 = torch.where(rows, ys + 1, torch.zeros_like(ys)).amax(1)
-    box = torch.stack([x1 / w, y1 / h, x2 / w, y2 / h], dim=1) * 1000.0  # [B, 4]
+    box = torch.stack([x1 / w, y1 / h, x2 / w, y2 / h], dim=1) * BOX_SCALE  # [B, 4]
     zero = torch.zeros_like(x1)  # built on the device: a CPU constant would block CUDA-graph capture
-    whole = torch.stack([zero, zero, zero + 1000.0, zero + 1000.0], dim=1)
+    whole = torch.stack([zero, zero, zero + BOX_SCALE, zero + BOX_SCALE], dim=1)
     return torch.where(cols.any(1, keepdim=True), box, whole)
 
 
@@ -453,11 +453,11 @@ class Student(nn.Module):
         maps = torch.cat([e, s, change], dim=-1)  # [B, N, 3C]
         roi = roi_align_tokens(
             maps, rois, grid_size=(gh, gw), output_size=(cfg.roi_size, cfg.roi_size),
-            spatial_scale=gw / 1000.0, sampling_ratio=2, aligned=True,
+            spatial_scale=gw / BOX_SCALE, sampling_ratio=2, aligned=True,
         )  # [B, r, r, 3C]
         roi = self.roi_proj(roi.reshape(b, -1))  # [B, C]
         layout = F.adaptive_avg_pool2d(mask_prob.unsqueeze(1), LAYOUT_CELLS).flatten(1)  # [B, 9]
-        geometry = self.geometry_proj(torch.cat([boxes / 1000.0, layout], dim=1))  # [B, C]
+        geometry = self.geometry_proj(torch.cat([boxes / BOX_SCALE, layout], dim=1))  # [B, C]
 
         # Anchored verification: inside the region (is the change there, and right?), outside (was the rest kept?).
         # Weights under the floor are exact zeros: those keys cost nothing in the kernel, and an empty region gives

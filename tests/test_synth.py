@@ -22,7 +22,7 @@ from spatialreward.synth.candidates import kinds_for
 from spatialreward.synth.instructions import TEMPLATES, all_templates
 from spatialreward.synth.photos import available_photos, load_photo, split_photos
 from spatialreward.synth.regions import POSITION_PHRASES
-from spatialreward.types import SUBSCORE_NAMES
+from spatialreward.types import SUBSCORE_NAMES, WHOLE_IMAGE
 
 SMALL = 64  # pixels: enough room for regions and objects, fast to build
 
@@ -57,7 +57,7 @@ def test_make_group_every_operation(operation):
         if c.kind == "no_op":
             assert c.boxes == [] and not c.changed.any()
         elif op.is_global and c.kind != "region_only" or c.kind == "global":
-            assert c.boxes == [truth.WHOLE_IMAGE_BOX] and c.changed.all()
+            assert c.boxes == [list(WHOLE_IMAGE)] and c.changed.all()
         else:
             assert 1 <= len(c.boxes) <= truth.MAX_BOXES, (c.kind, c.boxes)
 

@@ -42,13 +42,7 @@ def _root() -> None:
 
 def _register() -> None:
     for name, (module, func) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:  # command not built yet in this checkout
-                continue
-            raise
-        command = getattr(mod, func)
+        command = getattr(importlib.import_module(module), func)
         if isinstance(command, typer.Typer):  # a command group (`spatialreward export onnx | check | tensorrt`)
             app.add_typer(command, name=name)
         else:

@@ -4,13 +4,17 @@ A config field's type, default and ``metadata["help"]`` become one typer option 
 the dataclass adds its flag. A command declares only what is not a config field (arguments, command-only options)
 plus ``**options``, and builds its configs from what it receives::
 
-    @config_options(DistillConfig, StudentConfig, skip={"preset"})
-    def distill(data: Annotated[Path, typer.Option(help="...")], **options) -> None:
-        cfg = build_config(DistillConfig, options, data=data)
+    @config_options(DistillConfig, StudentConfig, overrides={StudentConfig: "the preset's"})
+    def distill(data: Annotated[Path, typer.Option(help=field_help(DistillConfig, "data"))], **options) -> None:
+        cfg = build_config(DistillConfig, options, data=str(data))
+        student = replace(preset_config(cfg.preset), **given_values(StudentConfig, options))
 
-Supported field types: str, int, float, bool (``--x/--no-x``), Path, ``Literal[...]`` (a choice), and any of these
-``| None``. A field of another type must be named in ``skip`` (or given by the command itself): an unsupported type
-fails at import, not silently without a flag.
+A config named in ``overrides`` changes a base config built elsewhere (a student preset): its flags default to
+``None`` ("keep the base value", said in the help) and `given_values` returns only the fields actually given.
+
+Supported field types: str, int, float, bool (``--x/--no-x``), Path, ``Literal[...]`` (a choice), ``dict`` (a JSON
+object) and any of these ``| None``. A field of another type must be named in ``skip`` (or given by the command
+itself): an unsupported type fails at import, not silently without a flag.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
@@ -25,8 +30,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from rich.markup import escape
 
 _PLAIN = (str, int, float, bool, Path)
+
+
+def _json_object(text: str) -> dict:
+    """Parse a ``dict`` field's flag: a JSON object such as ``'{"w_if": 0.7, "w_cons": 0.3}'``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"{text!r} is not JSON ({exc.msg}); give an object like '{{\"key\": 1.0}}'") from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter(f"{text!r} is JSON but not an object; give an object like '{{\"key\": 1.0}}'")
+    return value
 
 
 def _option_type(owner: type, name: str, hint: Any) -> Any:
@@ -36,7 +53,7 @@ def _option_type(owner: type, name: str, hint: Any) -> Any:
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _option_type(owner, name, inner[0]) | None
-    if origin is Literal or hint in _PLAIN:  # typer turns a Literal into a choice
+    if origin is Literal or hint in _PLAIN or hint is dict:  # typer turns a Literal into a choice
         return hint
     raise TypeError(
         f"{owner.__name__}.{name}: type {hint!r} has no command-line form; name it in skip= "
@@ -49,7 +66,8 @@ def _help(owner: type, f: dataclasses.Field) -> str:
     if not text:
         raise TypeError(f"{owner.__name__}.{f.name} has no metadata['help']: every config field documents itself")
     text = str(text)
-    return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+    text = text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+    return escape(text)  # typer renders help as rich markup: "[instruction; change tokens]" is text, not a tag
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -60,8 +78,21 @@ def _default(f: dataclasses.Field) -> Any:
     return inspect.Parameter.empty  # required
 
 
-def option_parameters(config: type, *, skip: Collection[str] = (), panel: str | None = None) -> list[inspect.Parameter]:
-    """One keyword-only ``inspect.Parameter`` per field of ``config`` not in ``skip``, annotated for typer."""
+def field_help(config: type, name: str) -> str:
+    """The help text of field ``name`` of ``config``, for an option a command declares itself (a required path)."""
+    for f in dataclasses.fields(config):
+        if f.name == name:
+            return _help(config, f)
+    raise KeyError(f"{config.__name__} has no field {name!r}")
+
+
+def option_parameters(
+    config: type, *, skip: Collection[str] = (), panel: str | None = None, unset: str | None = None
+) -> list[inspect.Parameter]:
+    """One keyword-only ``inspect.Parameter`` per field of ``config`` not in ``skip``, annotated for typer.
+
+    With ``unset`` (what an absent flag keeps, e.g. "the preset's") every option defaults to ``None`` instead of
+    the field's default, so the command can tell a given value from an absent one."""
     hints = typing.get_type_hints(config)
     params = []
     for f in dataclasses.fields(config):
@@ -69,9 +100,19 @@ def option_parameters(config: type, *, skip: Collection[str] = (), panel: str | 
             continue
         annotation = _option_type(config, f.name, hints[f.name])
         default = _default(f)
+        optional = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        plain = typing.get_args(annotation)[0] if optional else annotation  # the type without `| None`
+        help_text = _help(config, f)
+        extra: dict[str, Any] = {}
+        if plain is dict:
+            extra = {"parser": _json_object, "metavar": "JSON"}
+            help_text += " A JSON object."
+        if unset is not None:
+            annotation, default = plain | None, None
+            help_text += f" Unset: {unset}."
         flag = "--" + f.name.replace("_", "-")
-        decls = (f"{flag}/--no-{flag[2:]}",) if annotation is bool else (flag,)
-        option = typer.Option(*decls, help=_help(config, f), rich_help_panel=panel or config.__name__)
+        decls = (f"{flag}/--no-{flag[2:]}",) if plain is bool else (flag,)
+        option = typer.Option(*decls, help=help_text, rich_help_panel=panel or config.__name__, **extra)
         params.append(
             inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                               annotation=Annotated[annotation, option])
@@ -79,9 +120,18 @@ def option_parameters(config: type, *, skip: Collection[str] = (), panel: str | 
     return params
 
 
-def config_options(*configs: type, skip: Collection[str] = ()) -> Callable[[Callable], Callable]:
+def config_options(
+    *configs: type, skip: Collection[str] = (), overrides: Mapping[type, str] | None = None
+) -> Callable[[Callable], Callable]:
     """Decorator: give a typer command one option per field of each config (fields the command declares itself,
-    or names in ``skip``, are left to it). The command receives the generated values in ``**options``."""
+    or names in ``skip``, are left to it). The command receives the generated values in ``**options``.
+
+    ``overrides`` maps a config whose flags only change a base built elsewhere to what an absent flag keeps
+    ("the preset's"): its options default to ``None``; read the given ones with `given_values`."""
+    overrides = dict(overrides or {})
+    unknown = [c.__name__ for c in overrides if c not in configs]
+    if unknown:
+        raise TypeError(f"overrides names {unknown}, which are not among the configs {[c.__name__ for c in configs]}")
 
     def decorate(command: Callable) -> Callable:
         own = inspect.signature(command, eval_str=True).parameters
@@ -92,7 +142,7 @@ def config_options(*configs: type, skip: Collection[str] = ()) -> Callable[[Call
         taken = {p.name for p in declared} | set(skip)
         generated: list[inspect.Parameter] = []
         for config in configs:
-            for p in option_parameters(config, skip=taken):
+            for p in option_parameters(config, skip=taken, unset=overrides.get(config)):
                 generated.append(p)
                 taken.add(p.name)  # a name shared by two configs gets one flag (the first config's help)
 
@@ -113,6 +163,12 @@ def build_config(config: type, options: Mapping[str, Any], **given: Any) -> Any:
     values = {k: v for k, v in options.items() if k in names}
     values.update({k: v for k, v in given.items() if k in names})
     return config(**values)
+
+
+def given_values(config: type, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``config`` whose option was given (not ``None``): the overrides of a base config."""
+    names = {f.name for f in dataclasses.fields(config) if f.init}
+    return {k: v for k, v in options.items() if k in names and v is not None}
 
 
 def missing_flags(command: Callable, config: type, *, skip: Collection[str] = ()) -> list[str]:

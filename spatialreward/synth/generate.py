@@ -45,7 +45,7 @@ from spatialreward.synth.operations import OPERATION_WEIGHTS, OPERATIONS
 from spatialreward.synth.photos import (available_eval_photos, available_photos, load_eval_photo, load_photo,
                                        random_view, split_photos)
 from spatialreward.synth.scenes import DEFAULT_HELDOUT_STYLES, SCENE_STYLES, render_scene
-from spatialreward.types import EditSample
+from spatialreward.types import WHOLE_IMAGE, EditSample
 
 GENERATOR_VERSION = "synth-v2"  # bump when the same seed would give different data (the diverse recipe)
 CLASSIC_VERSION = "synth-v1"  # the classic recipe, byte-identical to the generator before failure families
@@ -276,7 +276,7 @@ def _make_group(rng: np.random.Generator, photo: np.ndarray, *, size: int, candi
         diff_all, diff_top = truth.diff_masks(source, d.content, keeps=(None, truth.MAX_BOXES), change=change)
         if d.global_change:
             changed = np.ones_like(intended)
-            boxes = [list(truth.WHOLE_IMAGE_BOX)]
+            boxes = [list(WHOLE_IMAGE)]
         else:
             changed = diff_top
             boxes = truth.boxes_of(changed)
@@ -285,7 +285,7 @@ def _make_group(rng: np.random.Generator, photo: np.ndarray, *, size: int, candi
         out.append(Candidate(kind=d.kind, image=_quantise(edited), changed=changed, boxes=boxes,
                              subscores=truth.subscores(measures), measures=measures, applied=d.applied,
                              params=d.params))
-    intended_boxes = [list(truth.WHOLE_IMAGE_BOX)] if op.is_global else truth.boxes_of(intended)
+    intended_boxes = [list(WHOLE_IMAGE)] if op.is_global else truth.boxes_of(intended)
     describe = {c.applied: op.describe(c.applied) for c in out if c.applied}
     return Group(source=_quantise(source), instruction=instruction, operation=op.name, family=plan.family,
                  attribute=op.describe(plan.attribute), target=plan.words.get("target", ""),

@@ -56,11 +56,11 @@ from scipy import ndimage
 
 from spatialreward.boxes import mask_to_boxes
 from spatialreward.synth import regions as reg
+from spatialreward.types import SCORE_MAX
 
 CHANGE_THRESHOLD = 0.03
 MAX_BOXES = 4
 MIN_AREA_FRACTION = 0.002
-WHOLE_IMAGE_BOX = [0.0, 0.0, 1000.0, 1000.0]
 
 
 def min_area(size: int) -> int:
@@ -393,8 +393,8 @@ def subscores(m: dict[str, float]) -> list[float]:
     p = max(m["progress"], 0.0)
     amount = p if p <= 1.0 else 1.0 / p  # going twice as far as asked counts like going half way
     follow = 0.15 * m["coverage"] + 0.85 * math.sqrt(aligned * amount)
-    s1 = 25.0 * min(max(follow, 0.0), 1.0)
-    s2 = 25.0 / (1.0 + 6.0 * (m["leak_fraction"] + 5.0 * m["leak_energy"]))
-    s3 = 25.0 * math.exp(-(10.0 * m["seam"] + 1.5 * m["smear"] + 4.0 * m["clip_excess"]))
-    s4 = 25.0 * math.exp(-(3.0 * m["ssim_loss"] + 1.5 * m["ssim_loss_local"] + 6.0 * m.get("chroma_loss", 0.0)))
-    return [round(min(max(v, 0.0), 25.0), 3) for v in (s1, s2, s3, s4)]
+    s1 = SCORE_MAX * min(max(follow, 0.0), 1.0)
+    s2 = SCORE_MAX / (1.0 + 6.0 * (m["leak_fraction"] + 5.0 * m["leak_energy"]))
+    s3 = SCORE_MAX * math.exp(-(10.0 * m["seam"] + 1.5 * m["smear"] + 4.0 * m["clip_excess"]))
+    s4 = SCORE_MAX * math.exp(-(3.0 * m["ssim_loss"] + 1.5 * m["ssim_loss_local"] + 6.0 * m.get("chroma_loss", 0.0)))
+    return [round(min(max(v, 0.0), SCORE_MAX), 3) for v in (s1, s2, s3, s4)]
