@@ -156,7 +156,7 @@ def test_uses_the_students_helpers_not_copies():
     import spatialreward.runtime as runtime
 
     text = inspect.getsource(runtime)
-    assert "text_encoder_for" in text and "subscore_std_points" in text
+    assert "instruction_encoder_for" in text and "subscore_std_points" in text  # the one encoder picker (export/)
     assert "25.0 * torch.exp" not in text and "get_text_encoder" not in text
     top = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
     assert not [line for line in top if "student" in line or "export" in line], top  # only lazily, via export/
