@@ -277,3 +277,27 @@ def test_token_is_required_and_non_loopback_needs_one(rm):
         assert httpx.get(srv.url + "/metrics").status_code == 401
         assert httpx.get(srv.url + "/ping").status_code == 200
         assert RewardClient(srv.url, token=token).score([src], edt, ["x"])[0]["ok"]
+
+
+def test_a_groups_source_is_sent_once_and_chunks_carry_what_they_use(server, rm):
+    srcs, edt = images(2, seed=21), images(5, seed=22)
+    sources = [srcs[0]] * 3 + [srcs[1]] * 2  # two groups, each source object repeated per candidate
+    body = RewardClient.payload(sources, edt, ["add a hat"] * 5)
+    assert len(body["sources"]) == 2 and [it["source_index"] for it in body["items"]] == [0, 0, 0, 1, 1]
+    chunks = RewardClient(server.url, max_items_per_request=2)._chunks(body)
+    assert [len(c["sources"]) for c in chunks] == [1, 2, 1]  # items 2-3 straddle the groups
+    assert [it["source_index"] for it in chunks[1]["items"]] == [0, 1]
+    got = RewardClient(server.url, max_items_per_request=2).score(sources, edt, ["add a hat"] * 5)
+    want = rm.score(sources, edt, ["add a hat"] * 5).reward
+    assert np.allclose([r["reward"] for r in got], want.numpy(), atol=1e-5)
+
+
+def test_a_source_index_that_names_no_source_fails_that_item_alone(server):
+    src, edt = images(1, seed=23)[0], images(1, seed=24)[0]
+    body = {"sources": [png_b64(src)], "items": [
+        {"source_index": 0, "edited": png_b64(edt), "instruction": "x"},
+        {"source_index": 5, "edited": png_b64(edt), "instruction": "x"},
+        {"source_index": "0", "edited": png_b64(edt), "instruction": "x"}]}
+    results = httpx.post(server.url + "/v1/score", json=body, timeout=60).json()["results"]
+    assert [r["ok"] for r in results] == [True, False, False]
+    assert "items[1].source_index: 5 does not name a source (1 sources)" in results[1]["error"]

@@ -1,7 +1,9 @@
 """The ASGI app: routes over one `ModelWorker`.
 
-    POST /v1/score   JSON: {"items": [{"source": b64, "edited": b64, "instruction": str, "group_id"?, "id"?}],
-                            "source"?, "instruction"? (defaults for every item), "return_mask"?: bool}
+    POST /v1/score   JSON: {"items": [{"source": b64 | "source_index": int, "edited": b64, "instruction": str,
+                                       "group_id"?, "id"?}], "sources"?: [b64] (what source_index points into:
+                            a group's source sent once), "source"?, "instruction"? (defaults for every item),
+                            "return_mask"?: bool}
                      → {"results": [{"index", "id", "group_id", "ok", "reward", "subscores", "uncertainty",
                                      "presence", "boxes", "mask_png"?, "error", "error_kind"}], ...}
     POST /           the SpatialReward reward-server protocol (pickled dicts, restricted unpickler: protocol.py)
@@ -150,6 +152,9 @@ class RewardService:
             raise HTTPProblem(413, f"{len(items)} items in one request is over the limit of {cfg.max_items}; split "
                                    "the request", "too_many_items")
         shared_source, shared_instruction = payload.get("source"), payload.get("instruction")
+        sources = payload.get("sources")
+        if sources is not None and not isinstance(sources, list):
+            raise HTTPProblem(400, '"sources" must be a list of base64 images', "bad_request")
         edits, echoes = [], []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
@@ -160,15 +165,27 @@ class RewardService:
             try:
                 instruction = check_instruction(item.get("instruction", shared_instruction),
                                                 f"items[{i}].instruction", max_chars=cfg.max_instruction_chars)
-                source, key = decode_source(_b64(item.get("source", shared_source), f"items[{i}].source"),
-                                            f"items[{i}].source", self.cache, min_side=cfg.min_side,
-                                            max_pixels=cfg.max_pixels)
+                source_name, source_b64 = self._item_source(item, i, sources, shared_source)
+                source, key = decode_source(_b64(source_b64, source_name), source_name, self.cache,
+                                            min_side=cfg.min_side, max_pixels=cfg.max_pixels)
                 edited = decode_image(_b64(item.get("edited"), f"items[{i}].edited"), f"items[{i}].edited",
                                       min_side=cfg.min_side, max_pixels=cfg.max_pixels)
                 edits.append(Edit(source=source, edited=edited, instruction=instruction, source_key=key))
             except ItemError as err:
                 edits.append(Edit(error=err))
         return edits, echoes, bool(payload.get("return_mask", False))
+
+    @staticmethod
+    def _item_source(item: dict, i: int, sources: list | None, shared_source: Any) -> tuple[str, Any]:
+        """An item's source: its own ``source``, else ``sources[source_index]`` (a group's source sent once per
+        request), else the request's ``source``."""
+        if "source" in item or "source_index" not in item:
+            return f"items[{i}].source", item.get("source", shared_source)
+        index = item["source_index"]
+        if sources is None or not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(sources):
+            size = "no sources list" if sources is None else f"{len(sources)} sources"
+            raise ItemError(MISSING_FIELD, f"items[{i}].source_index: {index!r} does not name a source ({size})")
+        return f"sources[{index}]", sources[index]
 
     @staticmethod
     def json_results(results: list[ItemResult], echoes: list[dict], want_mask: bool) -> dict:

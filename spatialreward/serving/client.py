@@ -91,14 +91,17 @@ class RewardClient:
         if not (len(sources) == n == len(instructions)):
             raise ValueError(f"got {len(sources)} sources, {n} edited images and {len(instructions)} instructions; "
                              "pass one of each per edit")
-        encoded: dict[int, str] = {}  # a group's repeated source object is encoded once
+        # a group's repeated source object is encoded and sent once: items point into "sources" by index
+        source_index: dict[int, int] = {}
+        source_list: list[str] = []
         items, failed = [], {}
         for i in range(n):
             src = sources[i]
             try:
-                if id(src) not in encoded:
-                    encoded[id(src)] = b64_image(src, image_format)
-                item = {"source": encoded[id(src)], "edited": b64_image(editeds[i], image_format),
+                if id(src) not in source_index:
+                    source_list.append(b64_image(src, image_format))
+                    source_index[id(src)] = len(source_list) - 1
+                item = {"source_index": source_index[id(src)], "edited": b64_image(editeds[i], image_format),
                         "instruction": instructions[i]}
             except (ImageLoadError, OSError) as exc:
                 if strict:
@@ -110,7 +113,7 @@ class RewardClient:
             if group_ids is not None:
                 item["group_id"] = group_ids[i]
             items.append(item)
-        return {"items": items, "return_mask": return_mask}, failed
+        return {"sources": source_list, "items": items, "return_mask": return_mask}, failed
 
     @staticmethod
     def _merge(n: int, sent: list[dict], failed: dict[int, dict]) -> list[dict]:
@@ -123,8 +126,22 @@ class RewardClient:
         return out
 
     def _chunks(self, payload: dict) -> list[dict]:
+        """Requests of at most ``max_items_per_request`` edits, each carrying only the sources its items use."""
         items, k = payload["items"], self.max_items_per_request
-        return [{**payload, "items": items[i:i + k]} for i in range(0, len(items), k)] or [payload]
+        if len(items) <= k:
+            return [payload]
+        sources, chunks = payload.get("sources"), []
+        for start in range(0, len(items), k):
+            part = items[start:start + k]
+            if sources is not None:
+                used = sorted({it["source_index"] for it in part if "source_index" in it})
+                remap = {old: new for new, old in enumerate(used)}
+                part = [{**it, "source_index": remap[it["source_index"]]} if "source_index" in it else it
+                        for it in part]
+                chunks.append({**payload, "sources": [sources[j] for j in used], "items": part})
+            else:
+                chunks.append({**payload, "items": part})
+        return chunks
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         if response is not None and response.headers.get("retry-after", "").isdigit():
