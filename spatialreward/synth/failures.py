@@ -88,12 +88,17 @@ def chroma_shift(rng, image, strength, area, p: Params) -> np.ndarray:
     return _rgb(np.concatenate([ycc[..., :1], chroma * gain], axis=2))
 
 
+def unsharp_mask(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
+    """``image + amount · (image − blur)``: halos when strong and wide, sharpening when narrow (per channel)."""
+    return image + amount * (image - ndimage.gaussian_filter(image, (sigma, sigma, 0)))
+
+
 def halo(rng, image, strength, area, p: Params) -> np.ndarray:
     """Halos around edges: an over-strong, wide unsharp mask (bright and dark rims along every contour)."""
     sigma = float(rng.uniform(2.0, 6.0)) * image.shape[0] / 224
     amount = 0.6 + 2.4 * strength
     p.update(sigma=round(sigma, 3), amount=round(amount, 3))
-    return image + amount * (image - ndimage.gaussian_filter(image, (sigma, sigma, 0)))
+    return unsharp_mask(image, sigma, amount)
 
 
 def ghosting(rng, image, strength, area, p: Params) -> np.ndarray:
@@ -374,7 +379,7 @@ def sharpen_all(rng, image, strength, ctx, p: Params) -> np.ndarray:
     sigma = float(rng.uniform(0.8, 2.0)) * image.shape[0] / 224
     amount = 0.5 + 2.0 * strength
     p.update(sigma=round(sigma, 3), amount=round(amount, 3))
-    return image + amount * (image - ndimage.gaussian_filter(image, (sigma, sigma, 0)))
+    return unsharp_mask(image, sigma, amount)
 
 
 def denoise_all(rng, image, strength, ctx, p: Params) -> np.ndarray:
