@@ -218,3 +218,40 @@ def test_cli_help_and_run(tmp_path):
     assert "correct" in result.output and (out / "samples.jsonl").is_file()
     result = runner.invoke(app, ["synth", "--out", str(tmp_path / "bad"), "--candidates", "1"])
     assert isinstance(result.exception, CLIError) and "--candidates" in str(result.exception)
+
+
+def test_a_photo_that_fails_to_load_is_recorded_and_warned_and_a_skip_is_not_swallowed(monkeypatch):
+    """A missing photo changes the held-out split, so it must never be silent; and a runner's outcome (pytest's
+    Skipped is a BaseException) or Ctrl-C must propagate instead of turning into "photo not here"."""
+    import skimage.data
+
+    from spatialreward.synth import photos
+
+    def broken():
+        raise OSError("file is gone")
+
+    def skipping():
+        pytest.skip("skimage data not installed")
+
+    monkeypatch.setattr(skimage.data, "_test_broken_photo", broken, raising=False)
+    monkeypatch.setattr(skimage.data, "_test_skipping_photo", skipping, raising=False)
+    assert load_photo("_test_broken_photo") is None
+    assert "OSError: file is gone" in photos.photo_load_failures()["_test_broken_photo"]
+    with pytest.warns(RuntimeWarning, match=r"_test_broken_photo \(OSError: file is gone\)"):
+        assert photos.available_photos(("astronaut", "_test_broken_photo")) == ("astronaut",)
+    with pytest.raises(pytest.skip.Exception):
+        load_photo("_test_skipping_photo")
+
+
+def test_resume_from_another_photo_split_is_refused(tmp_path, monkeypatch):
+    """A folder made where more (or other) photos loaded must not be resumed into with today's split."""
+    from spatialreward.synth import generate
+
+    out = tmp_path / "synth"
+    generate_dataset(out, groups=2, seed=0, candidates=2, size=48, workers=1, progress=False)
+    manifest = json.loads((out / generate.MANIFEST).read_text())
+    assert manifest["photos_not_loaded"] == {}
+    real = generate.available_photos()
+    monkeypatch.setattr(generate, "available_photos", lambda: tuple(real[:-1]))
+    with pytest.raises(DatasetError, match="another photo split"):
+        generate_dataset(out, groups=2, seed=0, candidates=2, size=48, workers=1, progress=False)

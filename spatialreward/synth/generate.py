@@ -42,8 +42,8 @@ from spatialreward.synth.failures import DEFAULT_HELDOUT_FAMILIES, FailurePools,
 from spatialreward.synth.instructions import DEFAULT_HELDOUT_PHRASING, PHRASINGS, render_instruction, render_phrased
 from spatialreward.synth.objects import colour_hue
 from spatialreward.synth.operations import OPERATION_WEIGHTS, OPERATIONS
-from spatialreward.synth.photos import (available_eval_photos, available_photos, load_eval_photo, load_photo,
-                                       random_view, split_photos)
+from spatialreward.synth.photos import (SOURCE_PHOTOS, available_eval_photos, available_photos, load_eval_photo,
+                                       load_photo, photo_load_failures, random_view, split_photos)
 from spatialreward.synth.scenes import DEFAULT_HELDOUT_STYLES, SCENE_STYLES, render_scene
 from spatialreward.types import WHOLE_IMAGE, EditSample
 
@@ -449,17 +449,28 @@ def _dir_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def _check_folder(out: Path, config: SynthConfig) -> None:
+def _check_folder(out: Path, config: SynthConfig, photos: dict[str, list[str]]) -> None:
+    """Refuse to resume into a folder made with other settings or from another photo split (photos that loaded
+    there do not load here): either would mix two datasets in one folder."""
     manifest = out / MANIFEST
     if manifest.exists():
         try:
-            saved = json.loads(manifest.read_text()).get("config")
-        except ValueError as exc:
+            saved_manifest = json.loads(manifest.read_text())
+            saved = saved_manifest.get("config")
+        except (ValueError, AttributeError) as exc:
             raise DatasetError(f"{manifest}: unreadable ({exc}); delete it or use another --out") from exc
         if saved != _config_key(config):
             raise DatasetError(
                 f"{out} holds a synthetic set made with other settings ({saved}); use another --out, or delete the "
                 f"folder to rebuild it with {_config_key(config)}"
+            )
+        saved_photos = saved_manifest.get("photos")
+        if saved_photos is not None and saved_photos != photos:
+            diff = {k: sorted(set(saved_photos.get(k, [])) ^ set(photos.get(k, [])))
+                    for k in set(saved_photos) | set(photos)}
+            raise DatasetError(
+                f"{out} was made from another photo split than loads here (differing photos by split: "
+                f"{ {k: v for k, v in diff.items() if v} }); load the same photos or use another --out"
             )
     elif out.exists() and any(out.iterdir()):
         raise DatasetError(f"{out} exists and is not a synthetic set (no {MANIFEST}); use an empty or new folder")
@@ -495,8 +506,6 @@ def generate_dataset(
     config = SynthConfig(groups=groups, seed=seed, candidates=candidates, size=size,
                          heldout_fraction=heldout_fraction, **options)
     out = Path(out)
-    _check_folder(out, config)
-    out.mkdir(parents=True, exist_ok=True)
     names = available_photos()
     train_photos, heldout_photos = split_photos(names, heldout_fraction)
     eval_photos = available_eval_photos() if config.layout == "generalisation" else ()
@@ -504,7 +513,10 @@ def generate_dataset(
     photos = {"train": list(train_photos), "heldout": list(heldout_photos)}
     if config.recipe == "diverse":
         photos["eval_pool"] = list(eval_photos)
-    manifest = {"config": _config_key(config), "groups": groups, "photos": photos}
+    _check_folder(out, config, photos)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"config": _config_key(config), "groups": groups, "photos": photos,
+                "photos_not_loaded": {n: r for n, r in photo_load_failures().items() if n in SOURCE_PHOTOS}}
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=2).encode())
 
     split_counter: Counter[str] = Counter()

@@ -48,18 +48,31 @@ def _to_rgb_uint8(image: object) -> np.ndarray:
     return np.ascontiguousarray(a[:, :, :3])
 
 
+# Why each photo that did not load failed (name → "ExceptionType: message"), so a smaller photo set — and with it
+# a different train/held-out split — is never silent: `available_photos` warns, and the dataset manifest records it.
+_LOAD_FAILURES: dict[str, str] = {}
+
+
+def photo_load_failures() -> dict[str, str]:
+    """Photos that failed to load in this process so far, with the reason."""
+    return dict(_LOAD_FAILURES)
+
+
 @lru_cache(maxsize=None)
 def load_photo(name: str) -> np.ndarray | None:
-    """One skimage photo as RGB uint8, or None when it cannot be loaded offline (cached per process)."""
+    """One skimage photo as RGB uint8, or None when it cannot be loaded offline (cached per process).
+
+    Only ordinary errors (missing file, no ``pooch``, no network) count as "not here"; they are recorded in
+    `photo_load_failures`. Anything else — Ctrl-C, ``SystemExit``, a test runner's skip/fail outcome — propagates.
+    """
     import skimage.data
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = getattr(skimage.data, name)()
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException:  # noqa: BLE001 — missing file / pooch / network; under pytest skimage raises Skipped
+    except Exception as exc:  # noqa: BLE001 — missing file / pooch / network: this photo is not here
+        _LOAD_FAILURES[name] = f"{type(exc).__name__}: {exc}"
         return None
     return _to_rgb_uint8(image)
 
@@ -67,16 +80,22 @@ def load_photo(name: str) -> np.ndarray | None:
 @lru_cache(maxsize=None)
 def available_photos(names: tuple[str, ...] = SOURCE_PHOTOS) -> tuple[str, ...]:
     """The names among ``names`` that load offline here, in the given order, without pixel-identical
-    duplicates (the first name of a duplicate is kept)."""
-    kept, seen = [], set()
+    duplicates (the first name of a duplicate is kept). Warns, naming each photo and why, when some do not load:
+    the held-out split depends on which photos load."""
+    kept, seen, missing = [], set(), []
     for n in names:
         photo = load_photo(n)
         if photo is None:
+            missing.append(n)
             continue
         digest = hashlib.sha256(photo.tobytes()).hexdigest()
         if digest not in seen:
             seen.add(digest)
             kept.append(n)
+    if missing:
+        reasons = "; ".join(f"{n} ({_LOAD_FAILURES.get(n, 'not loaded')})" for n in missing)
+        warnings.warn(f"{len(missing)} of {len(names)} source photos do not load here, so the photo set and the "
+                      f"held-out split differ from a full install: {reasons}", RuntimeWarning, stacklevel=2)
     return tuple(kept)
 
 
