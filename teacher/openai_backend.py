@@ -255,27 +255,36 @@ def _usage(usage: Any) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
+class _CappedBody:
+    """A response body collected chunk by chunk, refused past ``limit`` bytes (a stated Content-Length over it is
+    refused unread). One class so the async and sync readers below share the rule."""
+
+    def __init__(self, response: httpx.Response, limit: int):
+        _check_length_header(response, limit)
+        self.limit, self.size, self.chunks = limit, 0, []
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise BodyTooLarge(f"response body over {self.limit:,} bytes")
+        self.chunks.append(chunk)
+
+    def value(self) -> bytes:
+        return b"".join(self.chunks)
+
+
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    """The body, refusing to read past ``limit`` bytes (a stated Content-Length over it is refused unread)."""
-    _check_length_header(response, limit)
-    chunks, size = [], 0
+    body = _CappedBody(response, limit)
     async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"response body over {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body.add(chunk)
+    return body.value()
 
 
 def _read_capped_sync(response: httpx.Response, limit: int) -> bytes:
-    _check_length_header(response, limit)
-    chunks, size = [], 0
+    body = _CappedBody(response, limit)
     for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"response body over {limit:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body.add(chunk)
+    return body.value()
 
 
 def _check_length_header(response: httpx.Response, limit: int) -> None:

@@ -19,13 +19,20 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from PIL import Image
 
 from fixtures.fake_vlm import write_noise_dataset
 from spatialreward.dataset import labels_dir, read_label_shards
 from spatialreward.teacher.config import ChatRequest, TeacherConfig, TeacherLoadError
-from spatialreward.teacher.openai_backend import OpenAIBackend, normalize_base_url
+from spatialreward.teacher.openai_backend import (
+    BodyTooLarge,
+    OpenAIBackend,
+    _read_capped,
+    _read_capped_sync,
+    normalize_base_url,
+)
 from spatialreward.teacher.pipeline import label_dataset
 from spatialreward.teacher.registry import make_teacher
 
@@ -266,6 +273,28 @@ def test_response_bodies_over_the_cap_are_refused_unread(server):
     assert huge.text is None and "over the 16,384-byte cap" in huge.error and "not retried" in huge.error
     assert fine.text == "answer for small"
     assert server.attempts["big"] == 1
+
+
+def test_streamed_bodies_without_a_length_are_cut_at_the_cap():
+    """A chunked body states no Content-Length, so the cap is enforced while reading, by both readers."""
+    chunks = [b"x" * 1000] * 5
+
+    async def stream():
+        for chunk in chunks:
+            yield chunk
+
+    async def read_async(limit):
+        return await _read_capped(httpx.Response(200, content=stream()), limit)
+
+    def read_sync(limit):
+        response = httpx.Response(200, content=iter(chunks))
+        assert "content-length" not in response.headers
+        return _read_capped_sync(response, limit)
+
+    for read in (read_sync, lambda limit: asyncio.run(read_async(limit))):
+        assert read(5000) == b"x" * 5000
+        with pytest.raises(BodyTooLarge, match="over 4,999 bytes"):
+            read(4999)
 
 
 def test_api_key_goes_to_loopback_servers(server):

@@ -26,17 +26,6 @@ Examples:
 """
 
 
-def _passive_openmp() -> None:
-    """Idle OpenMP threads sleep instead of spinning. On a CPU shared with other jobs, spinning threads stall
-    each other: a nano step of 64 edits took 5–8 s with 2 spinning threads at load 5 on 2 cores, 1.3–1.6 s with
-    passive ones. Only effective before torch loads OpenMP; an explicit OMP_WAIT_POLICY wins."""
-    import os
-    import sys
-
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 @config_options(DistillConfig, StudentConfig, overrides={StudentConfig: "the preset's"})
 def distill(
     data: Annotated[Path, typer.Option(help=field_help(DistillConfig, "data"))],
@@ -44,7 +33,6 @@ def distill(
     **options,
 ) -> None:
     """Distil a teacher's labels into a dual-stream ViT student; writes OUT/model.safetensors + config.json."""
-    _passive_openmp()
     from rich import print as rprint
 
     from spatialreward.student.distill import Distiller

@@ -35,9 +35,6 @@ def evaluate(
 ) -> None:
     """Within-group pairwise accuracy, Spearman/Kendall, group-advantage correlation, sub-score MAE, mask IoU (over
     all edits and over the edits the teacher boxed), presence accuracy of a student vs the teacher."""
-    from spatialreward.cli.distill import _passive_openmp
-
-    _passive_openmp()
     import json
 
     from rich import print as rprint
