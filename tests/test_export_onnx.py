@@ -20,24 +20,18 @@ import torch
 from spatialreward import RewardModel
 from spatialreward.export.backends import BackendUnavailable, OnnxRuntimeBackend
 from spatialreward.export.onnx_export import ExportConfig, ExportError, export_onnx, read_export_meta, sha256_file
-from spatialreward.student.model import Student
 from spatialreward.student.presets import preset_config
 from spatialreward.synth import make_group
-from tests.fixtures.students import HashingTextEncoder
+from tests.fixtures.students import HashingTextEncoder, save_toy_student
 
 torch.set_num_threads(2)
-
-TOY = dict(img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32, mask_subdivision=2)
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(run folder, export folder) of a toy student with the pixel-statistics encoding tensor (a second tensor per
     image across the graph boundary; the nano preset, without it, is exported in test_export_trt_check.py)."""
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("export")
-    run = root / "run"
-    Student(preset_config("nano", **TOY, pixel_stats=True)).save_pretrained(run)
+    run = save_toy_student(root / "run", pixel_stats=True)
     out = export_onnx(ExportConfig(model=str(run), out=str(root / "onnx"), max_batch=16), log=lambda *_: None)
     return run, out
 

@@ -29,22 +29,15 @@ from spatialreward.rl import flow_factory, flow_grpo, trl as trl_adapter, verl_o
 from spatialreward.rl.scorer import EditScorer, as_image_list, share_equal_sources
 from spatialreward.serving import ServeConfig
 from spatialreward.serving.server import BackgroundServer
-from spatialreward.student.model import Student
-from spatialreward.student.presets import preset_config
-from tests.fixtures.students import HashingTextEncoder
+from tests.fixtures.students import toy_reward_model
 
 torch.set_num_threads(2)
-TOY = dict(img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32, mask_subdivision=2,
-           pixel_stats=True)
 INSTRUCTION = "paint the upper-left square red"
 
 
 @pytest.fixture(scope="module")
 def rm(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("student")
-    Student(preset_config("nano", **TOY)).save_pretrained(path)
-    return RewardModel.from_pretrained(path, text_encoder=HashingTextEncoder())
+    return toy_reward_model(tmp_path_factory.mktemp("student"))
 
 
 @pytest.fixture(scope="module")

@@ -2,37 +2,29 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from spatialreward import RewardModel, RewardOutput
 from spatialreward.formula import RewardWeights, reward_from_subscores
 from spatialreward.images import ImageLoadError
 from spatialreward.student.data import preprocess_image
 from spatialreward.student.model import Student
-from spatialreward.student.presets import preset_config
-from tests.fixtures.students import HashingTextEncoder
+from tests.fixtures.students import HashingTextEncoder, random_images, save_toy_student
 
 torch.set_num_threads(2)
 
-# Toy student (48 px, width 32, one block): the runtime's plumbing is what is tested, not the network.
-TOY = dict(img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32, mask_subdivision=2,
-           pixel_stats=True)  # the cached-source path must carry the pixel statistics too
+images = partial(random_images, size=60)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("student")
-    Student(preset_config("nano", **TOY)).save_pretrained(path)
-    return path
-
-
-def images(n: int, size: int = 60, seed: int = 0) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+    """A toy student: the runtime's plumbing is what is tested, not the network. With pixel statistics, because
+    the cached-source path must carry them too."""
+    return save_toy_student(tmp_path_factory.mktemp("student"), pixel_stats=True)
 
 
 def test_from_pretrained_round_trip_matches_the_network(model_dir):

@@ -21,27 +21,14 @@ from spatialreward import RewardModel
 from spatialreward.serving import RewardClient, ServeConfig
 from spatialreward.serving.protocol import ProtocolError, restricted_loads, scan_pickle
 from spatialreward.serving.server import BackgroundServer
-from spatialreward.student.model import Student
-from spatialreward.student.presets import preset_config
-from tests.fixtures.students import HashingTextEncoder
+from tests.fixtures.students import random_images as images, toy_reward_model
 
 torch.set_num_threads(2)
-# Toy student (48 px, width 32, one block): the server's plumbing is under test, not the network.
-TOY = dict(img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32, mask_subdivision=2,
-           pixel_stats=True)
 
 
 @pytest.fixture(scope="module")
 def rm(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("student")
-    Student(preset_config("nano", **TOY)).save_pretrained(path)
-    return RewardModel.from_pretrained(path, text_encoder=HashingTextEncoder())
-
-
-def images(n, size=40, seed=0):
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+    return toy_reward_model(tmp_path_factory.mktemp("student"))
 
 
 def png_b64(im):

@@ -11,35 +11,21 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-from spatialreward import RewardModel  # noqa: E402
 from spatialreward.serving import RewardClient, ServeConfig  # noqa: E402
 from spatialreward.serving import ray_serve  # noqa: E402
-from spatialreward.student.model import Student  # noqa: E402
-from spatialreward.student.presets import preset_config  # noqa: E402
-from tests.fixtures.students import HashingTextEncoder  # noqa: E402
+from tests.fixtures.students import random_images as images, toy_reward_model  # noqa: E402
 
-TOY = dict(img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32, mask_subdivision=2,
-           pixel_stats=True)
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def rm(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("student")
-    Student(preset_config("nano", **TOY)).save_pretrained(path)
-    return RewardModel.from_pretrained(path, text_encoder=HashingTextEncoder())
-
-
-def images(n, seed, size=40):
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+    return toy_reward_model(tmp_path_factory.mktemp("student"))
 
 
 def test_build_app_sets_replicas_fractional_gpus_and_batching_room():

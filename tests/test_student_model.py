@@ -12,17 +12,17 @@ import torch
 from spatialreward.formula import RewardWeights, reward_from_subscores
 from spatialreward.student.model import Student, StudentConfig, mask_bounding_box
 from spatialreward.student.presets import build_student, list_presets, preset_config, register_preset
+from tests.fixtures.students import TOY_STUDENT
 
 torch.set_num_threads(2)
 
-# A toy size for everything but the preset sweep: 48 px / patch 16 = 3×3 tokens, width 32, one block; a forward
+# `TOY_STUDENT` for everything but the preset sweep: 48 px / patch 16 = 3×3 tokens, width 32, one block; a forward
 # pass is a millisecond, and every code path (RoIAlign, both attention paths, the mask head) still runs.
-TOY = dict(img_size=48, depth=1, embed_dim=32, num_heads=2, cross_heads=2, head_dim=32, mask_subdivision=2)
 
 
 def toy_student(seed: int = 0, **overrides) -> Student:
     torch.manual_seed(seed)
-    return Student(preset_config("nano", **{**TOY, **overrides}))
+    return Student(preset_config("nano", **{**TOY_STUDENT, **overrides}))
 
 
 def inputs(cfg: StudentConfig, b: int = 3, seed: int = 0):
@@ -199,7 +199,7 @@ def test_pretrained_backbone_from_local_safetensors(tmp_path):
 
 
 def test_build_student_from_preset_name():
-    model = build_student("nano", **TOY)
+    model = build_student("nano", **TOY_STUDENT)
     assert model.cfg.img_size == 48 and model.num_params() > 0
     assert model.kernel_backend in ("auto", "triton", "reference")
 
