@@ -19,12 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from spatialreward.kernels import HAS_TRITON, region_attention, use_backend  # noqa: E402
 from spatialreward.kernels import _backend  # noqa: E402
-
-BACKENDS = [
-    "reference",
-    pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable here")),
-]
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from tests.fixtures.kernels import BACKENDS, needs_cuda  # noqa: E402
 
 
 def _inputs(B, H, Lq, Lk, D, Dv=None, dtype=torch.float32, device="cpu", seed=0):

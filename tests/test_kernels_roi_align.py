@@ -31,13 +31,9 @@ from spatialreward.kernels import (  # noqa: E402
 )
 from spatialreward.kernels import _backend  # noqa: E402
 from spatialreward.kernels.roi_align import roi_align_reference  # noqa: E402
+from tests.fixtures.kernels import BACKENDS, needs_cuda  # noqa: E402
 
-BACKENDS = [
-    "reference",
-    pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable here")),
-]
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float16: dict(atol=4e-3, rtol=4e-3)}
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _boxes(device="cpu", dtype=torch.float32) -> torch.Tensor:

@@ -55,12 +55,8 @@ from spatialreward.kernels import (
     use_backend,
 )
 from spatialreward.kernels import _backend
+from tests.fixtures.kernels import BACKENDS, needs_cuda
 
-BACKENDS = [
-    "reference",
-    pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton is not importable here")),
-]
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])
 DEVICES = ["cpu", CUDA]
 
