@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def imports(tree: ast.Module, module: str, *, is_package: bool) -> Iterator[tupl
             base = ".".join(package + ([node.module] if node.module else []))
         if node.module is None:  # `from . import a, b`: each name may be a submodule
             return [f"{base}.{alias.name}" for alias in node.names]
-        return [base]
+        return [base] + [f"{base}.{alias.name}" for alias in node.names]  # `from pkg import sub`: sub may be one
 
     def visit(node: ast.AST, top: bool) -> Iterator[tuple[int, str, bool]]:
         for child in ast.iter_child_nodes(node):
@@ -91,15 +92,17 @@ def violations(path: Path, source: str | None = None) -> list[str]:
     module = module_name(path)
     tree = ast.parse(source, filename=str(path))
     rel = path.relative_to(ROOT)
-    found = []
+    found = {}  # line -> message: the first offending name of an import statement
     for line, name, top in imports(tree, module, is_package=path.name == "__init__.py"):
+        if line in found:
+            continue
         if _within(module, "spatialreward.kernels"):
             if _within(name, PROJECT) and not _within(name, "spatialreward.kernels"):
-                found.append(f"{rel}:{line}: import {name} (kernels import nothing of the project but kernels)")
+                found[line] = f"{rel}:{line}: import {name} (kernels import nothing of the project but kernels)"
         elif top and any(_within(name, above) for above in ABOVE_CORE):
-            found.append(f"{rel}:{line}: import {name} at module level (core must not depend on it; import it "
-                         "inside the function that needs it, as the backend registry does)")
-    return found
+            found[line] = (f"{rel}:{line}: import {name} at module level (core must not depend on it; import it "
+                           "inside the function that needs it, as the backend registry does)")
+    return list(found.values())
 
 
 def core_files() -> list[Path]:
@@ -140,6 +143,8 @@ def test_kernels_import_nothing_of_the_project_but_themselves():
         ("spatialreward/runtime.py",
          "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from spatialreward.student import Student\n", []),
         ("spatialreward/types.py", "from . import export\n", ["spatialreward/types.py:1: import spatialreward.export"]),
+        ("spatialreward/types.py", "from spatialreward import formula, student\n",
+         ["spatialreward/types.py:1: import spatialreward.student at module level"]),
         ("kernels/roi_align.py", "from ._backend import tl\ndef f():\n    from spatialreward.types import BOX_SCALE\n",
          ["kernels/roi_align.py:3: import spatialreward.types (kernels import"]),
         ("kernels/__init__.py", "from .. import formula\nfrom . import onnx\n",
@@ -151,3 +156,37 @@ def test_the_checker_reports_file_and_line(path, source, expected):
     assert len(found) == len(expected), found
     for message, start in zip(found, expected):
         assert message.startswith(start), message
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Every project module -> the project modules it imports at module level. An edge to the module's own package
+    is left out: Python runs a package's ``__init__`` before its modules, whatever they import."""
+    paths = {module_name(p): p for folder in PACKAGE_DIRS for p in (ROOT / folder).rglob("*.py")}
+    graph = {}
+    for module, path in paths.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        deps = set()
+        for _, name, top in imports(tree, module, is_package=path.name == "__init__.py"):
+            while top and name and name not in paths:  # `from a.b import f` -> a.b; `import a.b.c` -> a.b.c
+                name = name.rpartition(".")[0]
+            if top and name and name != module and not _within(module, name):
+                deps.add(name)
+        graph[module] = deps
+    return graph
+
+
+def test_module_level_imports_have_no_cycles():
+    """Item 2 of issue 13 (model <-> checkpoint, model <-> presets, vlm <-> openai_backend) stays broken."""
+    try:
+        TopologicalSorter(module_graph()).prepare()
+    except CycleError as exc:
+        pytest.fail("module-level import cycle: " + " -> ".join(exc.args[1]))
+
+
+def test_the_cycle_check_sees_a_cycle():
+    graph = module_graph()
+    assert "spatialreward.student.checkpoint" in graph["spatialreward.student.model"]
+    assert "spatialreward.teacher.config" in graph["spatialreward.teacher.openai_backend"]
+    graph["spatialreward.student.checkpoint"].add("spatialreward.student.model")  # the cycle issue 13 broke
+    with pytest.raises(CycleError):
+        TopologicalSorter(graph).prepare()
