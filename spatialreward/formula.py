@@ -88,7 +88,7 @@ def reward_from_subscores(subscores: Any, weights: RewardWeights = DEFAULT_WEIGH
         raise ValueError(f"subscores must have last dimension 4, got shape {s.shape}")
     if not np.all(np.isfinite(s)):
         raise ValueError("subscores contain NaN or inf")
-    if np.any(s < 0) or np.any(s > 25):
+    if np.any(s < 0) or np.any(s > SCORE_MAX):
         raise ValueError(f"subscores must be in 0–25, got min {s.min():.3f} max {s.max():.3f}")
     sem = (weights.w_if * s[..., 0] + weights.w_cons * s[..., 1]) / 2.5
     qual = (weights.w_nat * s[..., 2] + weights.w_art * s[..., 3]) / 2.5

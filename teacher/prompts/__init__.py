@@ -33,6 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+from spatialreward.types import SCORE_MAX
+
 DEFAULT_VERSION = "sr-v1"
 INSTRUCTION_SLOT = "{instruction}"
 _SENTINEL = "\x00instruction\x00"  # stands in for an instruction when a template is checked
@@ -48,7 +50,7 @@ class PromptSet:
     pq: str
     system: str | None = None
     style: Literal["literal", "python"] = "literal"
-    score_range: int = 25
+    score_range: int = int(SCORE_MAX)  # the labels' own scale: answers need no rescaling
 
     def __post_init__(self) -> None:
         if self.style not in ("literal", "python"):
@@ -114,7 +116,7 @@ def load_prompts(prompt_file: str | Path | None = None, version: str = DEFAULT_V
     try:
         return PromptSet(
             version=f"{name}@{digest}", sc=spec["sc"], pq=spec["pq"], system=spec.get("system"),
-            style=spec.get("style", "literal"), score_range=int(spec.get("score_range", 25)),
+            style=spec.get("style", "literal"), score_range=int(spec.get("score_range", SCORE_MAX)),
         )
     except (ValueError, TypeError) as exc:
         raise ValueError(f"prompt file {path}: {exc}") from exc
