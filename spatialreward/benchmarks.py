@@ -70,6 +70,22 @@ def _iter_records(path: Path, model: type[BaseModel], strict: bool, report: Read
     return iter_jsonl(path, model, strict=strict, report=report)
 
 
+def _ranked_group(benchmark: str, group: str, root: Path, source: str, editeds: list[str], instruction: str,
+                  **meta) -> list[EditSample]:
+    """One sample per edit of a ranked group, best first: ``meta["rank"]`` is its place (0 = best)."""
+    return [
+        EditSample(
+            sample_id=f"{group}-{rank}",
+            source=str(resolve_path(root, source)),
+            edited=str(resolve_path(root, edited)),
+            instruction=instruction,
+            group_id=group,
+            meta={"benchmark": benchmark, "rank": rank, **meta},
+        )
+        for rank, edited in enumerate(editeds)
+    ]
+
+
 def read_editreward_bench(
     path: str | Path, *, image_root: str | Path | None = None, strict: bool = False, report: ReadReport | None = None
 ) -> list[EditSample]:
@@ -80,23 +96,8 @@ def read_editreward_bench(
     samples: list[EditSample] = []
     for lineno, rec in _iter_records(path, EditRewardBenchRecord, strict, report):
         group = f"erb-{rec.key if rec.key else rec.idx}-{rec.dimension}"
-        for rank, out in enumerate(rec.output_images):
-            samples.append(
-                EditSample(
-                    sample_id=f"{group}-{rank}",
-                    source=str(resolve_path(root, rec.input_image)),
-                    edited=str(resolve_path(root, out)),
-                    instruction=rec.instruction,
-                    group_id=group,
-                    meta={
-                        "benchmark": "editreward-bench",
-                        "rank": rank,
-                        "dimension": rec.dimension,
-                        "task_type": rec.task_type,
-                        "line": lineno,
-                    },
-                )
-            )
+        samples += _ranked_group("editreward-bench", group, root, rec.input_image, rec.output_images, rec.instruction,
+                                 dimension=rec.dimension, task_type=rec.task_type, line=lineno)
     return samples
 
 
@@ -110,17 +111,8 @@ def read_mer_bench(
     samples: list[EditSample] = []
     for lineno, rec in _iter_records(path, MERRecord, strict, report):
         group = f"mer-{rec.id if rec.id is not None else lineno}"
-        for rank, out in enumerate(rec.edited_images):
-            samples.append(
-                EditSample(
-                    sample_id=f"{group}-{rank}",
-                    source=str(resolve_path(root, rec.original_image)),
-                    edited=str(resolve_path(root, out)),
-                    instruction=rec.instruction,
-                    group_id=group,
-                    meta={"benchmark": "mer-bench", "rank": rank, "category": rec.category, "line": lineno},
-                )
-            )
+        samples += _ranked_group("mer-bench", group, root, rec.original_image, rec.edited_images, rec.instruction,
+                                 category=rec.category, line=lineno)
     return samples
 
 
