@@ -84,8 +84,9 @@ def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[
     rows = []
     for b in batches:
         g = torch.Generator().manual_seed(b)
-        src = torch.rand(b, 3, cfg.img_size, cfg.img_size, generator=g).to(device)
-        edt = torch.rand(b, 3, cfg.img_size, cfg.img_size, generator=g).to(device)
+        side = cfg.input_size  # the student's input (larger than the ViT's with a quality map)
+        src = torch.rand(b, 3, side, side, generator=g).to(device)
+        edt = torch.rand(b, 3, side, side, generator=g).to(device)
         text = torch.nn.functional.normalize(torch.randn(b, cfg.text_dim, generator=g), dim=1).to(device)
 
         def run_student():

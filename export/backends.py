@@ -99,7 +99,7 @@ class TorchBackend:
                  compile_mode: str | None = None, compile_dynamic: bool | None = False):
         self.device = torch.device(device)
         self.student = student.to(self.device).eval()
-        self.image_size = student.cfg.img_size
+        self.image_size = student.cfg.input_size
         self.text_encoder = student.cfg.text_encoder
         self.text_dim = student.cfg.text_dim
         self.max_batch = None

@@ -241,6 +241,7 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
         ScoreGraph,
         encoding_names,
         score_input_names,
+        student_parts,
     )
     from spatialreward.student import Student
 
@@ -264,8 +265,8 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
     if cfg.precision == "fp16":
         student = student.half()
     st_cfg = student.cfg
-    side = st_cfg.img_size
-    pixel_stats = student.pixel_stats is not None
+    side = st_cfg.input_size
+    pixel_stats, quality = student_parts(student)
     text_dim = st_cfg.text_dim
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -284,9 +285,9 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
             outs = score(*score_args)
         log(f"exporting {ENCODE_FILE} ({side}×{side} px, {cfg.precision}, opset {cfg.opset}) …")
         _export_graph(encode, (images,), tmp / ENCODE_FILE, input_names=ENCODE_INPUTS,
-                      output_names=encoding_names(pixel_stats), opset=cfg.opset, max_batch=cfg.max_batch)
+                      output_names=encoding_names(pixel_stats, quality), opset=cfg.opset, max_batch=cfg.max_batch)
         log(f"exporting {SCORE_FILE} …")
-        _export_graph(score, score_args, tmp / SCORE_FILE, input_names=score_input_names(pixel_stats),
+        _export_graph(score, score_args, tmp / SCORE_FILE, input_names=score_input_names(pixel_stats, quality),
                       output_names=SCORE_OUTPUTS, opset=cfg.opset, max_batch=cfg.max_batch)
         text_entry = {
             "name": st_cfg.text_encoder, "dim": text_dim, "exported": False,
@@ -305,12 +306,13 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
             "batch": {"min": 1, "max": cfg.max_batch},
             "image_size": side,
             "pixel_stats": pixel_stats,
+            "quality_map": quality,
             "reward_weights": dict(st_cfg.reward_weights),  # baked into score.onnx's reward output
             "text_encoder": text_entry,
             "graphs": {
                 "encode": {"file": ENCODE_FILE, "inputs": _io_spec(ENCODE_INPUTS, (images,)),
-                           "outputs": _io_spec(encoding_names(pixel_stats), enc)},
-                "score": {"file": SCORE_FILE, "inputs": _io_spec(score_input_names(pixel_stats), score_args),
+                           "outputs": _io_spec(encoding_names(pixel_stats, quality), enc)},
+                "score": {"file": SCORE_FILE, "inputs": _io_spec(score_input_names(pixel_stats, quality), score_args),
                           "outputs": _io_spec(SCORE_OUTPUTS, outs)},
             },
             "student": asdict(st_cfg),

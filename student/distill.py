@@ -216,7 +216,7 @@ class Distiller:
         text_encoder = text_encoder_for(student_config, text_encoder)
         self.mask_size = mask_target_size(student_config.grid)
         self.train_data: EditData = load_split(
-            cfg.data, split=cfg.train_split, teacher=cfg.teacher, img_size=student_config.img_size,
+            cfg.data, split=cfg.train_split, teacher=cfg.teacher, img_size=student_config.input_size,
             mask_size=self.mask_size, text_encoder=text_encoder, max_groups=cfg.max_train_groups,
             workers=cfg.workers, progress=cfg.progress and self.is_main,
         )
@@ -224,7 +224,7 @@ class Distiller:
         if cfg.eval_split and self.is_main:
             try:
                 eval_data = load_split(
-                    cfg.data, split=cfg.eval_split, teacher=cfg.teacher, img_size=student_config.img_size,
+                    cfg.data, split=cfg.eval_split, teacher=cfg.teacher, img_size=student_config.input_size,
                     mask_size=self.mask_size, text_encoder=text_encoder, max_groups=cfg.max_eval_groups,
                     workers=cfg.workers, progress=cfg.progress,
                 )
@@ -444,7 +444,8 @@ class Distiller:
         if self.run.resumed_step is not None:
             self._print(f"resuming {self.out / ckpt.CHECKPOINT_DIR} at step {self.step}")
         self._print(
-            f"student {self.model.cfg.embed_dim}w×{self.model.cfg.depth} at {self.model.cfg.img_size}px: "
+            f"student {self.model.cfg.embed_dim}w×{self.model.cfg.depth} at {self.model.cfg.img_size}px "
+            f"(input {self.model.cfg.input_size}px): "
             f"{self.model.num_params() / 1e6:.2f} M params; kernels backend {self.model.kernel_backend}; "
             f"{len(self.sampler)} steps/epoch × {self.world_size} process(es)"
         )

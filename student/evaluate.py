@@ -197,7 +197,7 @@ def evaluate_model_dir(
 
     model = Student.from_pretrained(model_dir, map_location=device).to(device)
     data = load_split(
-        data_dir, split=split, teacher=teacher, img_size=model.cfg.img_size,
+        data_dir, split=split, teacher=teacher, img_size=model.cfg.input_size,
         mask_size=mask_target_size(model.cfg.grid), text_encoder=text_encoder_for(model.cfg, text_encoder),
         max_groups=max_groups, progress=progress,
     )

@@ -117,7 +117,7 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
     if train_config.is_file():
         report["train_state"] = json.loads(train_config.read_text())
     for split in splits:
-        data = load_split(data_dir, split=split, teacher=teacher, img_size=model.cfg.img_size,
+        data = load_split(data_dir, split=split, teacher=teacher, img_size=model.cfg.input_size,
                           mask_size=mask_target_size(model.cfg.grid), text_encoder=encoder, max_groups=max_groups,
                           progress=progress)
         metrics, preds = evaluate_data(model, data, device=device)

@@ -5,6 +5,8 @@ changed, then check the change against the instruction inside that region and ch
 Read top to bottom, nanoGPT-style:
 
     StreamEncoder        one timm ViT shared by both images, run as one batched pass      [2B, P+N, C]
+    QualityEncoder       (optional) a small CNN over the full-resolution image: the evidence for naturalness
+                         and artifacts that the ViT's downsampled input averages away   [2B, 2Cq, H/16, W/16]
     ChangeFeatures       per-token comparison of the streams                                [B, N, C]
     SegmentationHead     edit-mask logits on the token grid (optionally u×u cells a token)  [B, g·u, g·u]
     RegionCrossAttention edited tokens + instruction token attend to source tokens, weighted by the region mask
@@ -107,16 +109,42 @@ def compare_pixels(src: torch.Tensor, edt: torch.Tensor) -> torch.Tensor:
 PIXEL_COMPARE_CHANNELS = 7
 
 
+class QualityEncoder(nn.Module):
+    """Full-resolution evidence for the quality sub-scores: ``[B, 3, H, W]`` in 0–1 → ``[B, 2·Cq, H/16, W/16]``.
+
+    JPEG blocking and ringing, noise, checkerboards, jaggies and halos live at one or two pixels; resizing to the
+    ViT's side (112 px for `nano`) averages them away, so the naturalness / artifacts sub-scores had no evidence
+    to judge them from. The first convolution runs at full resolution; its detector responses at 1/4 resolution
+    are then summarised per 4×4 cell by their mean (how much of a cell is affected) and their max (a small defect
+    is not diluted), so a RoI crop of the map (`Student.forward_tokens`) sees every pixel of the region. About
+    40 MMAC per 224-px image, next to ~100 MMAC for `nano`'s ViT.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.GELU(),  # full resolution: single-pixel patterns
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(16, dim, 3, stride=2, padding=1), nn.GELU(),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        responses = self.net(images - 0.5)  # [B, Cq, H/4, W/4]
+        return torch.cat([F.avg_pool2d(responses, 4), F.max_pool2d(responses, 4)], dim=1)  # [B, 2Cq, H/16, W/16]
+
+
 class ImageEncoding(NamedTuple):
-    """What one image contributes before the streams meet: backbone ``tokens [B, P+N, C]`` and `PixelStats`
-    ``pixels [B, 4, gh·u, gw·u]`` (0 channels when the config turns them off). Cache it for a shared source."""
+    """What one image contributes before the streams meet: backbone ``tokens [B, P+N, C]``, `PixelStats`
+    ``pixels [B, 4, gh·u, gw·u]`` and the `QualityEncoder` map ``quality [B, 2Cq, H/16, W/16]`` (0 channels when the
+    config turns either off). Cache it for a shared source."""
 
     tokens: torch.Tensor
     pixels: torch.Tensor
+    quality: torch.Tensor
 
     def select(self, index) -> ImageEncoding:
-        """Rows ``index`` (a slice or an index tensor) of both parts."""
-        return ImageEncoding(self.tokens[index], self.pixels[index])
+        """Rows ``index`` (a slice or an index tensor) of every part."""
+        return ImageEncoding(self.tokens[index], self.pixels[index], self.quality[index])
 
 
 class ChangeFeatures(nn.Module):
@@ -269,6 +297,13 @@ class StudentConfig:
     pixel_stats: bool = field(
         default=True, metadata={"help": "compare per-cell colour and high-pass energy of the two images"}
     )
+    quality_scale: int = field(
+        default=0,
+        metadata={"help": "0 = off; k >= 1: the model takes images at k·img_size, the ViT sees them average-pooled "
+                          "by k and a small CNN sees them at full resolution for the quality sub-scores"},
+    )
+    quality_dim: int = field(default=32, metadata={"help": "channels of the full-resolution quality map"})
+    quality_roi: int = field(default=4, metadata={"help": "RoIAlign output side of the region's quality crop"})
     cross_heads: int = field(default=3, metadata={"help": "heads of the region-masked cross-attention"})
     fusion_depth: int = field(
         default=1, metadata={"help": "blocks of joint attention over [instruction; change tokens] (0 = off)"}
@@ -299,9 +334,23 @@ class StudentConfig:
             raise ValueError(
                 f"mask_subdivision={self.mask_subdivision} must be >= 1 and divide patch_size={self.patch_size}"
             )
+        if self.quality_scale < 0 or (self.quality_scale and self.input_size % 16):
+            raise ValueError(f"quality_scale={self.quality_scale} must be 0 (off) or >= 1 with img_size·scale a "
+                             f"multiple of 16 (the quality map is at 1/16 of the input side)")
         if not self.logvar_min < self.logvar_max:
             raise ValueError(f"logvar_min={self.logvar_min} must be below logvar_max={self.logvar_max}")
         RewardWeights(**self.reward_weights)  # validates the weights
+
+    @property
+    def input_size(self) -> int:
+        """Side of the images the model takes: ``img_size``, or ``quality_scale · img_size`` with quality maps."""
+        return self.img_size * max(1, self.quality_scale)
+
+    @property
+    def quality_grid(self) -> tuple[int, int]:
+        """Side of the quality map ``(H/16, W/16)``, or ``(0, 0)`` without one."""
+        side = self.input_size // 16 if self.quality_scale else 0
+        return side, side
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -354,7 +403,9 @@ class Student(nn.Module):
         c = cfg.embed_dim
         self.encoder = StreamEncoder(cfg)
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, c), nn.LayerNorm(c))
-        self.pixel_stats = PixelStats(cfg.patch_size // cfg.mask_subdivision) if cfg.pixel_stats else None
+        scale = max(1, cfg.quality_scale)  # input pixels per ViT pixel
+        # Pixel statistics on the model's input: at full resolution when it is larger than the ViT's, same cells.
+        self.pixel_stats = PixelStats(cfg.patch_size // cfg.mask_subdivision * scale) if cfg.pixel_stats else None
         k = PIXEL_COMPARE_CHANNELS if cfg.pixel_stats else 0
         self.change = ChangeFeatures(c, cfg.change_depth, cfg.num_heads, extra=k)
         self.seg_head = SegmentationHead(c, cfg.mask_subdivision, pixel_channels=k)
@@ -371,9 +422,15 @@ class Student(nn.Module):
         self.geometry_proj = Mlp(GEOMETRY_DIM, hidden_features=c, out_features=c)
         # evidence: text, change mean/max, roi, text·roi, geometry, text·geometry, inside (text query, region
         # tokens), outside (same), plus presence logit and mask area
-        self.score_head = ScoreHead(
-            (12 if cfg.fusion_depth else 11) * c + 2, cfg.head_dim, (cfg.logvar_min, cfg.logvar_max), cfg.head_dropout
-        )
+        # Full-resolution quality evidence for naturalness and artifacts: the region's crop and the whole-image
+        # summary of the edited image's quality map, each next to its difference from the source's.
+        self.quality = QualityEncoder(cfg.quality_dim) if cfg.quality_scale else None
+        if self.quality is not None:
+            q = 4 * cfg.quality_dim  # [edited map, edited − source map], each mean + max channels
+            self.quality_region_proj = Mlp(q * cfg.quality_roi * cfg.quality_roi, hidden_features=c, out_features=c)
+            self.quality_global_proj = Mlp(q, hidden_features=c, out_features=c)
+        parts = (12 if cfg.fusion_depth else 11) + (2 if self.quality is not None else 0)
+        self.score_head = ScoreHead(parts * c + 2, cfg.head_dim, (cfg.logvar_min, cfg.logvar_max), cfg.head_dropout)
         self.reward_weights = RewardWeights(**cfg.reward_weights)
         # The ops come from spatialreward.kernels (Triton on CUDA when available, the PyTorch reference otherwise);
         # record which backend this module was built under, as nanoGPT records its attention path.
@@ -382,12 +439,15 @@ class Student(nn.Module):
     # -- the forward pass --------------------------------------------------------------------------------------
 
     def encode_images(self, images: torch.Tensor) -> ImageEncoding:
-        """The per-image part of ``[B, 3, S, S]`` images in 0–1: backbone tokens and pixel statistics. Cache a
-        shared source's encoding here (`RewardModel.set_group`)."""
-        tokens = self.encoder(images)  # [B, P+N, C]
-        if self.pixel_stats is None:
-            return ImageEncoding(tokens, images.new_zeros(images.shape[0], 0, *self.cfg.mask_size))
-        return ImageEncoding(tokens, self.pixel_stats(images))
+        """The per-image part of ``[B, 3, S, S]`` images in 0–1 (``S = cfg.input_size``): backbone tokens, pixel
+        statistics and the quality map. Cache a shared source's encoding here (`RewardModel.set_group`)."""
+        cfg, b = self.cfg, images.shape[0]
+        scale = max(1, cfg.quality_scale)
+        tokens = self.encoder(F.avg_pool2d(images, scale) if scale > 1 else images)  # [B, P+N, C]
+        pixels = (self.pixel_stats(images) if self.pixel_stats is not None
+                  else images.new_zeros(b, 0, *cfg.mask_size))
+        quality = self.quality(images) if self.quality is not None else images.new_zeros(b, 0, *cfg.quality_grid)
+        return ImageEncoding(tokens, pixels, quality)
 
     def forward(
         self,
@@ -398,7 +458,8 @@ class Student(nn.Module):
         region_mask: torch.Tensor | None = None,
         source_index: torch.Tensor | None = None,
     ) -> StudentOutput:
-        """Score ``B`` edits. Images ``[B, 3, S, S]`` float in 0–1; ``text_embedding [B, text_dim]``.
+        """Score ``B`` edits. Images ``[B, 3, S, S]`` float in 0–1 (``S = cfg.input_size``); ``text_embedding
+        [B, text_dim]``.
 
         ``region_boxes [B, 4]`` (0–1000) and ``region_mask [B, gh, gw]`` (token-cell coverage in [0, 1]) replace the
         predicted region for RoIAlign and the cross-attention (teacher forcing during distillation). With
@@ -456,6 +517,20 @@ class Student(nn.Module):
             spatial_scale=gw / BOX_SCALE, sampling_ratio=2, aligned=True,
         )  # [B, r, r, 3C]
         roi = self.roi_proj(roi.reshape(b, -1))  # [B, C]
+        quality_parts = []
+        if self.quality is not None:
+            # The same region box, cropped from the full-resolution quality maps: the edited image's own evidence
+            # and its departure from the source's (a grainy photo is natural; grain an edit added is not).
+            qe, qs, (qh, qw), half = edited.quality, source.quality, cfg.quality_grid, cfg.quality_dim
+            q = torch.cat([qe, qe - qs], dim=1)  # [B, 4Cq, qh, qw]
+            q_roi = roi_align_tokens(
+                q.flatten(2).transpose(1, 2), rois, grid_size=(qh, qw), output_size=(cfg.quality_roi, cfg.quality_roi),
+                spatial_scale=qw / BOX_SCALE, sampling_ratio=2, aligned=True,
+            )  # [B, r, r, 4Cq]
+            whole_e = torch.cat([qe[:, :half].mean((2, 3)), qe[:, half:].amax((2, 3))], dim=1)  # [B, 2Cq]
+            whole_s = torch.cat([qs[:, :half].mean((2, 3)), qs[:, half:].amax((2, 3))], dim=1)
+            quality_parts = [self.quality_region_proj(q_roi.reshape(b, -1)),
+                             self.quality_global_proj(torch.cat([whole_e, whole_e - whole_s], dim=1))]
         layout = F.adaptive_avg_pool2d(mask_prob.unsqueeze(1), LAYOUT_CELLS).flatten(1)  # [B, 9]
         geometry = self.geometry_proj(torch.cat([boxes / BOX_SCALE, layout], dim=1))  # [B, C]
 
@@ -473,11 +548,11 @@ class Student(nn.Module):
             text, change.mean(1), change.amax(1), roi, text * roi, geometry, text * geometry,
             inside[:, 0], weighted_mean(inside[:, 1:], inside_w),
             outside[:, 0], weighted_mean(outside[:, 1:], outside_w),
-            presence_logit.unsqueeze(1), area,
+            *quality_parts, presence_logit.unsqueeze(1), area,
         ]
         if self.cfg.fusion_depth:
             parts.append(self.fusion(torch.cat([text.unsqueeze(1), change], dim=1))[:, 0])  # [B, C]
-        evidence = torch.cat(parts, dim=1)  # [B, 11C + 2] (+ C with fusion)
+        evidence = torch.cat(parts, dim=1)  # [B, 11C + 2] (+ C with fusion, + 2C with quality maps)
         subscores, logvar = self.score_head(evidence)
         reward = reward_from_subscores(subscores, self.reward_weights)  # [B]
         return StudentOutput(subscores, reward, mask_logits, presence_logit, logvar, boxes)

@@ -357,3 +357,30 @@ def test_a_changed_text_file_is_named_at_load(exported, tmp_path):
     with pytest.raises(TextEncoderError, match=r"tokenizer\.json: missing"):
         RewardModel.from_pretrained(bad, backend="onnxruntime")
 
+
+
+def test_quality_map_student_exports_with_parity(tmp_path, groups):
+    """A student with the full-resolution quality map (`quality_scale=2`) takes 2× larger images, and its encoding
+    gains a third tensor: export.json records it, the graph checks clean for TensorRT, ORT matches torch."""
+    from spatialreward.export.trt_check import check_export
+
+    run = save_toy_student(tmp_path / "run", pixel_stats=True, quality_scale=2)
+    out = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "onnx"), max_batch=16), log=lambda *_: None)
+    meta = json.loads((out / "export.json").read_text())
+    side = 2 * preset_config("nano", img_size=48).img_size
+    assert meta["image_size"] == side and meta["quality_map"] is True
+    assert list(meta["graphs"]["encode"]["outputs"]) == ["tokens", "pixels", "quality"]
+    assert "edited_quality" in meta["graphs"]["score"]["inputs"]
+    assert check_export(out) == []
+    torch_rm = RewardModel.from_pretrained(run, backend="torch", text_encoder=HashingTextEncoder())
+    ort_rm = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    sources = [g.source for g in groups for _ in g.candidates]
+    editeds = [c.image for g in groups for c in g.candidates]
+    instructions = [g.instruction for g in groups for _ in g.candidates]
+    ref, got = torch_rm.score(sources, editeds, instructions), ort_rm.score(sources, editeds, instructions)
+    assert got.ok.all() and ref.ok.all()
+    assert (got.reward - ref.reward).abs().max().item() <= 1e-4
+    assert (got.subscores - ref.subscores).abs().max().item() <= 1e-3
+    g = groups[0]
+    ort_rm.set_group(g.source, g.instruction)
+    assert (ort_rm.score_group([c.image for c in g.candidates]).reward - ref.reward[:4]).abs().max().item() <= 1e-4

@@ -79,6 +79,8 @@ def test_presets_registry_warns_on_duplicates_and_refuses_unknown():
         (dict(mask_subdivision=3), "divide patch_size"),
         (dict(logvar_min=2.0, logvar_max=1.0), "below logvar_max"),
         (dict(reward_weights={"alpha": 2.0}), "alpha"),
+        (dict(quality_scale=-1), "quality_scale"),
+        (dict(img_size=40, patch_size=8, quality_scale=1), "multiple of 16"),
     ],
 )
 def test_config_rejects_broken_invariants(kwargs, message):
@@ -282,3 +284,49 @@ def test_non_finite_weights_are_refused_at_load(tmp_path):
     with pytest.raises(ValueError, match=r"2 tensor\(s\) hold NaN or inf") as err:
         Student.from_pretrained(tmp_path / "m")
     assert "score_head.mlp.1.weight" in str(err.value) and "seg_head.mlp.0.bias" in str(err.value)
+
+
+def test_quality_map_sees_what_the_vit_input_cannot():
+    """With ``quality_scale=2`` the ViT sees the input average-pooled by 2, so a ±δ checkerboard of one-pixel
+    period vanishes from its input exactly. The full-resolution quality map must still see it and change the
+    sub-scores; without a quality map (and no pixel statistics) the same edit is invisible to the model."""
+    torch.manual_seed(0)
+    model = toy_student(quality_scale=2, pixel_stats=False).eval()
+    cfg = model.cfg
+    assert cfg.input_size == 2 * cfg.img_size and cfg.quality_grid == (cfg.input_size // 16,) * 2
+    g = torch.Generator().manual_seed(1)
+    side = cfg.input_size
+    s = 0.3 + 0.4 * torch.rand(2, 3, side // 2, side // 2, generator=g).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    checker = ((yy + xx) % 2).float() * 2 - 1  # ±1, one-pixel period
+    e = s + 0.15 * checker
+    t = torch.nn.functional.normalize(torch.randn(2, cfg.text_dim, generator=g), dim=1)
+    enc_s, enc_e = model.encode_images(s), model.encode_images(e)
+    assert torch.allclose(enc_s.tokens, enc_e.tokens, atol=1e-5)  # the ViT's input is identical
+    assert enc_e.quality.shape == (2, 2 * cfg.quality_dim, *cfg.quality_grid)
+    assert not torch.allclose(enc_s.quality, enc_e.quality, atol=1e-3)
+    seen = []
+    model.quality_global_proj.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    clean, degraded = model(s, s, t), model(s, e, t)
+    assert (seen[0] - seen[1]).abs().max() > 2e-4  # the score head's quality evidence moved (random init: small)
+    assert (clean.subscores - degraded.subscores).abs().max() > 5e-5  # (a random head: small, far above noise)
+    # The quality path is trained: gradients reach its full-resolution convolution.
+    degraded.subscores.sum().backward()
+    assert model.quality.net[0].weight.grad.abs().sum() > 0
+
+    blind = toy_student(pixel_stats=False).eval()  # no quality map: input = ViT input = img_size
+    s_low, e_low = torch.nn.functional.avg_pool2d(s, 2), torch.nn.functional.avg_pool2d(e, 2)
+    assert (blind(s_low, s_low, t).subscores - blind(s_low, e_low, t).subscores).abs().max() < 2e-6
+
+
+def test_quality_tokens_path_equals_forward_and_saves():
+    model = toy_student(quality_scale=2).eval()
+    g = torch.Generator().manual_seed(2)
+    side = model.cfg.input_size
+    s, e = torch.rand(3, 3, side, side, generator=g), torch.rand(3, 3, side, side, generator=g)
+    t = torch.nn.functional.normalize(torch.randn(3, model.cfg.text_dim, generator=g), dim=1)
+    full = model(s[:1], e, t, source_index=torch.zeros(3, dtype=torch.long))
+    enc = model.encode_images(torch.cat([s[:1], e]))
+    split = model.forward_tokens(enc.select(torch.zeros(3, dtype=torch.long)), enc.select(slice(1, None)), t)
+    for a, b in zip(full, split):
+        assert torch.allclose(a, b, atol=1e-6)
