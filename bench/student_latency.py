@@ -12,6 +12,7 @@ one and the runtime caches it), so the text encoder is timed separately, per ins
     python bench/student_latency.py                          # all presets, batches 1 8 32, JSON into bench/results/
     python bench/student_latency.py --presets nano --batches 1 8 --repeats 5
     python bench/student_latency.py --device cuda --dtype bf16
+    python bench/student_latency.py --presets nano --quality-scale 0 2   # the cost of the full-resolution quality map
 
 Results: ``bench/results/<date>-<device>-student_latency.json`` with the machine, versions, load average and rows.
 """
@@ -37,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batches", nargs="*", type=int, default=[1, 8, 32], help="batch sizes (edits per call)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats per row (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    p.add_argument("--quality-scale", nargs="*", type=int, default=[0],
+                   help="StudentConfig.quality_scale values to time per preset (0 = off; 2 = 2× input + quality map)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype on CUDA")
@@ -68,14 +71,15 @@ def time_call(fn, device, repeats: int, warmup: int) -> list[float]:
     return times
 
 
-def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[dict]:
+def bench_preset(name: str, batches: list[int], args, device, autocast, quality_scale: int = 0) -> list[dict]:
     import torch
     from timm.models.vision_transformer import VisionTransformer
 
     from spatialreward.student.model import Student
     from spatialreward.student.presets import preset_config
 
-    cfg = preset_config(name)
+    cfg = preset_config(name, quality_scale=quality_scale)
+    label = f"{name}+q{quality_scale}" if quality_scale else name
     student = Student(cfg).to(device).eval()
     baseline = VisionTransformer(
         img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
@@ -87,6 +91,7 @@ def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[
         side = cfg.input_size  # the student's input (larger than the ViT's with a quality map)
         src = torch.rand(b, 3, side, side, generator=g).to(device)
         edt = torch.rand(b, 3, side, side, generator=g).to(device)
+        vit_in = edt if side == cfg.img_size else torch.rand(b, 3, cfg.img_size, cfg.img_size, generator=g).to(device)
         text = torch.nn.functional.normalize(torch.randn(b, cfg.text_dim, generator=g), dim=1).to(device)
 
         def run_student():
@@ -101,7 +106,7 @@ def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[
 
         def run_baseline():
             with torch.inference_mode(), autocast():
-                baseline(edt)
+                baseline(vit_in)
 
         graph = args.cuda_graph and device.type == "cuda"
         if graph:
@@ -115,7 +120,8 @@ def bench_preset(name: str, batches: list[int], args, device, autocast) -> list[
             tb += time_call(run_baseline, device, 1, 0)
         s, grp, bl = statistics.median(ts), statistics.median(tg), statistics.median(tb)
         rows.append({
-            "preset": name, "batch": b, "cuda_graph": graph, "img_size": cfg.img_size, "width": cfg.embed_dim,
+            "preset": label, "batch": b, "cuda_graph": graph, "img_size": cfg.img_size,
+            "input_size": cfg.input_size, "quality_scale": quality_scale, "width": cfg.embed_dim,
             "depth": cfg.depth,
             "student_params_m": round(student.num_params() / 1e6, 3),
             "baseline_params_m": round(sum(p.numel() for p in baseline.parameters()) / 1e6, 3),
@@ -198,7 +204,8 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} torch threads, device {device}); load average {load_before[0]:.2f}", flush=True)
     rows: list[dict] = []
     for name in presets:
-        rows += bench_preset(name, args.batches, args, device, autocast)
+        for scale in args.quality_scale:
+            rows += bench_preset(name, args.batches, args, device, autocast, scale)
     if not args.no_text:
         rows += bench_text(args.batches, args)
     load_after = os.getloadavg()
@@ -212,7 +219,8 @@ def main(argv=None) -> int:
                     "device": device_name, "torch_threads": torch.get_num_threads(),
                     "load_average_before": load_before, "load_average_after": load_after},
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
-        "settings": {"batches": args.batches, "repeats": args.repeats, "warmup": args.warmup, "dtype": args.dtype},
+        "settings": {"batches": args.batches, "repeats": args.repeats, "warmup": args.warmup, "dtype": args.dtype,
+                     "quality_scale": args.quality_scale},
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)

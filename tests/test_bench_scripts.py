@@ -33,10 +33,11 @@ def test_kernels_bench_dry_run(tmp_path):
 
 def test_student_latency_bench_runs(tmp_path):
     rows = _run("student_latency.py", "--presets", "nano", "--batches", "2", "--repeats", "1", "--warmup", "0",
-                "--no-text", "--threads", "1", tmp_path=tmp_path)
-    (row,) = rows
+                "--no-text", "--threads", "1", "--quality-scale", "0", "2", tmp_path=tmp_path)
+    row, quality = rows
     assert row["preset"] == "nano" and row["batch"] == 2 and row["student_ms_per_edit"] > 0
     assert row["cuda_graph"] is False
+    assert quality["preset"] == "nano+q2" and quality["input_size"] == 2 * row["input_size"] == 224
 
 
 def test_dispatch_overhead_bench_runs(tmp_path):
