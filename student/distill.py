@@ -65,6 +65,11 @@ class DistillConfig:
     preset: str = field(default="nano", metadata={"help": "student preset (nano, tiny, small)"})
     img_size: int | None = field(default=None, metadata={"help": "override the preset's input side"})
     pretrained: str | None = field(default=None, metadata={"help": "backbone weights: .safetensors file or timm name"})
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "a student folder whose weights start this run (e.g. from `spatialreward pretrain`); "
+                          "its architecture must be this run's"},
+    )
     # Budget
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimiser steps"})
     max_minutes: float | None = field(default=None, metadata={"help": "stop after this much training time"})
@@ -211,6 +216,9 @@ class Distiller:
         self.backbone_report = None
         if cfg.pretrained and resume_state is None:
             self.backbone_report = self.model.load_pretrained_backbone(cfg.pretrained)
+        self.init_report = None
+        if cfg.init_from and resume_state is None:
+            self.init_report = self.model.load_initial_weights(cfg.init_from)
 
         # -- the data: train split on every rank, the eval split on rank 0
         text_encoder = text_encoder_for(student_config, text_encoder)
@@ -437,6 +445,8 @@ class Distiller:
             report["eval"] = self.eval_data.report.to_dict()
         if self.backbone_report is not None:
             report["pretrained_backbone"] = {k: len(v) for k, v in self.backbone_report.items()}
+        if self.init_report is not None:
+            report["init_from"] = self.init_report
         self.run.write_json(DATA_REPORT_FILE, report)
         self._print(f"train: {self.train_data.report.summary()}")
         if self.eval_data is not None:

@@ -490,14 +490,7 @@ class Student(nn.Module):
         text = self.text_proj(text_embedding)  # [B, C]
 
         # Where did it change? Per-token comparison (plus pixel statistics) → mask logits and presence.
-        if self.pixel_stats is not None:
-            pixels = compare_pixels(source.pixels, edited.pixels)  # [B, 7, gh·u, gw·u]
-            pixel_tokens = F.avg_pool2d(pixels, u).flatten(2).transpose(1, 2)  # [B, N, 7]
-        else:
-            pixels = source.pixels
-            pixel_tokens = e.new_zeros(b, n, 0)
-        change = self.change(s, e, pixel_tokens)  # [B, N, C]
-        mask_logits = self.seg_head(change, (gh, gw), pixels)  # [B, gh·u, gw·u]
+        change, mask_logits = self.locate_change(source, edited)
         mask_prob = torch.sigmoid(mask_logits.detach())  # the region steers attention; the mask loss trains it
         token_prob = F.avg_pool2d(mask_prob.unsqueeze(1), u).flatten(1)  # [B, N] share of each token predicted
         area = mask_prob.flatten(1).mean(1, keepdim=True)  # [B, 1]
@@ -557,6 +550,20 @@ class Student(nn.Module):
         reward = reward_from_subscores(subscores, self.reward_weights)  # [B]
         return StudentOutput(subscores, reward, mask_logits, presence_logit, logvar, boxes)
 
+    def locate_change(self, source: ImageEncoding, edited: ImageEncoding) -> tuple[torch.Tensor, torch.Tensor]:
+        """Change tokens ``[B, N, C]`` and edit-mask logits ``[B, gh·u, gw·u]`` of encoded pairs: the part that needs
+        no instruction (what `pretrain` trains without a teacher)."""
+        p, u, (gh, gw) = self.encoder.num_prefix_tokens, self.cfg.mask_subdivision, self.cfg.grid
+        s, e = source.tokens[:, p:], edited.tokens[:, p:]
+        if self.pixel_stats is not None:
+            pixels = compare_pixels(source.pixels, edited.pixels)  # [B, 7, gh·u, gw·u]
+            pixel_tokens = F.avg_pool2d(pixels, u).flatten(2).transpose(1, 2)  # [B, N, 7]
+        else:
+            pixels = source.pixels
+            pixel_tokens = e.new_zeros(*e.shape[:2], 0)
+        change = self.change(s, e, pixel_tokens)  # [B, N, C]
+        return change, self.seg_head(change, (gh, gw), pixels)
+
     # -- what users call ----------------------------------------------------------------------------------------
 
     def set_reward_weights(self, weights: RewardWeights) -> None:
@@ -589,6 +596,24 @@ class Student(nn.Module):
         """
         state = checkpoint.read_backbone_state(source)
         return adapt_and_load_backbone(self.encoder.vit, state, source=str(source))
+
+    def load_initial_weights(self, directory: str | Path) -> dict:
+        """Start from every weight of a student folder (`save_pretrained`, e.g. `spatialreward pretrain`'s output)
+        of the same architecture; refuses another architecture, naming the fields that differ."""
+        student_config, state = checkpoint.read_student_folder(directory)
+        differ = architecture_differences(StudentConfig.from_dict(student_config), self.cfg)
+        if differ:
+            raise ValueError(f"--init-from {directory}: its student is not this run's ({'; '.join(differ)}, "
+                             "theirs vs this run's); pass the flags it was made with")
+        load_state_checked(self, state, source=str(Path(directory) / checkpoint.WEIGHTS_FILE))
+        return {"directory": str(directory), "tensors": len(state),
+                "weights_sha256": checkpoint.file_sha256(Path(directory) / checkpoint.WEIGHTS_FILE)}
+
+
+def architecture_differences(a: StudentConfig, b: StudentConfig) -> list[str]:
+    """``field: a vs b`` for every field but the reward weights (those re-tune without retraining)."""
+    return [f"{f.name}: {getattr(a, f.name)!r} vs {getattr(b, f.name)!r}" for f in fields(StudentConfig)
+            if f.name != "reward_weights" and getattr(a, f.name) != getattr(b, f.name)]
 
 
 def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("spatialreward.cli.synth", "synth"),
     "label": ("spatialreward.cli.label", "label"),
     "inspect": ("spatialreward.cli.inspect", "inspect"),
+    "pretrain": ("spatialreward.cli.pretrain", "pretrain"),
     "distill": ("spatialreward.cli.distill", "distill"),
     "eval": ("spatialreward.cli.evaluate", "evaluate"),
     "convert": ("spatialreward.cli.convert", "convert"),
