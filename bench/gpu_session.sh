@@ -9,7 +9,8 @@
 #              fp64, fp16 + bf16 autocast, deterministic mode, gradcheck, fx, and the compiled bf16 cast (rounds);
 #   roi:       RoIAlign benchmark vs torchvision;    student: student latency per preset (bf16 autocast);
 #   dispatch:  host time of the custom-op vs eager routes (CPU only, seconds);
-#   export:    TensorRT engine tests + every scoring backend side by side at batch 1/8/64/256, fp16 parity.
+#   export:    TensorRT engine tests + every scoring backend side by side at batch 1/8/64/256, fp16 parity;
+#   grpo:      one GRPO step of rewards (48 prompts x 12 = 576 edits at 512 px) in-process vs the server's raw body.
 # Steps run in the order below (the open attention goal first), each capped, until LIMIT_S is spent.
 #
 #   LIMIT_S=520 bash bench/gpu_session.sh                    # logs + JSON into $OUT (or bench/results/gpu-<date>)
@@ -43,7 +44,7 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT_DIR/pip.log" 2>
 $PY -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__,
   'timm', timm.__version__, torch.cuda.get_device_name())"
 
-STEPS=",${STEPS:-tests,tvport,graph,attention,check,roi,student,dispatch,export},"
+STEPS=",${STEPS:-tests,tvport,graph,attention,check,roi,student,dispatch,export,grpo},"
 want() { [[ $STEPS == *",$1,"* ]]; }
 if want tests; then
   step gpu-tests 200 $PY -m pytest -q -rs -p no:cacheprovider -m gpu --junitxml "$OUT_DIR/gpu_tests.xml" \
@@ -78,5 +79,8 @@ want export && step export-tests 240 $PY -m pytest -q -rs -p no:cacheprovider te
   tests/test_export_onnx.py
 want export && step bench-backends 240 $PY bench/backends.py --device cuda --batches 1 8 64 256 --quick \
   --fp16-parity --out "$OUT_DIR/export"
+# issue 11's GPU number (goal: <= 50 ms per 576 edits): decode + resize + model, in-process and through the server
+want grpo && step grpo-step 150 $PY bench/grpo_step.py --device cuda --modes inproc_tensors v1_raw v1_raw_groups \
+  --repeats 5 --out "$OUT_DIR/grpo_step_gpu.json"
 echo "== done in $((SECONDS - START))s, status $status"
 exit $status

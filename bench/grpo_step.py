@@ -9,12 +9,14 @@ and restricted unpickling (protocol). Modes, interleaved per repeat:
   v1_png          one ``POST /v1/score`` holding the step, PNG images
   v1_bmp          the same, BMP images (lossless, uncompressed)
   v1_bmp_groups   one request per group, all groups at once (asyncio), batched together by the server
+  v1_raw          one ``POST /v1/score`` holding the step as a binary body of raw RGB frames (no codec, no base64)
+  v1_raw_groups   one raw request per group, all groups at once (asyncio)
   protocol        one SpatialReward-protocol ``POST /`` holding the step
 
 The student is ``nano`` with **random weights** (cost does not depend on them); the instruction encoder is the
 real MiniLM. Ratios are p50 / in-process p50 of the same run.
 
-    python bench/grpo_step.py                           # 32 prompts × 8 = 256 edits at 512 px → grpo_step_cpu.json
+    python bench/grpo_step.py                           # 48 prompts × 12 = 576 edits at 512 px → grpo_step_cpu.json
     python bench/grpo_step.py --prompts 48 --candidates 12 --device cuda --out bench/results/grpo_step_gpu.json
 """
 
@@ -37,8 +39,8 @@ import serve as serve_bench  # noqa: E402  (bench/serve.py: shared set-up)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--prompts", type=int, default=32, help="groups (prompts) in the step")
-    p.add_argument("--candidates", type=int, default=8, help="edits per prompt")
+    p.add_argument("--prompts", type=int, default=48, help="groups (prompts) in the step")
+    p.add_argument("--candidates", type=int, default=12, help="edits per prompt")
     p.add_argument("--size", type=int, default=512, help="side of the trainer's images, pixels")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per mode first")
@@ -59,8 +61,7 @@ def make_modes(rm, url: str, batch, candidates: int):
 
     sources, editeds, instructions = batch
     n = len(editeds)
-    png, bmp = RewardClient(url, image_format="png", max_items_per_request=n), \
-        RewardClient(url, image_format="bmp", max_items_per_request=n)
+    png, bmp, raw = (RewardClient(url, image_format=f, max_items_per_request=n) for f in ("png", "bmp", "raw"))
 
     def check(results):
         bad = [r for r in results if not r["ok"]]
@@ -80,10 +81,10 @@ def make_modes(rm, url: str, batch, candidates: int):
             torch.cuda.synchronize()
         return out.reward.float().cpu().tolist()
 
-    async def groups_at_once():
+    async def groups_at_once(client_of_format):
         async with httpx.AsyncClient(timeout=600) as client:
             parts = await asyncio.gather(*[
-                bmp.ascore(sources[i:i + candidates], editeds[i:i + candidates], instructions[i:i + candidates],
+                client_of_format.ascore(sources[i:i + candidates], editeds[i:i + candidates], instructions[i:i + candidates],
                            client=client)
                 for i in range(0, n, candidates)])
         return check([r for part in parts for r in part])
@@ -93,7 +94,9 @@ def make_modes(rm, url: str, batch, candidates: int):
         "inproc_tensors": tensors,
         "v1_png": lambda: check(png.score(sources, editeds, instructions)),
         "v1_bmp": lambda: check(bmp.score(sources, editeds, instructions)),
-        "v1_bmp_groups": lambda: asyncio.run(groups_at_once()),
+        "v1_bmp_groups": lambda: asyncio.run(groups_at_once(bmp)),
+        "v1_raw": lambda: check(raw.score(sources, editeds, instructions)),
+        "v1_raw_groups": lambda: asyncio.run(groups_at_once(raw)),
         "protocol": lambda: serve_bench.protocol_call(url, sources, editeds, instructions),
     }
 

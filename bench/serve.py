@@ -6,9 +6,10 @@ instruction per group). Each repeat times, interleaved so all see the same machi
   inproc     `RewardModel.score` on the PIL images (resize + model + post-processing)
   v1_png     `RewardClient.score` → ``POST /v1/score`` (PNG encode + base64 + JSON + server decode + the same model call)
   v1_bmp     the same with ``image_format="bmp"`` (lossless, uncompressed: far cheaper to encode on loopback)
+  v1_raw     the same with ``image_format="raw"``: a binary body of raw RGB frames, no codec and no base64
   protocol   ``POST /`` with the SpatialReward pickled-dict body (client pickling + restricted unpickling)
 
-then a concurrency row: ``concurrency`` clients each sending one group at a time (``v1_bmp``), so the server's
+then a concurrency row: ``concurrency`` clients each sending one group at a time (``v1_raw``), so the server's
 dynamic batching merges them. Ratios are HTTP p50 / in-process p50 of the same repeats. The student is ``nano``
 with **random weights** (the cost does not depend on the weights); the instruction encoder is the real MiniLM.
 
@@ -143,7 +144,7 @@ def percentile(values: list[float], q: float) -> float:
 def modes(rm, url: str):
     from spatialreward.serving import RewardClient
 
-    png, bmp = RewardClient(url, image_format="png"), RewardClient(url, image_format="bmp")
+    png, bmp, raw = (RewardClient(url, image_format=f) for f in ("png", "bmp", "raw"))
 
     def check(results):
         if not all(r["ok"] for r in results):
@@ -154,6 +155,7 @@ def modes(rm, url: str):
         "inproc": lambda s, e, t: rm.score(s, e, t, batch_size=len(e), on_error="raise").reward.tolist(),
         "v1_png": lambda s, e, t: check(png.score(s, e, t)),
         "v1_bmp": lambda s, e, t: check(bmp.score(s, e, t)),
+        "v1_raw": lambda s, e, t: check(raw.score(s, e, t)),
         "protocol": lambda s, e, t: protocol_call(url, s, e, t),
     }
 
@@ -199,7 +201,7 @@ def bench_concurrency(rm, url, args, groups: int, candidates: int, worker) -> di
     calls_before = worker.batches
 
     def client(c: int):
-        rc = RewardClient(url, image_format="bmp")
+        rc = RewardClient(url, image_format="raw")
         g = c % groups
         sl = slice(g * candidates, (g + 1) * candidates)
         for _ in range(per_client):
@@ -216,7 +218,7 @@ def bench_concurrency(rm, url, args, groups: int, candidates: int, worker) -> di
     edits = args.concurrency * per_client * candidates
     model_calls = worker.batches - calls_before
     row = {"workload": f"{args.concurrency} clients x 1 group of {candidates}", "edits": edits, "size": args.size,
-           "mode": "v1_bmp", "concurrency": args.concurrency, "p50_ms": round(statistics.median(latencies) * 1e3, 2),
+           "mode": "v1_raw", "concurrency": args.concurrency, "p50_ms": round(statistics.median(latencies) * 1e3, 2),
            "p99_ms": round(percentile(latencies, 99) * 1e3, 2), "edits_per_s": round(edits / wall, 1),
            "n_calls": len(latencies), "model_calls": model_calls,
            "mean_edits_per_model_call": round(edits / max(model_calls, 1), 1)}

@@ -24,7 +24,7 @@ def test_serve_bench_writes_every_mode(tmp_path):
     result = run("serve.py", tmp_path / "s.json", "--workloads", "2x2", "--repeats", "1", "--warmup", "1",
                  "--size", "48", "--concurrency", "2")
     modes = [r["mode"] for r in result["rows"]]
-    assert modes == ["inproc", "v1_png", "v1_bmp", "protocol", "v1_bmp"]
+    assert modes == ["inproc", "v1_png", "v1_bmp", "v1_raw", "protocol", "v1_raw"]
     assert result["rows"][0]["ratio_p50_over_inproc"] == 1.0 and result["settings"]["weights"].startswith("random")
 
 
@@ -33,5 +33,5 @@ def test_grpo_step_bench_writes_every_mode(tmp_path):
     result = run("grpo_step.py", tmp_path / "g.json", "--prompts", "2", "--candidates", "2", "--size", "48",
                  "--repeats", "1")
     assert [r["mode"] for r in result["rows"]] == ["inproc", "inproc_tensors", "v1_png", "v1_bmp", "v1_bmp_groups",
-                                                    "protocol"]
+                                                    "v1_raw", "v1_raw_groups", "protocol"]
     assert result["settings"]["edits"] == 4

@@ -4,6 +4,8 @@
                                        "group_id"?, "id"?}], "sources"?: [b64] (what source_index points into:
                             a group's source sent once), "source"?, "instruction"? (defaults for every item),
                             "return_mask"?: bool}
+                     or the same request as a binary body, ``Content-Type: application/x-spatialreward-frames``:
+                     raw RGB frames in place of base64 images (`frames.py`; no codec, no base64)
                      → {"results": [{"index", "id", "group_id", "ok", "reward", "subscores", "uncertainty",
                                      "presence", "boxes", "mask_png"?, "error", "error_kind"}], ...}
     POST /           the SpatialReward reward-server protocol (pickled dicts, restricted unpickler: protocol.py)
@@ -34,16 +36,21 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from spatialreward.serving.config import ServeConfig
+from spatialreward.serving.frames import CONTENT_TYPE as FRAMES_CONTENT_TYPE
+from spatialreward.serving.frames import FramesError, decode_frames
 from spatialreward.serving.items import (
     BAD_IMAGE,
     MISSING_FIELD,
     Edit,
     ItemError,
     SourceCache,
+    check_image,
     check_instruction,
+    content_key,
     decode_image,
     decode_source,
 )
@@ -144,6 +151,33 @@ class RewardService:
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise HTTPProblem(400, f"body is not JSON ({exc})", "bad_request") from exc
+        return self.parse_payload(payload, self._read_b64)
+
+    def parse_frames(self, body: bytes) -> tuple[list[Edit], list[dict], bool]:
+        """The binary body (`frames.py`): the same request with raw RGB frames instead of base64 images."""
+        cfg = self.config
+        try:
+            header, frames = decode_frames(body, max_frames=2 * cfg.max_items + 1, max_pixels=cfg.max_pixels)
+        except FramesError as exc:
+            raise HTTPProblem(400, str(exc), "bad_request") from exc
+
+        def read(value: Any, name: str, *, source: bool) -> tuple[Image.Image, str]:
+            frame = _frame(value, name, frames)
+            image = check_image(Image.frombuffer("RGB", (frame.shape[1], frame.shape[0]), frame, "raw", "RGB", 0, 1),
+                                name, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
+            return image, (content_key(frame.data) if source else "")
+
+        return self.parse_payload(header, read)
+
+    def _read_b64(self, value: Any, name: str, *, source: bool) -> tuple[Image.Image, str]:
+        cfg = self.config
+        if source:
+            return decode_source(_b64(value, name), name, self.cache, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
+        return decode_image(_b64(value, name), name, min_side=cfg.min_side, max_pixels=cfg.max_pixels), ""
+
+    def parse_payload(self, payload: Any, read) -> tuple[list[Edit], list[dict], bool]:
+        """A decoded request → checked edits, the echoes of their ids, return_mask. ``read(value, name, source=)``
+        turns one image field into ``(RGB image, content key)`` or raises `ItemError` for that item alone."""
         if not isinstance(payload, dict) or not isinstance(payload.get("items"), list):
             raise HTTPProblem(400, 'body must be a JSON object with an "items" list', "bad_request")
         items = payload["items"]
@@ -154,7 +188,7 @@ class RewardService:
         shared_source, shared_instruction = payload.get("source"), payload.get("instruction")
         sources = payload.get("sources")
         if sources is not None and not isinstance(sources, list):
-            raise HTTPProblem(400, '"sources" must be a list of base64 images', "bad_request")
+            raise HTTPProblem(400, '"sources" must be a list of images', "bad_request")
         edits, echoes = [], []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
@@ -165,11 +199,9 @@ class RewardService:
             try:
                 instruction = check_instruction(item.get("instruction", shared_instruction),
                                                 f"items[{i}].instruction", max_chars=cfg.max_instruction_chars)
-                source_name, source_b64 = self._item_source(item, i, sources, shared_source)
-                source, key = decode_source(_b64(source_b64, source_name), source_name, self.cache,
-                                            min_side=cfg.min_side, max_pixels=cfg.max_pixels)
-                edited = decode_image(_b64(item.get("edited"), f"items[{i}].edited"), f"items[{i}].edited",
-                                      min_side=cfg.min_side, max_pixels=cfg.max_pixels)
+                source_name, source_value = self._item_source(item, i, sources, shared_source)
+                source, key = read(source_value, source_name, source=True)
+                edited, _ = read(item.get("edited"), f"items[{i}].edited", source=False)
                 edits.append(Edit(source=source, edited=edited, instruction=instruction, source_key=key))
             except ItemError as err:
                 edits.append(Edit(error=err))
@@ -220,6 +252,16 @@ def _b64(value: Any, name: str) -> bytes:
         raise ItemError(BAD_IMAGE, f"{name}: not valid base64 ({exc})") from exc
 
 
+def _frame(value: Any, name: str, frames: list) -> Any:
+    """The frame an image field of a frames body points to (``{"frame": k}``)."""
+    if value is None:
+        raise ItemError(MISSING_FIELD, f"{name}: missing; send {{\"frame\": k}} pointing into the body's frames")
+    k = value.get("frame") if isinstance(value, dict) else None
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(frames):
+        raise ItemError(BAD_IMAGE, f"{name}: {value!r} does not name one of the body's {len(frames)} frames")
+    return frames[k]
+
+
 def create_app(config: ServeConfig, model=None, *, service: RewardService | None = None) -> FastAPI:
     """The FastAPI app. ``model`` (a `RewardModel`) is loaded from ``config.model`` when not given."""
     service = service or RewardService(config, model)
@@ -248,7 +290,9 @@ def create_app(config: ServeConfig, model=None, *, service: RewardService | None
         try:
             service.check_auth(request)
             body = await service.read_body(request)
-            edits, echoes, want_mask = await run_in_threadpool(service.parse_json, body)
+            binary = request.headers.get("content-type", "").split(";")[0].strip() == FRAMES_CONTENT_TYPE
+            parse = service.parse_frames if binary else service.parse_json
+            edits, echoes, want_mask = await run_in_threadpool(parse, body)
             results = await service.score_edits(request, edits, want_mask=want_mask)
             payload = await run_in_threadpool(service.json_results, results, echoes, want_mask)
         except HTTPProblem as exc:
