@@ -37,6 +37,14 @@ class ImageLoadError(ValueError):
         self.reason = reason
 
 
+def model_side_pixels(image: Image.Image, side: int) -> np.ndarray:
+    """RGB PIL image → uint8 ``[side, side, 3]``: the one resize (bilinear, antialiased) the student is trained,
+    evaluated and served with, so a client that resizes before sending gets bit-identical rewards."""
+    if image.size != (side, side):
+        image = image.resize((side, side), Image.BILINEAR, reducing_gap=None)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 def _describe(item: Any) -> str:
     if isinstance(item, (str, Path)):
         return str(item)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from spatialreward.boxes import boxes_to_mask
 from spatialreward.dataset import ReadReport, group_samples, read_labels, read_samples
-from spatialreward.images import ImageLoadError, load_image
+from spatialreward.images import ImageLoadError, load_image, model_side_pixels
 from spatialreward.types import WHOLE_IMAGE, EditSample, Judgement
 
 MASK_CELLS_PER_TOKEN = 4  # mask targets live on a grid 4× finer than the tokens (28×28 for a 7×7 grid)
@@ -41,11 +41,10 @@ def mask_target_size(grid: tuple[int, int]) -> tuple[int, int]:
 
 
 def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
-    """RGB PIL image → ``uint8 [3, size, size]`` (bilinear with antialiasing). The one resize used everywhere:
-    training, evaluation and `RewardModel`, so the student never sees a different resampling at inference."""
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR, reducing_gap=None)
-    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)  # [S, S, 3]
+    """RGB PIL image → ``uint8 [3, size, size]`` (`spatialreward.images.model_side_pixels`: the one resize used
+    everywhere, training, evaluation, `RewardModel` and the raw server client, so the student never sees a different
+    resampling at inference)."""
+    arr = model_side_pixels(image, size)  # [S, S, 3]
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -46,3 +46,18 @@ def test_dispatch_overhead_bench_runs(tmp_path):
         assert row[f"{route}_fwd_us"] > row["body_only_fwd_us"] > 0
         assert row[f"{route}_fwd_bwd_us"] > row[f"{route}_fwd_us"]
     assert row["ratio_fwd"] == row["custom_op_fwd_us"] / row["function_fwd_us"]
+
+
+def test_fidelity_scripts_parse_and_the_table_prints_the_committed_numbers():
+    for script in sorted((BENCH / "fidelity").glob("*.sh")):
+        done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert done.returncode == 0, f"{script.name}: {done.stderr}"
+    report = BENCH.parent / "docs" / "results" / "generalisation_diverse_30min.json"
+    done = subprocess.run([sys.executable, str(BENCH / "fidelity" / "table.py"), str(report), "--names", "30 min"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    splits = json.loads(report.read_text())["splits"]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(splits)
+    first = splits[next(iter(splits))]
+    assert f"{first['pairwise_accuracy']:.3f} / {first['hard_pairs']:.3f}" in rows[0]

@@ -31,7 +31,7 @@ def test_serve_bench_writes_every_mode(tmp_path):
 @pytest.mark.slow
 def test_grpo_step_bench_writes_every_mode(tmp_path):
     result = run("grpo_step.py", tmp_path / "g.json", "--prompts", "2", "--candidates", "2", "--size", "48",
-                 "--repeats", "1")
+                 "--repeats", "1", "--modes", "all")
     assert [r["mode"] for r in result["rows"]] == ["inproc", "inproc_tensors", "v1_png", "v1_bmp", "v1_bmp_groups",
                                                     "v1_raw", "v1_raw_groups", "protocol"]
     assert result["settings"]["edits"] == 4

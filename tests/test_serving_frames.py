@@ -69,6 +69,26 @@ def test_raw_client_answers_match_json_and_direct_scoring(server, rm):
     assert header["items"][3] == {"source_index": 0, "edited": {"frame": 4}, "instruction": "make it red"}
 
 
+def test_raw_frames_go_at_the_model_side_with_the_servers_resize_and_score_the_same(server, rm):
+    src, edt = images(1, size=60, seed=11)[0], images(3, size=60, seed=12)
+    instr = ["add a hat"] * 3
+    client = RewardClient(server.url, image_format="raw")
+    assert client.model_side() == rm.image_size == httpx.get(server.url + "/health").json()["input_size"]
+    body, _ = serialise(RewardClient._encode([src] * 3, edt, instr, None, False, image_format="raw",
+                                             side=client.model_side())[0])
+    _, frames = decode_frames(body, max_frames=9, max_pixels=10**6)
+    assert {f.shape for f in frames} == {(rm.image_size, rm.image_size, 3)} and rm.image_size < 60
+    resized = [r["reward"] for r in client.score([src] * 3, edt, instr)]
+    full = [r["reward"] for r in RewardClient(server.url, image_format="raw", resize=False).score([src] * 3, edt, instr)]
+    assert resized == full  # bit-identical: the one resize, done here instead of on the server
+    assert np.allclose(resized, rm.score([src] * 3, edt, instr).reward.numpy(), atol=1e-6)
+
+
+def test_a_raw_client_whose_server_does_not_say_its_side_sends_full_frames():
+    client = RewardClient("http://127.0.0.1:9", image_format="raw", timeout_s=1)  # nothing listens there
+    assert client.model_side() is None
+
+
 def test_a_raw_request_over_the_item_limit_is_split_and_each_part_carries_its_sources(server, rm):
     srcs, edt = images(2, seed=3), images(12, seed=4)
     sources = [srcs[i // 6] for i in range(12)]
@@ -125,3 +145,13 @@ def test_decode_refuses_more_frames_than_the_request_may_hold():
     body = lying_body({"items": []}, [[1, 1]] * 5, bytes(15))
     with pytest.raises(FramesError, match="at most 4"):
         decode_frames(body, max_frames=4, max_pixels=100)
+
+
+def test_the_rl_adapters_pass_the_raw_format_through(server, rm):
+    from spatialreward.rl.flow_grpo import spatialreward_score
+
+    src, edt = images(1, seed=13)[0], images(2, seed=14)
+    fn = spatialreward_score("cpu", url=server.url, image_format="raw")
+    scores, info = fn(edt, ["make it red"] * 2, [{}] * 2, [src] * 2)
+    assert all(info["ok"]) and np.allclose(scores, rm.score([src] * 2, edt, ["make it red"] * 2).reward.numpy(),
+                                            atol=1e-5)

@@ -163,8 +163,8 @@ class RewardService:
 
         def read(value: Any, name: str, *, source: bool) -> tuple[Image.Image, str]:
             frame = _frame(value, name, frames)
-            image = check_image(Image.frombuffer("RGB", (frame.shape[1], frame.shape[0]), frame, "raw", "RGB", 0, 1),
-                                name, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
+            image = check_image(Image.frombuffer("RGB", frame.shape[1::-1], frame, "raw", "RGB", 0, 1), name,
+                                min_side=cfg.min_side, max_pixels=cfg.max_pixels)
             return image, (content_key(frame.data) if source else "")
 
         return self.parse_payload(header, read)
@@ -190,6 +190,7 @@ class RewardService:
         if sources is not None and not isinstance(sources, list):
             raise HTTPProblem(400, '"sources" must be a list of images', "bad_request")
         edits, echoes = [], []
+        read_sources: dict[str, tuple[Image.Image, str] | ItemError] = {}  # sources[k]: decoded and hashed once
         for i, item in enumerate(items):
             if not isinstance(item, dict):
                 edits.append(Edit(error=ItemError(MISSING_FIELD, f"items[{i}]: expected an object")))
@@ -200,7 +201,14 @@ class RewardService:
                 instruction = check_instruction(item.get("instruction", shared_instruction),
                                                 f"items[{i}].instruction", max_chars=cfg.max_instruction_chars)
                 source_name, source_value = self._item_source(item, i, sources, shared_source)
-                source, key = read(source_value, source_name, source=True)
+                if source_name not in read_sources:
+                    try:
+                        read_sources[source_name] = read(source_value, source_name, source=True)
+                    except ItemError as err:
+                        read_sources[source_name] = err
+                if isinstance(read_sources[source_name], ItemError):
+                    raise read_sources[source_name]
+                source, key = read_sources[source_name]
                 edited, _ = read(item.get("edited"), f"items[{i}].edited", source=False)
                 edits.append(Edit(source=source, edited=edited, instruction=instruction, source_key=key))
             except ItemError as err:
@@ -335,6 +343,7 @@ def create_app(config: ServeConfig, model=None, *, service: RewardService | None
         alive = service.worker.alive
         body = {"status": "ok" if alive else "worker_down", "queue_depth": service.worker.queue_depth,
                 "max_batch": service.config.max_batch, "max_wait_ms": service.config.max_wait_ms,
+                "input_size": getattr(service.model, "image_size", None),  # what a raw client may resize to
                 "model": service.config.model, "backend": service.config.backend, "device": service.config.device}
         return JSONResponse(body, status_code=200 if alive else 503)
 

@@ -62,16 +62,20 @@ def b64_image(item: Any, image_format: str = "png") -> str:
     return base64.b64encode(encode_image(item, image_format)).decode()
 
 
-def image_value(item: Any, image_format: str) -> str | np.ndarray:
+def image_value(item: Any, image_format: str, side: int | None = None) -> str | np.ndarray:
     """What one image becomes in a request being built: base64 text (``png`` / ``bmp``), or the uint8 ``[H, W, 3]``
-    pixels themselves (``raw``: sent as a frame of the binary body, `spatialreward.serving.frames`)."""
+    pixels themselves (``raw``: sent as a frame of the binary body, `spatialreward.serving.frames`). With ``side``
+    (raw only) the pixels are first resized to the model's side with the server's own resize
+    (`spatialreward.images.model_side_pixels`): the same reward, a fraction of the bytes."""
     if image_format != "raw":
         return b64_image(item, image_format)
-    if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3 and item.shape[2] == 3:
-        return item
-    from spatialreward.images import load_image
+    from spatialreward.images import load_image, model_side_pixels
 
-    return np.asarray(load_image(item))
+    if side is None and isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.ndim == 3 \
+            and item.shape[2] == 3:
+        return item
+    image = load_image(item)
+    return model_side_pixels(image, side) if side else np.asarray(image)
 
 
 def serialise(payload: dict) -> tuple[bytes, str]:
@@ -98,10 +102,12 @@ class RewardClient:
 
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 120.0, deadline_s: float = 300.0,
                  retries: int = 3, backoff_s: float = 0.5, max_items_per_request: int = 256,
-                 image_format: str = "png"):
+                 image_format: str = "png", resize: bool = True):
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"image_format={image_format!r}; use one of {IMAGE_FORMATS}")
         self.image_format = image_format
+        self.resize = resize  # raw only: send pixels at the model's side (asked of the server's /health once)
+        self._side: int | None | bool = False  # False: not asked yet; None: the server did not say
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout_s, self.deadline_s = timeout_s, deadline_s
@@ -120,7 +126,7 @@ class RewardClient:
 
     @staticmethod
     def _encode(sources, editeds, instructions, group_ids, return_mask: bool, *, strict: bool = False,
-                image_format: str = "png") -> tuple[dict, dict[int, dict]]:
+                image_format: str = "png", side: int | None = None) -> tuple[dict, dict[int, dict]]:
         """Encode each edit; with ``strict=False`` an unreadable image becomes that edit's local error result
         (``failed[i]``) and the edit is left out of the body, so one bad image never sinks the request."""
         from spatialreward.images import ImageLoadError
@@ -137,9 +143,9 @@ class RewardClient:
             src = sources[i]
             try:
                 if id(src) not in source_index:
-                    source_list.append(image_value(src, image_format))
+                    source_list.append(image_value(src, image_format, side))
                     source_index[id(src)] = len(source_list) - 1
-                item = {"source_index": source_index[id(src)], "edited": image_value(editeds[i], image_format),
+                item = {"source_index": source_index[id(src)], "edited": image_value(editeds[i], image_format, side),
                         "instruction": instructions[i]}
             except (ImageLoadError, OSError) as exc:
                 if strict:
@@ -230,11 +236,23 @@ class RewardClient:
         raise RewardServerError(f"no answer from {self.url} within {self.retries + 1} attempts / {self.deadline_s} s: "
                                 + "; ".join(problems or ["deadline passed"]))
 
+    def model_side(self) -> int | None:
+        """The side the server's model takes (its ``/health``), asked once; None when raw pixels go as they are."""
+        if self.image_format != "raw" or not self.resize:
+            return None
+        if self._side is False:
+            try:
+                self._side = self._http().get(f"{self.url}/health", timeout=min(self.timeout_s, 10)).json().get(
+                    "input_size")
+            except (httpx.HTTPError, ValueError, AttributeError):
+                return None  # not now: full-resolution frames are always correct; ask again next call
+        return self._side
+
     def score(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False) -> list[dict]:
         """One result dict per edit, in order; an edit whose image cannot even be encoded here is flagged like a
         server-side failure (``ok: False``, ``error_kind: "bad_image"``)."""
         body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask,
-                                    image_format=self.image_format)
+                                    image_format=self.image_format, side=self.model_side())
         sent = self.post(body) if body["items"] else []
         return self._merge(len(editeds), sent, failed)
 
@@ -290,9 +308,25 @@ class RewardClient:
         raise RewardServerError(f"no answer from {self.url} within {self.retries + 1} attempts / {self.deadline_s} s: "
                                 + "; ".join(problems or ["deadline passed"]))
 
+    async def amodel_side(self, client: httpx.AsyncClient | None = None) -> int | None:
+        """Async `model_side`."""
+        if self.image_format != "raw" or not self.resize:
+            return None
+        if self._side is False:
+            try:
+                if client is None:
+                    async with httpx.AsyncClient(headers=self.headers) as own:
+                        response = await own.get(f"{self.url}/health", timeout=min(self.timeout_s, 10))
+                else:
+                    response = await client.get(f"{self.url}/health", timeout=min(self.timeout_s, 10))
+                self._side = response.json().get("input_size")
+            except (httpx.HTTPError, ValueError, AttributeError):
+                return None
+        return self._side
+
     async def ascore(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False,
                      client: httpx.AsyncClient | None = None) -> list[dict]:
         body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask,
-                                    image_format=self.image_format)
+                                    image_format=self.image_format, side=await self.amodel_side(client))
         sent = await self.apost(body, client) if body["items"] else []
         return self._merge(len(editeds), sent, failed)
