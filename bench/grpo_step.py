@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import statistics
 import sys
@@ -58,7 +59,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "grpo_step_cpu.json")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON at --out")
     return p.parse_args(argv)
+
+
+def plot(result: dict, path: Path) -> None:
+    rows, st = result["rows"], result["settings"]
+    serve_bench.bar_plot(path, [f"{st['edits']} edits at {st['size']} px"],
+                         {r["mode"]: [r["step_ms_p50"]] for r in rows},
+                         {r["mode"]: [r["ratio_over_inproc"]] for r in rows}, "p50 ms per GRPO step (lower is better)",
+                         f"one GRPO step of rewards ({st['prompts']} x {st['candidates']}), {st['preset']}, "
+                         f"{result['machine']['device']} ({result['date'][:10]})")
 
 
 def make_modes(rm, url: str, batch, candidates: int):
@@ -111,6 +122,9 @@ def make_modes(rm, url: str, batch, candidates: int):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return 0
     import torch
 
     if args.threads:
@@ -166,6 +180,7 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     serve_bench.write_json(args.out, result)
+    plot(result, args.out.with_suffix(".png"))
     return 0
 
 

@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve_cpu.json")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from the JSON at --out")
     return p.parse_args(argv)
 
 
@@ -133,6 +134,44 @@ def write_json(path: Path, result: dict) -> None:
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp, path)
     print(f"\nwrote {path}")
+
+
+def bar_plot(path: Path, groups: list[str], series: dict[str, list[float]], ratios: dict[str, list[float]],
+             ylabel: str, title: str) -> None:
+    """Grouped bars (one group per workload, one bar per mode) labelled with their ratio to in-process."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) * len(series) / 2), 4))
+    width = 0.8 / len(series)
+    for i, (name, ys) in enumerate(series.items()):
+        xs = [j + i * width for j in range(len(groups))]
+        bars = ax.bar(xs, ys, width, label=name)
+        ax.bar_label(bars, labels=[f"×{r:.2f}" for r in ratios[name]], fontsize=7)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+    ax.set_xticklabels(groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def plot(result: dict, path: Path) -> None:
+    rows = [r for r in result["rows"] if r["concurrency"] == 1]
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    pick = {(r["workload"], r["mode"]): r for r in rows}
+    series = {m: [pick[w, m]["p50_ms"] for w in workloads] for m in modes}
+    ratios = {m: [pick[w, m]["ratio_p50_over_inproc"] for w in workloads] for m in modes}
+    bar_plot(path, [f"{w} ({pick[w, 'inproc']['edits']} edits)" for w in workloads], series, ratios,
+             "p50 ms per call (lower is better)",
+             f"reward server vs in-process, {result['settings']['preset']}, {result['settings']['size']} px, "
+             f"{result['machine']['device']} ({result['date'][:10]})")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -229,6 +268,9 @@ def bench_concurrency(rm, url, args, groups: int, candidates: int, worker) -> di
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return 0
     import torch
 
     if args.threads:
@@ -261,6 +303,7 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     write_json(args.out, result)
+    plot(result, args.out.with_suffix(".png"))
     return 0
 
 

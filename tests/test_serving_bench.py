@@ -26,6 +26,7 @@ def test_serve_bench_writes_every_mode(tmp_path):
     modes = [r["mode"] for r in result["rows"]]
     assert modes == ["inproc", "v1_png", "v1_bmp", "v1_raw", "protocol", "v1_raw"]
     assert result["rows"][0]["ratio_p50_over_inproc"] == 1.0 and result["settings"]["weights"].startswith("random")
+    assert (tmp_path / "s.png").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -34,4 +35,4 @@ def test_grpo_step_bench_writes_every_mode(tmp_path):
                  "--repeats", "1", "--modes", "all")
     assert [r["mode"] for r in result["rows"]] == ["inproc", "inproc_tensors", "v1_png", "v1_bmp", "v1_bmp_groups",
                                                     "v1_raw", "v1_raw_groups", "protocol"]
-    assert result["settings"]["edits"] == 4
+    assert result["settings"]["edits"] == 4 and (tmp_path / "g.png").stat().st_size > 0

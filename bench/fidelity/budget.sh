@@ -1,15 +1,18 @@
 #!/bin/bash
 # Issue 16's budget: nano on the diverse set for MINUTES minutes of training on this machine (one recipe for every
-# split), then the generalisation report. Writes docs/results/generalisation_diverse_${MINUTES}min.{json,png}.
+# split), then the generalisation report. Writes docs/results/generalisation_diverse_${MINUTES}min${TAG}.{json,png}
+# (and _own_heldout). FLAGS adds student / distill flags, TAG names the variant:
 #   MINUTES=30 bash bench/fidelity/budget.sh [DATA_ROOT=data] [RUNS=runs/cmp]
+#   MINUTES=30 FLAGS="--quality-scale 2" TAG=_q2 bash bench/fidelity/budget.sh
 set -euo pipefail
-ROOT=${1:-data}; RUNS=${2:-runs/cmp}; MINUTES=${MINUTES:-30}
+ROOT=${1:-data}; RUNS=${2:-runs/cmp}; MINUTES=${MINUTES:-30}; TAG=${TAG:-}
 SR="${PYTHON:-.venv/bin/python} -m spatialreward"
+NAME=diverse_${MINUTES}min${TAG}
 cat /proc/loadavg
-$SR distill --preset nano --data $ROOT/cmp_diverse --out $RUNS/nano_diverse_${MINUTES}min --max-minutes $MINUTES \
+$SR distill --preset nano ${FLAGS:-} --data $ROOT/cmp_diverse --out $RUNS/nano_$NAME --max-minutes $MINUTES \
     --seed 0 --eval-every-minutes 0 --no-progress --num-threads 2 --overwrite
 cat /proc/loadavg
-$SR eval --model $RUNS/nano_diverse_${MINUTES}min --data $ROOT/cmp_gen --report generalisation \
-    --out docs/results/generalisation_diverse_${MINUTES}min.json
-$SR eval --model $RUNS/nano_diverse_${MINUTES}min --data $ROOT/cmp_diverse --report generalisation \
-    --out docs/results/generalisation_diverse_${MINUTES}min_own_heldout.json
+$SR eval --model $RUNS/nano_$NAME --data $ROOT/cmp_gen --report generalisation \
+    --out docs/results/generalisation_$NAME.json
+$SR eval --model $RUNS/nano_$NAME --data $ROOT/cmp_diverse --report generalisation \
+    --out docs/results/generalisation_${NAME}_own_heldout.json
