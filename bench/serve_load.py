@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--port", type=int, default=23599)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-format", default="bmp", choices=["png", "bmp", "raw"],
+                   help="how clients send images (raw: the binary frames body, resized to the model side)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serve_load_cpu.json")
     return p.parse_args(argv)
 
@@ -87,7 +89,7 @@ async def run_load(url: str, pool, args) -> dict:
     import httpx
 
     from spatialreward.serving import RewardClient
-    from spatialreward.serving.client import b64_image
+    from spatialreward.serving.client import image_value, serialise
 
     rng = random.Random(args.seed)
     plan = []  # (kind, item indices) per request
@@ -96,9 +98,11 @@ async def run_load(url: str, pool, args) -> dict:
             plan.append(("malformed" if (n // args.fault_every) % 2 == 0 else "disconnect", []))
         else:
             plan.append(("score", [rng.randrange(len(pool)) for _ in range(rng.randint(1, args.max_edits))]))
-    encoded = [{"source": b64_image(p["source"], "bmp"), "edited": b64_image(p["edited"], "bmp"),
+    client = RewardClient(url, image_format=args.image_format, retries=0, timeout_s=300, deadline_s=600)
+    side = client.model_side()  # raw only: the server's input side, asked once
+    encoded = [{"source": image_value(p["source"], args.image_format, side),
+                "edited": image_value(p["edited"], args.image_format, side),
                 "instruction": p["instruction"]} for p in pool]
-    client = RewardClient(url, image_format="bmp", retries=0, timeout_s=300, deadline_s=600)
     stats = {"requests": 0, "answered": 0, "lost": 0, "misrouted": 0, "failed_items": 0, "edits_checked": 0,
              "malformed_4xx": 0, "malformed_other": 0, "disconnects": 0, "lost_examples": [], "misrouted_examples": []}
     latencies: list[float] = []
@@ -120,7 +124,9 @@ async def run_load(url: str, pool, args) -> dict:
                 continue
             if kind == "disconnect":  # send a real request, then hang up before the answer
                 try:
-                    await http.post(f"{url}/v1/score", json={"items": [encoded[0]] * 8}, timeout=0.002)
+                    body, content_type = serialise({"items": [encoded[0]] * 8})
+                    await http.post(f"{url}/v1/score", content=body, headers={"content-type": content_type},
+                                    timeout=0.002)
                 except httpx.TimeoutException:
                     pass
                 stats["disconnects"] += 1

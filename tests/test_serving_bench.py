@@ -36,3 +36,11 @@ def test_grpo_step_bench_writes_every_mode(tmp_path):
     assert [r["mode"] for r in result["rows"]] == ["inproc", "inproc_tensors", "v1_png", "v1_bmp", "v1_bmp_groups",
                                                     "v1_raw", "v1_raw_groups", "protocol"]
     assert result["settings"]["edits"] == 4 and (tmp_path / "g.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_serve_load_bench_with_the_raw_body_loses_and_misroutes_nothing(tmp_path):
+    result = run("serve_load.py", tmp_path / "l.json", "--requests", "60", "--clients", "4", "--fault-every", "20",
+                 "--pool-groups", "2", "--image-format", "raw", "--port", "23611")
+    assert result["passed"] and result["lost"] == 0 and result["misrouted"] == 0 and result["edits_checked"] > 0
+    assert result["settings"]["image_format"] == "raw" and result["malformed_4xx"] + result["disconnects"] == 3
