@@ -12,6 +12,7 @@ cat /proc/loadavg
 $SR distill --preset nano ${FLAGS:-} --data $ROOT/cmp_diverse --out $RUNS/nano_$NAME --max-minutes $MINUTES \
     --seed 0 --eval-every-minutes 0 --no-progress --num-threads 2 --overwrite
 cat /proc/loadavg
+tail -n 1 $RUNS/nano_$NAME/metrics.jsonl > docs/results/generalisation_${NAME}_last_step.json  # steps it made
 $SR eval --model $RUNS/nano_$NAME --data $ROOT/cmp_gen --report generalisation \
     --out docs/results/generalisation_$NAME.json
 $SR eval --model $RUNS/nano_$NAME --data $ROOT/cmp_diverse --report generalisation \
