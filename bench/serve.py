@@ -41,7 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=256, help="side of the source / edited images, pixels")
     p.add_argument("--repeats", type=int, default=15, help="timed calls per mode and workload")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per mode first")
-    p.add_argument("--concurrency", type=int, default=4, help="clients in the concurrency row (0: skip it)")
+    p.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16],
+                   help="clients in the concurrency rows (none: skip them)")
+    p.add_argument("--sweep-wait-ms", type=float, nargs="*", default=[0.0, 5.0, 20.0],
+                   help="batching windows the concurrency rows run under (one server each)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's batching window")
     p.add_argument("--preset", default="nano", help="student preset (random init)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -162,7 +165,7 @@ def bar_plot(path: Path, groups: list[str], series: dict[str, list[float]], rati
 
 
 def plot(result: dict, path: Path) -> None:
-    rows = [r for r in result["rows"] if r["concurrency"] == 1]
+    rows = [r for r in result["rows"] if "max_wait_ms" not in r]  # the single-client side-by-side rows
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     pick = {(r["workload"], r["mode"]): r for r in rows}
@@ -172,6 +175,35 @@ def plot(result: dict, path: Path) -> None:
              "p50 ms per call (lower is better)",
              f"reward server vs in-process, {result['settings']['preset']}, {result['settings']['size']} px, "
              f"{result['machine']['device']} ({result['date'][:10]})")
+
+
+def plot_sweep(result: dict, path: Path) -> None:
+    """Throughput and p50 latency against the number of clients, one line per batching window."""
+    rows = [r for r in result["rows"] if "max_wait_ms" in r]
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for wait in sorted({r["max_wait_ms"] for r in rows}):
+        line = sorted((r for r in rows if r["max_wait_ms"] == wait), key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in line]
+        left.plot(xs, [r["edits_per_s"] for r in line], marker="o", label=f"window {wait:g} ms")
+        right.plot(xs, [r["p50_ms"] for r in line], marker="o", label=f"window {wait:g} ms")
+    for ax, label in ((left, "edits / s (higher is better)"), (right, "p50 ms per request")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients (one group of 8 per request)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"reward server under load, raw body, {result['machine']['device']} ({result['date'][:10]})",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -229,8 +261,8 @@ def bench_workload(rm, url, groups, candidates, args) -> list[dict]:
     return rows
 
 
-def bench_concurrency(rm, url, args, groups: int, candidates: int, worker) -> dict:
-    """``concurrency`` clients, each sending one group per request; the server batches across them."""
+def bench_concurrency(rm, url, args, groups: int, candidates: int, worker, clients: int, wait_ms: float) -> dict:
+    """``clients`` clients, each sending one group per request; the server batches across them."""
     from spatialreward.serving import RewardClient
 
     batch = grpo_batch(groups, candidates, args.size, seed=7)
@@ -249,19 +281,20 @@ def bench_concurrency(rm, url, args, groups: int, candidates: int, worker) -> di
             with lock:
                 latencies.append(time.perf_counter() - t0)
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(args.concurrency)]
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     t0 = time.perf_counter()
     [t.start() for t in threads]
     [t.join() for t in threads]
     wall = time.perf_counter() - t0
-    edits = args.concurrency * per_client * candidates
+    edits = clients * per_client * candidates
     model_calls = worker.batches - calls_before
-    row = {"workload": f"{args.concurrency} clients x 1 group of {candidates}", "edits": edits, "size": args.size,
-           "mode": "v1_raw", "concurrency": args.concurrency, "p50_ms": round(statistics.median(latencies) * 1e3, 2),
+    row = {"workload": f"{clients} clients x 1 group of {candidates}", "edits": edits, "size": args.size,
+           "mode": "v1_raw", "concurrency": clients, "max_wait_ms": wait_ms,
+           "p50_ms": round(statistics.median(latencies) * 1e3, 2),
            "p99_ms": round(percentile(latencies, 99) * 1e3, 2), "edits_per_s": round(edits / wall, 1),
            "n_calls": len(latencies), "model_calls": model_calls,
            "mean_edits_per_model_call": round(edits / max(model_calls, 1), 1)}
-    print(f"concurrency {args.concurrency}: p50 {row['p50_ms']} ms  {row['edits_per_s']} edits/s  "
+    print(f"{clients:3d} clients, window {wait_ms:4.0f} ms: p50 {row['p50_ms']} ms  {row['edits_per_s']} edits/s  "
           f"{row['mean_edits_per_model_call']} edits per model call", flush=True)
     return row
 
@@ -269,7 +302,9 @@ def bench_concurrency(rm, url, args, groups: int, candidates: int, worker) -> di
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.replot:
-        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        result = json.loads(args.out.read_text())
+        plot(result, args.out.with_suffix(".png"))
+        plot_sweep(result, args.out.with_name(args.out.stem + "_concurrency.png"))
         return 0
     import torch
 
@@ -285,11 +320,17 @@ def main(argv=None) -> int:
         rows = []
         for groups, candidates in workloads:
             rows += bench_workload(rm, srv.url, groups, candidates, args)
-        if args.concurrency:
-            groups, candidates = workloads[0]
-            rows.append(bench_concurrency(rm, srv.url, args, groups, candidates, srv.service.worker))
     finally:
         srv.stop()
+    groups, candidates = workloads[0]
+    for wait_ms in args.sweep_wait_ms if args.concurrency else []:  # the batch policy x concurrency grid
+        srv = start_server(rm, max_batch=max(max_batch, 64), max_wait_ms=wait_ms)
+        try:
+            for clients in args.concurrency:
+                rows.append(bench_concurrency(rm, srv.url, args, groups, candidates, srv.service.worker, clients,
+                                              wait_ms))
+        finally:
+            srv.stop()
     result = {
         "benchmark": "serve",
         "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -304,6 +345,7 @@ def main(argv=None) -> int:
     }
     write_json(args.out, result)
     plot(result, args.out.with_suffix(".png"))
+    plot_sweep(result, args.out.with_name(args.out.stem + "_concurrency.png"))
     return 0
 
 

@@ -22,9 +22,11 @@ def run(script: str, out: Path, *args: str) -> dict:
 @pytest.mark.slow
 def test_serve_bench_writes_every_mode(tmp_path):
     result = run("serve.py", tmp_path / "s.json", "--workloads", "2x2", "--repeats", "1", "--warmup", "1",
-                 "--size", "48", "--concurrency", "2")
+                 "--size", "48", "--concurrency", "1", "2", "--sweep-wait-ms", "0", "5")
     modes = [r["mode"] for r in result["rows"]]
-    assert modes == ["inproc", "v1_png", "v1_bmp", "v1_raw", "protocol", "v1_raw"]
+    assert modes == ["inproc", "v1_png", "v1_bmp", "v1_raw", "protocol"] + ["v1_raw"] * 4
+    assert [(r["max_wait_ms"], r["concurrency"]) for r in result["rows"][5:]] == [(0, 1), (0, 2), (5, 1), (5, 2)]
+    assert (tmp_path / "s_concurrency.png").stat().st_size > 0
     assert result["rows"][0]["ratio_p50_over_inproc"] == 1.0 and result["settings"]["weights"].startswith("random")
     assert (tmp_path / "s.png").stat().st_size > 0
 
