@@ -84,6 +84,23 @@ def test_raw_frames_go_at_the_model_side_with_the_servers_resize_and_score_the_s
     assert np.allclose(resized, rm.score([src] * 3, edt, instr).reward.numpy(), atol=1e-6)
 
 
+def test_async_raw_scoring_asks_the_side_once_and_matches_sync(server, rm):
+    import asyncio
+
+    src, edt = images(1, size=60, seed=15)[0], images(3, size=60, seed=16)
+    client = RewardClient(server.url, image_format="raw")
+
+    async def both():
+        async with httpx.AsyncClient() as http:
+            return await client.ascore([src] * 3, edt, ["x"] * 3, client=http), await client.ascore([src] * 3, edt, ["x"] * 3)
+
+    with_client, own_client = asyncio.run(both())
+    assert client._side == rm.image_size
+    sync = RewardClient(server.url, image_format="raw").score([src] * 3, edt, ["x"] * 3)
+    assert [r["reward"] for r in with_client] == [r["reward"] for r in own_client] == [r["reward"] for r in sync]
+    assert RewardClient(server.url).model_side() is None  # png: nothing to resize to
+
+
 def test_a_raw_client_whose_server_does_not_say_its_side_sends_full_frames():
     client = RewardClient("http://127.0.0.1:9", image_format="raw", timeout_s=1)  # nothing listens there
     assert client.model_side() is None

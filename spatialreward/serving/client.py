@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import random
@@ -95,6 +96,12 @@ def serialise(payload: dict) -> tuple[bytes, str]:
     if not frames:
         return json.dumps(payload).encode(), "application/json"
     return encode_frames(header, frames), FRAMES_CONTENT_TYPE
+
+
+@contextlib.asynccontextmanager
+async def _borrowed(client: httpx.AsyncClient):
+    """The caller's client, used without closing it."""
+    yield client
 
 
 class RewardClient:
@@ -214,13 +221,13 @@ class RewardClient:
 
     def _post_one(self, payload: dict, deadline: float) -> list[dict]:
         problems = []
+        body, content_type = serialise(payload)  # once: a retry resends the same bytes
         for attempt in range(self.retries + 1):
             response = None
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             try:
-                body, content_type = serialise(payload)
                 response = self._http().post(f"{self.url}/v1/score", content=body,
                                              headers={"content-type": content_type}, timeout=min(self.timeout_s, left))
             except httpx.TransportError as exc:
@@ -236,17 +243,28 @@ class RewardClient:
         raise RewardServerError(f"no answer from {self.url} within {self.retries + 1} attempts / {self.deadline_s} s: "
                                 + "; ".join(problems or ["deadline passed"]))
 
+    def _must_ask_side(self) -> bool:
+        return self.image_format == "raw" and self.resize and self._side is False
+
+    def _side_known(self) -> int | None:
+        return self._side if self._side is not False else None
+
+    def _remember_side(self, response: httpx.Response) -> None:
+        """Keep ``input_size`` from a ``/health`` answer; an unreadable answer is not kept (asked again next call):
+        full-resolution frames are always correct."""
+        try:
+            self._side = response.json().get("input_size")
+        except (ValueError, AttributeError):
+            pass
+
     def model_side(self) -> int | None:
         """The side the server's model takes (its ``/health``), asked once; None when raw pixels go as they are."""
-        if self.image_format != "raw" or not self.resize:
-            return None
-        if self._side is False:
+        if self._must_ask_side():
             try:
-                self._side = self._http().get(f"{self.url}/health", timeout=min(self.timeout_s, 10)).json().get(
-                    "input_size")
-            except (httpx.HTTPError, ValueError, AttributeError):
-                return None  # not now: full-resolution frames are always correct; ask again next call
-        return self._side
+                self._remember_side(self._http().get(f"{self.url}/health", timeout=min(self.timeout_s, 10)))
+            except httpx.HTTPError:
+                pass
+        return self._side_known()  # never asked (not raw, or resize off): None
 
     def score(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False) -> list[dict]:
         """One result dict per edit, in order; an edit whose image cannot even be encoded here is flagged like a
@@ -285,13 +303,13 @@ class RewardClient:
 
     async def _apost_one(self, client: httpx.AsyncClient, payload: dict, deadline: float) -> list[dict]:
         problems = []
+        body, content_type = serialise(payload)
         for attempt in range(self.retries + 1):
             response = None
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             try:
-                body, content_type = serialise(payload)
                 response = await client.post(f"{self.url}/v1/score", content=body,
                                              headers={**self.headers, "content-type": content_type},
                                              timeout=min(self.timeout_s, left))
@@ -310,19 +328,13 @@ class RewardClient:
 
     async def amodel_side(self, client: httpx.AsyncClient | None = None) -> int | None:
         """Async `model_side`."""
-        if self.image_format != "raw" or not self.resize:
-            return None
-        if self._side is False:
+        if self._must_ask_side():
             try:
-                if client is None:
-                    async with httpx.AsyncClient(headers=self.headers) as own:
-                        response = await own.get(f"{self.url}/health", timeout=min(self.timeout_s, 10))
-                else:
-                    response = await client.get(f"{self.url}/health", timeout=min(self.timeout_s, 10))
-                self._side = response.json().get("input_size")
-            except (httpx.HTTPError, ValueError, AttributeError):
-                return None
-        return self._side
+                async with httpx.AsyncClient(headers=self.headers) if client is None else _borrowed(client) as http:
+                    self._remember_side(await http.get(f"{self.url}/health", timeout=min(self.timeout_s, 10)))
+            except httpx.HTTPError:
+                pass
+        return self._side_known()  # never asked (not raw, or resize off): None
 
     async def ascore(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False,
                      client: httpx.AsyncClient | None = None) -> list[dict]:
