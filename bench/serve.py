@@ -1,7 +1,8 @@
 """Reward-server cost on loopback: latency (p50 / p99) and throughput, in-process vs HTTP, side by side.
 
 One workload is a GRPO batch: ``groups`` prompts × ``candidates`` edits (one source photo-like image and one
-instruction per group). Each repeat times, interleaved so all see the same machine load:
+instruction per group). Each mode runs in its own paired pass against in-process scoring (the pairs alternate
+which call goes first), so every ratio compares calls made seconds apart under the same machine load:
 
   inproc     `RewardModel.score` on the PIL images (resize + model + post-processing)
   v1_png     `RewardClient.score` → ``POST /v1/score`` (PNG encode + base64 + JSON + server decode + the same model call)
@@ -10,10 +11,10 @@ instruction per group). Each repeat times, interleaved so all see the same machi
   protocol   ``POST /`` with the SpatialReward pickled-dict body (client pickling + restricted unpickling)
 
 then a concurrency row: ``concurrency`` clients each sending one group at a time (``v1_raw``), so the server's
-dynamic batching merges them. Ratios are HTTP p50 / in-process p50 of the same repeats. The student is ``nano``
+dynamic batching merges them. Ratios are HTTP p50 / in-process p50 of the same pass (and the median of the pairs' own ratios). The student is ``nano``
 with **random weights** (the cost does not depend on the weights); the instruction encoder is the real MiniLM.
 
-    python bench/serve.py                                    # ~2 min on a 2-core CPU → bench/results/serve_cpu.json
+    python bench/serve.py                                    # ~5 min on a 2-core CPU → bench/results/serve_cpu.json
     python bench/serve.py --workloads 4x8 8x8 --repeats 15 --size 256
 """
 
@@ -39,13 +40,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workloads", nargs="*", default=["4x8", "8x8"], help="GROUPSxCANDIDATES per call")
     p.add_argument("--size", type=int, default=256, help="side of the source / edited images, pixels")
-    p.add_argument("--repeats", type=int, default=15, help="timed calls per mode and workload")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per mode and workload")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per mode first")
     p.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16],
                    help="clients in the concurrency rows (none: skip them)")
     p.add_argument("--sweep-wait-ms", type=float, nargs="*", default=[0.0, 5.0, 20.0],
                    help="batching windows the concurrency rows run under (one server each)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="the server's batching window")
+    p.add_argument("--pause-ms", type=float, default=50.0,
+                   help="untimed pause before each timed call. Why: the server's model thread and the in-process "
+                        "caller each own an OpenMP team; right after one runs, its workers spin for a while and bill "
+                        "whatever runs next on the other team (measured: x1.2 back to back, x1.01-1.06 with 50 ms)")
     p.add_argument("--preset", default="nano", help="student preset (random init)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -224,9 +229,9 @@ def modes(rm, url: str):
 
     return {
         "inproc": lambda s, e, t: rm.score(s, e, t, batch_size=len(e), on_error="raise").reward.tolist(),
-        "v1_png": lambda s, e, t: check(png.score(s, e, t)),
+        "v1_raw": lambda s, e, t: check(raw.score(s, e, t)),  # next to inproc: the pair the target is about
         "v1_bmp": lambda s, e, t: check(bmp.score(s, e, t)),
-        "v1_raw": lambda s, e, t: check(raw.score(s, e, t)),
+        "v1_png": lambda s, e, t: check(png.score(s, e, t)),
         "protocol": lambda s, e, t: protocol_call(url, s, e, t),
     }
 
@@ -241,23 +246,40 @@ def bench_workload(rm, url, groups, candidates, args) -> list[dict]:
             got = np.asarray(fn(*batch))
         if not np.allclose(got, reference, atol=1e-4):
             raise RuntimeError(f"{name} rewards differ from in-process by {np.abs(got - reference).max():.2g}")
-    times = {name: [] for name in fns}
-    for _ in range(args.repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn(*batch)
-            times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["inproc"])
+    # One paired pass per mode: `repeats` (in-process, mode) pairs, alternating which goes first (ABBA), so each
+    # ratio compares calls made seconds apart under the same load, and a heavy mode (PNG) never runs between the
+    # two calls of another mode's pair.
+    times: dict[str, list[float]] = {"inproc": []}
+    paired: dict[str, list[float]] = {}  # mode -> the in-process times of its own pass
+    for name, fn in fns.items():
+        if name == "inproc":
+            continue
+        times[name], paired[name] = [], []
+        for r in range(args.repeats):
+            order = [("inproc", fns["inproc"]), (name, fn)]
+            for who, call in order if r % 2 == 0 else order[::-1]:
+                time.sleep(args.pause_ms / 1000)  # untimed: the previous call's spinning OpenMP workers go idle
+                t0 = time.perf_counter()
+                call(*batch)
+                (paired[name] if who == "inproc" else times[name]).append(time.perf_counter() - t0)
+        times["inproc"] += paired[name]
     rows = []
     for name, ts in times.items():
         p50 = statistics.median(ts)
+        base_ts = paired.get(name, ts)
+        base = statistics.median(base_ts)
         rows.append({"workload": f"{groups}x{candidates}", "edits": n, "size": args.size, "mode": name,
                      "concurrency": 1, "p50_ms": round(p50 * 1e3, 2), "p99_ms": round(percentile(ts, 99) * 1e3, 2),
-                     "edits_per_s": round(n / p50, 1), "ratio_p50_over_inproc": round(p50 / base, 3),
+                     "edits_per_s": round(n / p50, 1),
+                     # against the in-process calls of this mode's own pass
+                     "inproc_p50_ms_same_pass": round(base * 1e3, 2), "ratio_p50_over_inproc": round(p50 / base, 3),
+                     # the median of each pair's own ratio: a load swing that hits one pair cancels
+                     "ratio_paired_median": round(statistics.median(t / b for t, b in zip(ts, base_ts)), 3),
                      "overhead_pct": round(100 * (p50 / base - 1), 1), "n_calls": len(ts),
                      "all_ms": [round(t * 1e3, 2) for t in ts]})
         print(f"{groups}x{candidates} {name:9s} p50 {p50 * 1e3:8.1f} ms  p99 {percentile(ts, 99) * 1e3:8.1f} ms  "
-              f"{n / p50:7.1f} edits/s  ×{p50 / base:.2f}", flush=True)
+              f"{n / p50:7.1f} edits/s  ×{p50 / base:.2f} (paired ×{rows[-1]['ratio_paired_median']:.2f})",
+              flush=True)
     return rows
 
 
@@ -340,7 +362,8 @@ def main(argv=None) -> int:
         "versions": versions(),
         "settings": {"preset": args.preset, "weights": "random init (cost does not depend on them)",
                      "text_encoder": rm.student.cfg.text_encoder, "size": args.size, "repeats": args.repeats,
-                     "warmup": args.warmup, "max_wait_ms": args.max_wait_ms, "device": args.device},
+                     "warmup": args.warmup, "max_wait_ms": args.max_wait_ms, "pause_ms": args.pause_ms,
+                     "device": args.device},
         "rows": rows,
     }
     write_json(args.out, result)

@@ -61,7 +61,7 @@ def mask_to_boxes(
     labels, n = ndimage.label(mask, structure=structure)
     if n == 0:
         return np.zeros((0, 4), dtype=np.float64)
-    areas = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]  # ~3x cheaper than ndimage.sum_labels
     slices = ndimage.find_objects(labels)
     rows = []
     for area, sl in zip(areas, slices):

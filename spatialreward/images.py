@@ -17,12 +17,16 @@ Rules, in order:
 from __future__ import annotations
 
 import io
+import os
+import threading
 import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -43,6 +47,29 @@ def model_side_pixels(image: Image.Image, side: int) -> np.ndarray:
     if image.size != (side, side):
         image = image.resize((side, side), Image.BILINEAR, reducing_gap=None)
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+PARALLEL_MIN_ITEMS = 8
+
+
+def map_images(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """``[fn(x) for x in items]`` on a small shared thread pool when there are enough items. Why: PIL's decoders and
+    resize release the GIL, so preparing a GRPO batch (~0.4 ms per 256 px image) takes ~60 % of the serial wall time
+    on 2 cores. ``fn`` must not raise for a bad item (return its error instead): order and per-item errors stay the
+    caller's. Set ``SPATIALREWARD_IMAGE_THREADS=1`` to keep everything on the calling thread."""
+    workers = int(os.environ.get("SPATIALREWARD_IMAGE_THREADS", min(4, os.cpu_count() or 1)))
+    if workers <= 1 or len(items) < PARALLEL_MIN_ITEMS:
+        return [fn(x) for x in items]
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers != workers:
+            _POOL = ThreadPoolExecutor(workers, thread_name_prefix="spatialreward-images")
+        pool = _POOL
+    return list(pool.map(fn, items))
 
 
 def _describe(item: Any) -> str:
@@ -122,7 +149,8 @@ def _pil_to_rgb(img: Image.Image, name: str, max_pixels: int, *, from_file: bool
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()  # decode now: a truncated file fails here, with a clear message
-            img = ImageOps.exif_transpose(img)
+            if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # else exif_transpose would copy for nothing
+                img = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(name, f"too many pixels (decompression bomb guard): {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:

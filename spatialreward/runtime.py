@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from spatialreward.boxes import mask_to_boxes
 from spatialreward.formula import RewardWeights, reward_from_subscores
-from spatialreward.images import ImageLoadError, load_image
+from spatialreward.images import ImageLoadError, load_image, map_images
 
 Backend = Literal["torch", "onnxruntime", "tensorrt", "auto"]
 
@@ -170,13 +170,19 @@ class RewardModel:
         is a zero image, never scored as valid)."""
         side = self.image_size
         out = torch.zeros(len(items), side, side, 3, dtype=torch.uint8)
-        errors: list[str | None] = [None] * len(items)
-        for i, item in enumerate(items):
+
+        def one(i: int) -> str | None:
+            item = items[i]
+            if isinstance(item, np.ndarray) and item.dtype == np.uint8 and item.shape == (side, side, 3):
+                out[i].numpy()[...] = item  # already at the model side (the server's raw frames): no PIL round trip
+                return None
             try:
                 out[i] = self.backend.preprocess(_read_image(item, names[i]))
             except ImageLoadError as exc:
-                errors[i] = str(exc)
-        return out, errors
+                return str(exc)
+            return None
+
+        return out, map_images(one, range(len(items)))
 
     def _encode_text(self, instructions: Sequence[Any], offset: int = 0) -> tuple[torch.Tensor, list[str | None]]:
         """Instruction embeddings ``[B, D]``; an instruction that is not a string is that item's error (its row is

@@ -149,3 +149,12 @@ def test_error_names_given_item():
     with pytest.raises(ImageLoadError) as info:
         load_image(b"xx", name="group3/cand5.png")
     assert info.value.item == "group3/cand5.png"
+
+
+def test_map_images_keeps_order_on_the_pool_and_serially(monkeypatch):
+    from spatialreward.images import map_images
+
+    items = list(range(40))
+    assert map_images(lambda x: x * x, items) == [x * x for x in items]
+    monkeypatch.setenv("SPATIALREWARD_IMAGE_THREADS", "1")
+    assert map_images(lambda x: -x, items) == [-x for x in items]

@@ -60,6 +60,21 @@ def test_inputs_as_pil_numpy_tensor_and_path_agree(model_dir, tmp_path):
     assert torch.allclose(out.reward, out.reward[0].expand(4), atol=1e-5)
 
 
+def test_arrays_already_at_the_model_side_skip_pil_and_score_the_same(model_dir):
+    """The fast path for uint8 frames at the model side (the server's raw body) gives the PIL path's rewards,
+    read-only arrays included, and the batch goes through the thread pool."""
+    rm = RewardModel.from_pretrained(model_dir, text_encoder=HashingTextEncoder())
+    side = rm.image_size
+    edits = images(10, size=side, seed=5)
+    frames = [np.asarray(im) for im in edits]
+    frames[0] = frames[0].copy()
+    frames[0].flags.writeable = False
+    src = images(1, size=side, seed=6)[0]
+    via_pil = rm.score([src] * 10, edits, ["add a hat"] * 10)
+    via_frames = rm.score([np.asarray(src)] * 10, frames, ["add a hat"] * 10)
+    assert torch.equal(via_pil.reward, via_frames.reward)
+
+
 def test_group_source_is_encoded_once_and_set_group_matches_score(model_dir, monkeypatch):
     rm = RewardModel.from_pretrained(model_dir, text_encoder=HashingTextEncoder())
     src = images(1, seed=5)[0]

@@ -172,3 +172,36 @@ def test_the_rl_adapters_pass_the_raw_format_through(server, rm):
     scores, info = fn(edt, ["make it red"] * 2, [{}] * 2, [src] * 2)
     assert all(info["ok"]) and np.allclose(scores, rm.score([src] * 2, edt, ["make it red"] * 2).reward.numpy(),
                                             atol=1e-5)
+
+
+def test_parallel_encoding_keeps_order_and_flags_only_the_bad_edits(rm):
+    """Enough edits to go through the image thread pool: a bad edited image and a bad source fail their own edits;
+    a source whose edits all failed is not sent; the rest keep their order and their rewards."""
+    good_src, bad_src = images(1, seed=3)[0], b"not an image"
+    edt = images(12, seed=4)
+    edt[2] = b"\x89PNG truncated"
+    sources = [good_src] * 8 + [bad_src] * 4
+    body, failed = RewardClient._encode(sources, edt, ["make it red"] * 12, None, False, image_format="raw")
+    assert sorted(failed) == [2, 8, 9, 10, 11]
+    assert all(failed[i]["error_kind"] == "bad_image" and f"item {i}:" in failed[i]["error"] for i in failed)
+    assert len(body["sources"]) == 1 and [it["source_index"] for it in body["items"]] == [0] * 7
+    sent = [np.asarray(edt[i]) for i in (0, 1, 3, 4, 5, 6, 7)]
+    assert all(np.array_equal(it["edited"], ref) for it, ref in zip(body["items"], sent))
+
+
+def test_a_split_call_names_a_bad_edit_by_its_place_in_the_whole_call_sync_and_async(server, rm):
+    """Parts are encoded ahead while the previous part is scored: order, indices and error names stay global."""
+    import asyncio
+
+    srcs, edt = images(2, seed=5), images(13, seed=6)
+    sources = [srcs[i // 7] for i in range(13)]
+    edt[11] = b"not an image"
+    client = RewardClient(server.url, image_format="raw", max_items_per_request=4)
+    ref = rm.score(sources, edt, ["x"] * 13, on_error="flag")
+    for res in (client.score(sources, edt, ["x"] * 13, group_ids=list(range(13))),
+                asyncio.run(client.ascore(sources, edt, ["x"] * 13, group_ids=list(range(13))))):
+        assert [r["index"] for r in res] == list(range(13)) and [r["group_id"] for r in res] == list(range(13))
+        assert [r["ok"] for r in res] == [i != 11 for i in range(13)]
+        assert res[11]["error"].startswith("item 11:")
+        good = [i for i in range(13) if i != 11]
+        assert np.allclose([res[i]["reward"] for i in good], ref.reward.numpy()[good], atol=1e-5)

@@ -34,6 +34,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
@@ -48,8 +49,8 @@ from spatialreward.serving.items import (
     Edit,
     ItemError,
     SourceCache,
-    check_image,
     check_instruction,
+    check_size,
     content_key,
     decode_image,
     decode_source,
@@ -161,11 +162,12 @@ class RewardService:
         except FramesError as exc:
             raise HTTPProblem(400, str(exc), "bad_request") from exc
 
-        def read(value: Any, name: str, *, source: bool) -> tuple[Image.Image, str]:
+        def read(value: Any, name: str, *, source: bool) -> tuple[np.ndarray, str]:
+            # the frame itself goes to the model (uint8 [H, W, 3] is an image `RewardModel` takes): at the model's
+            # side it is copied straight into the batch, with no PIL round trip
             frame = _frame(value, name, frames)
-            image = check_image(Image.frombuffer("RGB", frame.shape[1::-1], frame, "raw", "RGB", 0, 1), name,
-                                min_side=cfg.min_side, max_pixels=cfg.max_pixels)
-            return image, (content_key(frame.data) if source else "")
+            check_size(frame.shape[1], frame.shape[0], name, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
+            return frame, (content_key(frame.data) if source else "")
 
         return self.parse_payload(header, read)
 

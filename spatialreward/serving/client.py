@@ -21,6 +21,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,11 @@ class RewardClient:
 
     @staticmethod
     def _encode(sources, editeds, instructions, group_ids, return_mask: bool, *, strict: bool = False,
-                image_format: str = "png", side: int | None = None) -> tuple[dict, dict[int, dict]]:
+                image_format: str = "png", side: int | None = None, offset: int = 0) -> tuple[dict, dict[int, dict]]:
         """Encode each edit; with ``strict=False`` an unreadable image becomes that edit's local error result
-        (``failed[i]``) and the edit is left out of the body, so one bad image never sinks the request."""
-        from spatialreward.images import ImageLoadError
+        (``failed[i]``, named by its position ``offset + i`` in the caller's call) and the edit is left out of the
+        body, so one bad image never sinks the request."""
+        from spatialreward.images import ImageLoadError, map_images
 
         n = len(editeds)
         if not (len(sources) == n == len(instructions)):
@@ -144,37 +146,65 @@ class RewardClient:
                              "pass one of each per edit")
         # a group's repeated source object is encoded and sent once: items point into "sources" by index
         source_index: dict[int, int] = {}
-        source_list: list[str] = []
-        items, failed = [], {}
-        for i in range(n):
-            src = sources[i]
+        unique_sources: list[Any] = []
+        for src in sources:
+            if id(src) not in source_index:
+                source_index[id(src)] = len(unique_sources)
+                unique_sources.append(src)
+
+        def value(item: Any) -> Any:  # the image's value in the body, or the exception that stopped it
             try:
-                if id(src) not in source_index:
-                    source_list.append(image_value(src, image_format, side))
-                    source_index[id(src)] = len(source_list) - 1
-                item = {"source_index": source_index[id(src)], "edited": image_value(editeds[i], image_format, side),
-                        "instruction": instructions[i]}
+                return image_value(item, image_format, side)
             except (ImageLoadError, OSError) as exc:
                 if strict:
                     raise
-                failed[i] = {"index": i, "id": None, "group_id": group_ids[i] if group_ids is not None else None,
+                return exc
+
+        values = map_images(value, [*unique_sources, *editeds])  # decode + resize release the GIL: in parallel
+        source_list, edited_values = values[:len(unique_sources)], values[len(unique_sources):]
+        items, failed = [], {}
+        for i in range(n):
+            k = source_index[id(sources[i])]
+            exc = next((v for v in (source_list[k], edited_values[i]) if isinstance(v, Exception)), None)
+            if exc is not None:
+                group_id = group_ids[i] if group_ids is not None else None
+                failed[i] = {"index": i + offset, "id": None, "group_id": group_id,
                              "ok": False, "reward": None, "subscores": None, "uncertainty": None, "presence": None,
-                             "boxes": None, "error": f"item {i}: {exc}", "error_kind": "bad_image"}
+                             "boxes": None, "error": f"item {i + offset}: {exc}", "error_kind": "bad_image"}
                 continue
+            item = {"source_index": k, "edited": edited_values[i], "instruction": instructions[i]}
             if group_ids is not None:
                 item["group_id"] = group_ids[i]
             items.append(item)
+        used = sorted({it["source_index"] for it in items})  # a source whose edits all failed is not sent
+        if len(used) != len(source_list):
+            remap = {old: new for new, old in enumerate(used)}
+            items = [{**it, "source_index": remap[it["source_index"]]} for it in items]
+            source_list = [source_list[k] for k in used]
         return {"sources": source_list, "items": items, "return_mask": return_mask}, failed
 
     @staticmethod
-    def _merge(n: int, sent: list[dict], failed: dict[int, dict]) -> list[dict]:
-        """Results of the sent edits and the local failures, back in the caller's order (``index`` = position)."""
+    def _merge(n: int, sent: list[dict], failed: dict[int, dict], offset: int = 0) -> list[dict]:
+        """Results of the sent edits and the local failures of one part, back in the caller's order (``index`` =
+        position in the whole call: the part's own position plus ``offset``)."""
         it = iter(sent)
-        out = []
-        for i in range(n):
-            row = failed[i] if i in failed else dict(next(it), index=i)
-            out.append(row)
-        return out
+        return [failed[i] if i in failed else dict(next(it), index=i + offset) for i in range(n)]
+
+    def _parts(self, sources, editeds, instructions) -> list[slice]:
+        """The call split into requests of at most ``max_items_per_request`` edits (at least one, maybe empty)."""
+        n = len(editeds)
+        if not (len(sources) == n == len(instructions)):
+            raise ValueError(f"got {len(sources)} sources, {n} edited images and {len(instructions)} instructions; "
+                             "pass one of each per edit")
+        k = max(1, self.max_items_per_request)
+        return [slice(i, min(i + k, n)) for i in range(0, n, k)] or [slice(0, 0)]
+
+    def _encode_part(self, part: slice, sources, editeds, instructions, group_ids, return_mask: bool,
+                     side: int | None) -> tuple[dict, dict[int, dict]]:
+        """`_encode` of the edits in ``part`` (a request's body carries only the sources its edits use)."""
+        return self._encode(sources[part], editeds[part], instructions[part],
+                            group_ids[part] if group_ids is not None else None, return_mask,
+                            image_format=self.image_format, side=side, offset=part.start)
 
     def _chunks(self, payload: dict) -> list[dict]:
         """Requests of at most ``max_items_per_request`` edits, each carrying only the sources its items use."""
@@ -268,11 +298,25 @@ class RewardClient:
 
     def score(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False) -> list[dict]:
         """One result dict per edit, in order; an edit whose image cannot even be encoded here is flagged like a
-        server-side failure (``ok: False``, ``error_kind: "bad_image"``)."""
-        body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask,
-                                    image_format=self.image_format, side=self.model_side())
-        sent = self.post(body) if body["items"] else []
-        return self._merge(len(editeds), sent, failed)
+        server-side failure (``ok: False``, ``error_kind: "bad_image"``).
+
+        More edits than ``max_items_per_request`` go as several requests, pipelined: the next part is decoded and
+        resized here while the server scores the current one."""
+        parts = self._parts(sources, editeds, instructions)
+        side = self.model_side()
+        deadline = time.monotonic() + self.deadline_s
+        out: list[dict] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="spatialreward-client-encode") as encoder:
+            pending = encoder.submit(self._encode_part, parts[0], sources, editeds, instructions, group_ids,
+                                     return_mask, side)
+            for k, part in enumerate(parts):
+                body, failed = pending.result()
+                if k + 1 < len(parts):
+                    pending = encoder.submit(self._encode_part, parts[k + 1], sources, editeds, instructions,
+                                             group_ids, return_mask, side)
+                sent = self._post_one(body, deadline) if body["items"] else []
+                out += self._merge(len(editeds[part]), sent, failed, offset=part.start)
+        return out
 
     def ping(self) -> bool:
         try:
@@ -338,7 +382,26 @@ class RewardClient:
 
     async def ascore(self, sources, editeds, instructions, group_ids=None, *, return_mask: bool = False,
                      client: httpx.AsyncClient | None = None) -> list[dict]:
-        body, failed = self._encode(sources, editeds, instructions, group_ids, return_mask,
-                                    image_format=self.image_format, side=await self.amodel_side(client))
-        sent = await self.apost(body, client) if body["items"] else []
-        return self._merge(len(editeds), sent, failed)
+        """Async `score`: the same parts, the next one encoded in a thread while the current one is scored."""
+        parts = self._parts(sources, editeds, instructions)
+        side = await self.amodel_side(client)
+        deadline = time.monotonic() + self.deadline_s
+        own = client is None
+        http = client or httpx.AsyncClient(timeout=self.timeout_s, headers=self.headers)
+        out: list[dict] = []
+        try:
+            pending = asyncio.ensure_future(asyncio.to_thread(
+                self._encode_part, parts[0], sources, editeds, instructions, group_ids, return_mask, side))
+            for k, part in enumerate(parts):
+                body, failed = await pending
+                if k + 1 < len(parts):
+                    pending = asyncio.ensure_future(asyncio.to_thread(
+                        self._encode_part, parts[k + 1], sources, editeds, instructions, group_ids, return_mask, side))
+                sent = await self._apost_one(http, body, deadline) if body["items"] else []
+                out += self._merge(len(editeds[part]), sent, failed, offset=part.start)
+        finally:
+            if not pending.done():
+                pending.cancel()
+            if own:
+                await http.aclose()
+        return out

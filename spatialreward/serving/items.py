@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from spatialreward.images import ImageLoadError, load_image
@@ -38,10 +39,11 @@ class ItemError(ValueError):
 
 @dataclass
 class Edit:
-    """A checked edit ready for the model (``source`` / ``edited`` are RGB PIL images) or an error."""
+    """A checked edit ready for the model (``source`` / ``edited`` are RGB PIL images, or uint8 ``[H, W, 3]``
+    frames of a raw body) or an error."""
 
-    source: Image.Image | None = None
-    edited: Image.Image | None = None
+    source: Image.Image | np.ndarray | None = None
+    edited: Image.Image | np.ndarray | None = None
     instruction: str = ""
     source_key: str = ""  # content hash of the source: equal sources share work
     error: ItemError | None = None
@@ -60,13 +62,17 @@ def image_key(image: Image.Image) -> str:
     return h.hexdigest()
 
 
-def check_image(image: Image.Image, name: str, *, min_side: int, max_pixels: int) -> Image.Image:
-    """Size limits on an already decoded image; returns it as RGB."""
-    w, h = image.size
+def check_size(w: int, h: int, name: str, *, min_side: int, max_pixels: int) -> None:
+    """The server's size limits on one image of ``w × h`` pixels."""
     if w * h > max_pixels:
         raise ItemError(IMAGE_TOO_LARGE, f"{name}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels}")
     if min(w, h) < min_side:
         raise ItemError(IMAGE_TOO_SMALL, f"{name}: {w}x{h} is under {min_side} px on a side; it cannot be judged")
+
+
+def check_image(image: Image.Image, name: str, *, min_side: int, max_pixels: int) -> Image.Image:
+    """Size limits on an already decoded image; returns it as RGB."""
+    check_size(*image.size, name, min_side=min_side, max_pixels=max_pixels)
     try:
         return load_image(image, name=name, max_pixels=max_pixels)
     except ImageLoadError as exc:
