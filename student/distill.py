@@ -96,6 +96,9 @@ class DistillConfig:
     )
     w_subscore: float = field(default=1.0, metadata={"help": "weight of the sub-score loss"})
     w_ranking: float = field(default=1.0, metadata={"help": "weight of the ranking loss"})
+    w_subscore_ranking: float = field(
+        default=0.0, metadata={"help": "weight of the within-group ranking of each sub-score (0 = off)"}
+    )
     w_advantage: float = field(default=0.5, metadata={"help": "weight of 1 − within-group reward correlation"})
     w_reward: float = field(default=0.0, metadata={"help": "weight of reward MSE (×100)"})
     w_mask: float = field(default=1.0, metadata={"help": "weight of the mask loss (BCE + Dice)"})
@@ -151,7 +154,8 @@ class DistillConfig:
     @property
     def loss_weights(self) -> LossWeights:
         return LossWeights(
-            subscore=self.w_subscore, ranking=self.w_ranking, advantage=self.w_advantage, reward=self.w_reward,
+            subscore=self.w_subscore, ranking=self.w_ranking, subscore_ranking=self.w_subscore_ranking,
+            advantage=self.w_advantage, reward=self.w_reward,
             mask=self.w_mask, presence=self.w_presence,
         )
 

@@ -23,7 +23,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from spatialreward.types import SUBSCORE_NAMES
+
 HARD_KINDS = ("wrong_attribute", "over_edit", "artifacts")
+# The sub-score a failure kind should lower (order of SUBSCORE_NAMES: instruction following, consistency,
+# naturalness, artifacts). Ordering a pair by it alone tells "did not see the failure" from "saw it, but the reward
+# was swamped by noise in another sub-score".
+KIND_SUBSCORE = {"artifacts": 3, "over_edit": 1, "global": 1, "wrong_attribute": 0, "partial": 0,
+                 "wrong_region": 0, "no_op": 0}
 HEADLINE = ("pairwise_accuracy", "hard_pairs", "spearman", "group_advantage_corr", "mask_iou_edited_only")
 
 
@@ -62,12 +69,20 @@ def pooled(table: dict[str, dict[str, Any]], keys: Sequence[str]) -> dict[str, A
     return _ratio(hits, total)
 
 
-def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data) -> dict[str, Any]:
+def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
+                 pred_subscores: np.ndarray | None = None) -> dict[str, Any]:
     """The per-split block of the report from predictions, `reward_metrics` output and the split's `EditData`."""
     target = data.reward.numpy()
     group_ids = [s.group_id for s in data.samples]
     kinds = [s.meta.get("kind", "") for s in data.samples]
     per_kind = correct_vs(pred_reward, target, group_ids, kinds, kinds)
+    by_subscore = {}
+    if pred_subscores is not None:  # correct vs kind, ordered by the one sub-score that kind should lower
+        for kind, k in KIND_SUBSCORE.items():
+            keys = [kd if kd == kind else "" for kd in kinds]
+            table = correct_vs(pred_subscores[:, k], data.subscores.numpy()[:, k], group_ids, keys, kinds)
+            if kind in table:
+                by_subscore[kind] = dict(table[kind], subscore=SUBSCORE_NAMES[k])
     families = [s.meta.get("failure_family", "") if s.meta.get("kind") in ("artifacts", "over_edit") else ""
                 for s in data.samples]
     per_family = correct_vs(pred_reward, target, group_ids, families, kinds)
@@ -77,7 +92,7 @@ def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data) -> dict
             "presence_accuracy")
     out = {k: metrics.get(k) for k in keep}
     out.update(hard_pairs=hard["accuracy"], hard_pair_count=hard["pairs"], per_kind=per_kind,
-               per_failure_family=per_family,
+               per_kind_by_subscore=by_subscore, per_failure_family=per_family,
                sources=sorted({str(s.meta.get("photo", "")) for s in data.samples}),
                phrasings=sorted({str(s.meta.get("phrasing", "")) for s in data.samples}))
     return out
@@ -121,7 +136,7 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
                           mask_size=mask_target_size(model.cfg.grid), text_encoder=encoder, max_groups=max_groups,
                           progress=progress)
         metrics, preds = evaluate_data(model, data, device=device)
-        report["splits"][split] = split_report(preds.reward, metrics, data)
+        report["splits"][split] = split_report(preds.reward, metrics, data, preds.subscores)
     report["summary"] = {split: {k: block.get(k) for k in HEADLINE} for split, block in report["splits"].items()}
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Distillation losses: sub-score regression, within-group ranking, edit mask, presence.
+"""Distillation losses: sub-score regression, within-group ranking (reward and each sub-score), edit mask, presence.
 
 GRPO turns rewards into advantages normalised *within* a group (same source + instruction), so what the student
 must get right first is the order and spread of rewards inside each group; the ranking losses here only ever
@@ -115,6 +115,23 @@ def listwise_ranking_loss(
     return per_sample.sum() / num_groups
 
 
+def subscore_ranking_loss(
+    pred: torch.Tensor, target: torch.Tensor, group_index: torch.Tensor, *, temperature_points: float = 1.0
+) -> torch.Tensor:
+    """RankNet within groups on each of the ``[B, 4]`` sub-scores, averaged over the four.
+
+    Why: candidates of one group share almost every pixel, so what separates "correct" from "correct with
+    artifacts" is a *difference* of one sub-score (−11 artifact points) that moves the reward by only ~0.05. The
+    reward ranking sees that gap through the formula's ^0.2 quality term and the regression sees it among absolute
+    errors of several points; this term asks for the order of each sub-score directly (``temperature_points``: a
+    gap of that many points already counts as a confident order)."""
+    return torch.stack([
+        pairwise_ranking_loss(pred[:, k] / SCORE_MAX, target[:, k] / SCORE_MAX, group_index,
+                              temperature=temperature_points / SCORE_MAX, min_gap=0.5 / SCORE_MAX, gap_weighted=False)
+        for k in range(pred.shape[1])
+    ]).mean()
+
+
 def advantage_loss(pred: torch.Tensor, target: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
     """``1 − Pearson`` of within-group rewards (= correlation of z-scored advantages), mean over groups with
     at least two members and a teacher spread. Directly targets the group-advantage correlation metric."""
@@ -170,6 +187,7 @@ class LossWeights:
 
     subscore: float = 1.0
     ranking: float = 1.0
+    subscore_ranking: float = 0.0
     advantage: float = 0.0
     reward: float = 0.0
     mask: float = 1.0
@@ -201,6 +219,8 @@ def distill_loss(
         )
     else:
         raise ValueError(f"ranking loss kind {ranking_kind!r} is unknown; use 'pairwise' or 'listwise'")
+    if weights.subscore_ranking:
+        parts["subscore_ranking"] = subscore_ranking_loss(out.subscores, batch["subscores"], batch["group_index"])
     if weights.advantage:
         parts["advantage"] = advantage_loss(out.reward, batch["reward"], batch["group_index"])
     if weights.reward:

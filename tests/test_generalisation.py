@@ -9,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from spatialreward.student.generalisation import HEADLINE, correct_vs, pooled
+from spatialreward.student.generalisation import HEADLINE, KIND_SUBSCORE, correct_vs, pooled, split_report
+from spatialreward.types import SUBSCORE_NAMES
 from spatialreward.synth import GENERALISATION_SPLITS, generate_dataset
 from tests.fixtures.students import HashingTextEncoder
 
@@ -74,6 +75,9 @@ def test_report_covers_every_split(labelled_generalisation_set, toy_student, tmp
                          "global", "region_only", "overdone"}
         assert block["hard_pair_count"] == sum(block["per_kind"].get(k, {"pairs": 0})["pairs"]
                                                for k in ("wrong_attribute", "over_edit", "artifacts"))
+        for kind, row in block["per_kind_by_subscore"].items():  # the diagnostic: correct vs kind by one sub-score
+            assert kind in KIND_SUBSCORE and row["subscore"] in SUBSCORE_NAMES
+            assert row["accuracy"] is None or 0.0 <= row["accuracy"] <= 1.0
     fams = saved["splits"]["heldout_failures"]["per_failure_family"]
     assert set(fams) <= {"checkerboard", "frame_shift", "second_object", "extra_object", "collateral_patch"}
     assert saved["splits"]["heldout_phrasing"]["phrasings"] == ["terse"]
@@ -99,3 +103,19 @@ def test_cli_report(labelled_generalisation_set, toy_student, tmp_path, monkeypa
                               "--report", "fancy"])
     assert isinstance(res.exception, CLIError) and "--report" in str(res.exception)
     assert np.isfinite(summary["in_distribution"]["pairwise_accuracy"])
+
+
+def test_by_subscore_diagnostic_separates_seeing_a_failure_from_ranking_it():
+    """A student whose artifacts sub-score is exactly right but whose reward is swamped elsewhere: the per-kind
+    reward accuracy is 0 and the by-sub-score accuracy is 1."""
+    from types import SimpleNamespace
+
+    kinds = ["correct", "artifacts"] * 2
+    samples = [SimpleNamespace(group_id=g, meta={"kind": k}) for g, k in zip("aabb", kinds)]
+    teacher = torch.tensor([[20, 20, 20, 22], [20, 20, 20, 10]] * 2, dtype=torch.float32)
+    data = SimpleNamespace(samples=samples, reward=torch.tensor([0.8, 0.7] * 2), subscores=teacher)
+    pred_subscores = teacher.numpy().copy()
+    pred_subscores[1::2, 0] += 5  # instruction following wrongly higher on the artifact candidates
+    block = split_report(np.array([0.7, 0.8] * 2), {}, data, pred_subscores)
+    assert block["per_kind"]["artifacts"] == {"accuracy": 0.0, "pairs": 2}
+    assert block["per_kind_by_subscore"]["artifacts"] == {"accuracy": 1.0, "pairs": 2, "subscore": "artifacts"}

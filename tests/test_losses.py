@@ -16,6 +16,7 @@ from spatialreward.student.losses import (
     presence_loss,
     same_group,
     subscore_loss,
+    subscore_ranking_loss,
 )
 
 
@@ -119,3 +120,19 @@ def test_subscore_losses():
 def test_presence_loss():
     assert presence_loss(torch.tensor([0.0]), torch.tensor([1.0])).item() == pytest.approx(math.log(2))
     assert presence_loss(torch.tensor([20.0, -20.0]), torch.tensor([1.0, 0.0])).item() < 1e-8
+
+
+def test_subscore_ranking_orders_each_subscore_within_groups_only():
+    # group 0: the correct edit (artifacts 22) over the artifact candidate (artifacts 11); other sub-scores tie
+    target = torch.tensor([[20.0, 20.0, 20.0, 22.0], [20.0, 20.0, 20.0, 11.0], [5.0, 5.0, 5.0, 5.0]])
+    group = torch.tensor([0, 0, 1])  # the third is alone: no pairs, whatever its values
+    right = target.clone()
+    wrong = target.clone()
+    wrong[:2, 3] = torch.tensor([11.0, 22.0])
+    # one pair (on the artifacts column) of four columns: softplus(∓11 points / 1 point) / 4
+    softplus = lambda x: F.softplus(torch.tensor(x)).item()  # noqa: E731
+    assert subscore_ranking_loss(right, target, group).item() == pytest.approx(softplus(-11.0) / 4)
+    assert subscore_ranking_loss(wrong, target, group).item() == pytest.approx(softplus(11.0) / 4)
+    lonely = right.clone()
+    lonely[2] = 25.0
+    assert subscore_ranking_loss(lonely, target, group).item() == pytest.approx(softplus(-11.0) / 4)

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Data for the fidelity experiments (issue 16): a classic-recipe and a diverse-recipe training set with the same
 # seed and size, and one generalisation set (its splits hold out photos, scenes, a phrasing family, failure
-# families, and an evaluation-only photo pool), all labelled by the oracle. ~10 min on 2 cores.
+# families, and an evaluation-only photo pool), all labelled by the oracle, plus a 4,000-group diverse set (the data-scale run). ~16 min on 2 cores.
 #   bash bench/fidelity/make_data.sh [DATA_ROOT=data]
 set -euo pipefail
 ROOT=${1:-data}
@@ -9,4 +9,5 @@ SR="${PYTHON:-.venv/bin/python} -m spatialreward"
 $SR synth --out $ROOT/cmp_classic --groups 600 --seed 0 --recipe classic --workers 1 --no-progress
 $SR synth --out $ROOT/cmp_diverse --groups 600 --seed 0 --workers 1 --no-progress
 $SR synth --out $ROOT/cmp_gen --groups 240 --seed 777 --layout generalisation --workers 1 --no-progress
-for d in cmp_classic cmp_diverse cmp_gen; do $SR label --teacher oracle --data $ROOT/$d; done
+$SR synth --out $ROOT/cmp_diverse_4k --groups 4000 --seed 0 --workers 2 --no-progress  # ~6 min, 3.1 GB
+for d in cmp_classic cmp_diverse cmp_diverse_4k cmp_gen; do $SR label --teacher oracle --data $ROOT/$d; done

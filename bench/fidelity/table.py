@@ -12,6 +12,16 @@ import json
 from pathlib import Path
 
 
+def by_subscore_cell(split: dict) -> str:
+    """Correct vs each kind, ordered by the one sub-score that kind should lower (reports from 2026-12-07 on)."""
+    table = split.get("per_kind_by_subscore", {})
+    return " / ".join(f"{table[k]['accuracy']:.2f}" if table.get(k, {}).get("accuracy") is not None else "–"
+                      for k in BY_SUBSCORE_KINDS)
+
+
+BY_SUBSCORE_KINDS = ("artifacts", "over_edit", "wrong_attribute", "partial")
+
+
 def cell(split: dict) -> str:
     kinds = split.get("per_kind", {})
     art = kinds.get("artifacts", {}).get("accuracy", float("nan"))
@@ -24,14 +34,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("reports", nargs="+", type=Path)
     p.add_argument("--names", nargs="*", default=None, help="column names (default: file stems)")
+    p.add_argument("--by-subscore", action="store_true",
+                   help="cells: correct vs artifacts / over-edit / wrong attribute / partial, each ordered by the "
+                        "sub-score it should lower (artifacts, consistency, instruction following x2)")
     args = p.parse_args(argv)
     names = args.names or [r.stem for r in args.reports]
     reports = [json.loads(r.read_text())["splits"] for r in args.reports]
     print("| split | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
+    fmt = by_subscore_cell if args.by_subscore else cell
     for split in reports[0]:
-        print(f"| {split.replace('_', ' ')} | " + " | ".join(cell(r[split]) for r in reports) + " |")
-    print("\ncells: pairwise / hard pairs / artifacts vs correct / over-edit vs correct / edited-only mask IoU")
+        print(f"| {split.replace('_', ' ')} | " + " | ".join(fmt(r[split]) for r in reports) + " |")
+    if args.by_subscore:
+        print("\ncells: correct vs " + " / ".join(BY_SUBSCORE_KINDS) + ", each by the sub-score it should lower")
+    else:
+        print("\ncells: pairwise / hard pairs / artifacts vs correct / over-edit vs correct / edited-only mask IoU")
     return 0
 
 
