@@ -52,6 +52,7 @@ def model_side_pixels(image: Image.Image, side: int) -> np.ndarray:
 T = TypeVar("T")
 R = TypeVar("R")
 _POOL: ThreadPoolExecutor | None = None
+_POOL_KEY: tuple[int, int] | None = None  # (pid, workers) the pool was made for
 _POOL_LOCK = threading.Lock()
 PARALLEL_MIN_ITEMS = 8
 
@@ -64,10 +65,12 @@ def map_images(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     workers = int(os.environ.get("SPATIALREWARD_IMAGE_THREADS", min(4, os.cpu_count() or 1)))
     if workers <= 1 or len(items) < PARALLEL_MIN_ITEMS:
         return [fn(x) for x in items]
-    global _POOL
+    global _POOL, _POOL_KEY
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers != workers:
+        # a forked child inherits the pool object but not its threads: work sent there would never run
+        if _POOL is None or _POOL_KEY != (os.getpid(), workers):
             _POOL = ThreadPoolExecutor(workers, thread_name_prefix="spatialreward-images")
+            _POOL_KEY = (os.getpid(), workers)
         pool = _POOL
     return list(pool.map(fn, items))
 

@@ -158,3 +158,21 @@ def test_map_images_keeps_order_on_the_pool_and_serially(monkeypatch):
     assert map_images(lambda x: x * x, items) == [x * x for x in items]
     monkeypatch.setenv("SPATIALREWARD_IMAGE_THREADS", "1")
     assert map_images(lambda x: -x, items) == [-x for x in items]
+
+
+def test_map_images_works_in_a_forked_child_after_the_parent_used_the_pool():
+    import multiprocessing as mp
+
+    from spatialreward.images import map_images
+
+    assert map_images(lambda x: x + 1, list(range(16)))[-1] == 16  # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_square_all_on_the_pool, (list(range(16)),))
+        assert result.get(timeout=30) == [x * x for x in range(16)]  # hangs (times out) with a stale pool
+
+
+def _square_all_on_the_pool(items):
+    from spatialreward.images import map_images
+
+    return map_images(lambda x: x * x, items)
