@@ -24,7 +24,9 @@ def test_serve_bench_writes_every_mode(tmp_path):
     result = run("serve.py", tmp_path / "s.json", "--workloads", "2x2", "--repeats", "1", "--warmup", "1",
                  "--size", "48", "--concurrency", "1", "2", "--sweep-wait-ms", "0", "5")
     modes = [r["mode"] for r in result["rows"]]
-    assert modes == ["inproc", "v1_png", "v1_bmp", "v1_raw", "protocol"] + ["v1_raw"] * 4
+    assert modes == ["inproc", "v1_raw", "v1_bmp", "v1_png", "protocol"] + ["v1_raw"] * 4
+    single = result["rows"][:5]  # each mode timed in its own paired pass: as many in-process calls as modes' calls
+    assert single[0]["n_calls"] == 4 * single[1]["n_calls"] and all(r["ratio_paired_median"] > 0 for r in single)
     assert [(r["max_wait_ms"], r["concurrency"]) for r in result["rows"][5:]] == [(0, 1), (0, 2), (5, 1), (5, 2)]
     assert (tmp_path / "s_concurrency.png").stat().st_size > 0
     assert result["rows"][0]["ratio_p50_over_inproc"] == 1.0 and result["settings"]["weights"].startswith("random")
