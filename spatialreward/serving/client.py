@@ -41,6 +41,15 @@ class RewardServerError(RuntimeError):
 IMAGE_FORMATS = ("png", "bmp", "raw")
 
 
+def _check_lengths(sources, editeds, instructions) -> int:
+    """The number of edits, once the three lists agree on it."""
+    n = len(editeds)
+    if not (len(sources) == n == len(instructions)):
+        raise ValueError(f"got {len(sources)} sources, {n} edited images and {len(instructions)} instructions; "
+                         "pass one of each per edit")
+    return n
+
+
 def encode_image(item: Any, image_format: str = "png") -> bytes:
     """An image in any form `spatialreward.images.load_image` takes → bytes to send (encoded bytes and files go as
     they are). ``png`` is lossless and compact (compress level 1); ``bmp`` is lossless and uncompressed, ~8x faster
@@ -140,10 +149,7 @@ class RewardClient:
         body, so one bad image never sinks the request."""
         from spatialreward.images import ImageLoadError, map_images
 
-        n = len(editeds)
-        if not (len(sources) == n == len(instructions)):
-            raise ValueError(f"got {len(sources)} sources, {n} edited images and {len(instructions)} instructions; "
-                             "pass one of each per edit")
+        n = _check_lengths(sources, editeds, instructions)
         # a group's repeated source object is encoded and sent once: items point into "sources" by index
         source_index: dict[int, int] = {}
         unique_sources: list[Any] = []
@@ -192,10 +198,7 @@ class RewardClient:
 
     def _parts(self, sources, editeds, instructions) -> list[slice]:
         """The call split into requests of at most ``max_items_per_request`` edits (at least one, maybe empty)."""
-        n = len(editeds)
-        if not (len(sources) == n == len(instructions)):
-            raise ValueError(f"got {len(sources)} sources, {n} edited images and {len(instructions)} instructions; "
-                             "pass one of each per edit")
+        n = _check_lengths(sources, editeds, instructions)
         k = max(1, self.max_items_per_request)
         return [slice(i, min(i + k, n)) for i in range(0, n, k)] or [slice(0, 0)]
 
