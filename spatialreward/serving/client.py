@@ -50,6 +50,17 @@ def _check_lengths(sources, editeds, instructions) -> int:
     return n
 
 
+def _used_sources(sources: list, items: list[dict]) -> tuple[list, list[dict]]:
+    """Only the sources ``items`` point at (``source_index``), re-indexed in order; items with their own source
+    pass as they are."""
+    used = sorted({it["source_index"] for it in items if "source_index" in it})
+    if used == list(range(len(sources))):  # all of them, in place
+        return sources, items
+    remap = {old: new for new, old in enumerate(used)}
+    return ([sources[j] for j in used],
+            [{**it, "source_index": remap[it["source_index"]]} if "source_index" in it else it for it in items])
+
+
 def encode_image(item: Any, image_format: str = "png") -> bytes:
     """An image in any form `spatialreward.images.load_image` takes → bytes to send (encoded bytes and files go as
     they are). ``png`` is lossless and compact (compress level 1); ``bmp`` is lossless and uncompressed, ~8x faster
@@ -182,11 +193,7 @@ class RewardClient:
             if group_ids is not None:
                 item["group_id"] = group_ids[i]
             items.append(item)
-        used = sorted({it["source_index"] for it in items})  # a source whose edits all failed is not sent
-        if len(used) != len(source_list):
-            remap = {old: new for new, old in enumerate(used)}
-            items = [{**it, "source_index": remap[it["source_index"]]} for it in items]
-            source_list = [source_list[k] for k in used]
+        source_list, items = _used_sources(source_list, items)  # a source whose edits all failed is not sent
         return {"sources": source_list, "items": items, "return_mask": return_mask}, failed
 
     @staticmethod
@@ -218,11 +225,8 @@ class RewardClient:
         for start in range(0, len(items), k):
             part = items[start:start + k]
             if sources is not None:
-                used = sorted({it["source_index"] for it in part if "source_index" in it})
-                remap = {old: new for new, old in enumerate(used)}
-                part = [{**it, "source_index": remap[it["source_index"]]} if "source_index" in it else it
-                        for it in part]
-                chunks.append({**payload, "sources": [sources[j] for j in used], "items": part})
+                part_sources, part = _used_sources(sources, part)
+                chunks.append({**payload, "sources": part_sources, "items": part})
             else:
                 chunks.append({**payload, "items": part})
         return chunks
