@@ -154,9 +154,9 @@ class ChangeFeatures(nn.Module):
     transformer blocks let a token see its neighbours (an edit is a coherent blob, not salt-and-pepper).
     """
 
-    def __init__(self, dim: int, depth: int, num_heads: int, extra: int = 0):
+    def __init__(self, dim: int, depth: int, num_heads: int, extra: int = 0, mlp_ratio: float = 2.0):
         super().__init__()
-        self.fuse = Mlp(4 * dim + extra, hidden_features=2 * dim, out_features=dim)
+        self.fuse = Mlp(4 * dim + extra, hidden_features=int(mlp_ratio * dim), out_features=dim)
         self.blocks = nn.Sequential(*[Block(dim, num_heads, mlp_ratio=2.0) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
 
@@ -190,17 +190,21 @@ class SegmentationHead(nn.Module):
 
 
 class RegionCrossAttention(nn.Module):
-    """Queries attend to source tokens with per-key weights in [0, 1] (the region mask or its complement).
+    """Queries ``[instruction; edited tokens]`` attend to source tokens with per-key weights in [0, 1] (the region
+    mask or its complement) → ``[B, 2, C]``: the instruction row and the weight-pooled mean of the token rows.
 
     Weights enter as ``w_j · exp(s_j)`` (`spatialreward.kernels.region_attention`), so a soft mask works and an
-    empty region yields exact zeros, i.e. the path contributes only its bias.
+    empty region yields exact zeros, i.e. the path contributes only its bias. ``pooled_mlp`` runs the MLP on the
+    two returned rows instead of on all ``1 + N`` query rows before pooling: the same shape of evidence for ~1/25
+    of the MLP's cost, the part of a group's scoring that the cached source encoding cannot save.
     """
 
-    def __init__(self, dim: int, num_heads: int):
+    def __init__(self, dim: int, num_heads: int, pooled_mlp: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed_dim={dim} must be divisible by cross_heads={num_heads}")
         self.num_heads = num_heads
+        self.pooled_mlp = pooled_mlp
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.q = nn.Linear(dim, dim)
@@ -216,7 +220,29 @@ class RegionCrossAttention(nn.Module):
         kv = self.kv(self.norm_kv(keys)).view(b, lk, 2, h, c // h).permute(2, 0, 3, 1, 4)  # [2, B, H, Lk, D]
         out = region_attention(q, kv[0], kv[1], key_weights)  # [B, H, Lq, D]
         x = queries + self.proj(out.transpose(1, 2).reshape(b, lq, c))  # [B, Lq, C]
-        return x + self.mlp(self.norm_mlp(x))
+        if not self.pooled_mlp:
+            x = x + self.mlp(self.norm_mlp(x))
+        x = torch.stack([x[:, 0], weighted_mean(x[:, 1:], key_weights)], dim=1)  # [B, 2, C]
+        return x + self.mlp(self.norm_mlp(x)) if self.pooled_mlp else x
+
+
+def block_first_row(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)[:, :1]`` of a timm `Block` in eval, computing only row 0's query, projection and MLP.
+
+    The fusion reads only the instruction row of its last block, so the other ``N`` rows' queries and MLPs were
+    pure cost; keys and values still come from every row, so the result is the same (tested).
+    """
+    attn, (b, n, c) = block.attn, x.shape
+    heads = attn.num_heads
+    h = block.norm1(x)
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(h[:, :1], weight[:c], None if bias is None else bias[:c]).view(b, 1, heads, c // heads)
+    kv = F.linear(h, weight[c:], None if bias is None else bias[c:]).view(b, n, 2, heads, c // heads)
+    q, k, v = attn.q_norm(q.transpose(1, 2)), attn.k_norm(kv[:, :, 0].transpose(1, 2)), kv[:, :, 1].transpose(1, 2)
+    out = F.scaled_dot_product_attention(q, k, v)  # [B, H, 1, D]
+    out = attn.proj(attn.norm(out.transpose(1, 2).reshape(b, 1, c)))
+    y = x[:, :1] + block.drop_path1(block.ls1(out))
+    return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
 
 
 class ScoreHead(nn.Module):
@@ -293,6 +319,9 @@ class StudentConfig:
     text_encoder: str = field(default=MINILM_NAME, metadata={"help": "frozen sentence encoder of the instruction"})
     text_dim: int = field(default=MINILM_DIM, metadata={"help": "width of the instruction embedding (MiniLM-L6: 384)"})
     change_depth: int = field(default=1, metadata={"help": "transformer blocks over the per-token change features"})
+    change_mlp_ratio: float = field(
+        default=2.0, metadata={"help": "hidden width / width of the MLP that fuses the two streams per token"}
+    )
     mask_subdivision: int = field(default=1, metadata={"help": "mask cells per token side (1 = token grid)"})
     pixel_stats: bool = field(
         default=True, metadata={"help": "compare per-cell colour and high-pass energy of the two images"}
@@ -305,6 +334,11 @@ class StudentConfig:
     quality_dim: int = field(default=32, metadata={"help": "channels of the full-resolution quality map"})
     quality_roi: int = field(default=4, metadata={"help": "RoIAlign output side of the region's quality crop"})
     cross_heads: int = field(default=3, metadata={"help": "heads of the region-masked cross-attention"})
+    cross_mlp: str = field(
+        default="tokens",
+        metadata={"help": "where the cross-attention's MLP runs: 'tokens' (every query row, then pooled) or 'pooled' "
+                          "(the two pooled rows only: cheaper scoring of a group's candidates)"},
+    )
     fusion_depth: int = field(
         default=1, metadata={"help": "blocks of joint attention over [instruction; change tokens] (0 = off)"}
     )
@@ -337,6 +371,8 @@ class StudentConfig:
         if self.quality_scale < 0 or (self.quality_scale and self.input_size % 16):
             raise ValueError(f"quality_scale={self.quality_scale} must be 0 (off) or >= 1 with img_size·scale a "
                              f"multiple of 16 (the quality map is at 1/16 of the input side)")
+        if self.cross_mlp not in ("tokens", "pooled"):
+            raise ValueError(f"cross_mlp={self.cross_mlp!r} must be 'tokens' or 'pooled'")
         if not self.logvar_min < self.logvar_max:
             raise ValueError(f"logvar_min={self.logvar_min} must be below logvar_max={self.logvar_max}")
         RewardWeights(**self.reward_weights)  # validates the weights
@@ -407,14 +443,15 @@ class Student(nn.Module):
         # Pixel statistics on the model's input: at full resolution when it is larger than the ViT's, same cells.
         self.pixel_stats = PixelStats(cfg.patch_size // cfg.mask_subdivision * scale) if cfg.pixel_stats else None
         k = PIXEL_COMPARE_CHANNELS if cfg.pixel_stats else 0
-        self.change = ChangeFeatures(c, cfg.change_depth, cfg.num_heads, extra=k)
+        self.change = ChangeFeatures(c, cfg.change_depth, cfg.num_heads, extra=k, mlp_ratio=cfg.change_mlp_ratio)
         self.seg_head = SegmentationHead(c, cfg.mask_subdivision, pixel_channels=k)
         self.presence_head = Mlp(2 * c + 2, hidden_features=c, out_features=1)
         # The instruction reads every change token with its position ("a red ball at the top" vs. where and what
         # changed): joint self-attention over [instruction; change tokens]; its instruction row joins the evidence.
         self.fusion = nn.Sequential(*[Block(c, cfg.num_heads, mlp_ratio=2.0) for _ in range(cfg.fusion_depth)])
-        self.attend_inside = RegionCrossAttention(c, cfg.cross_heads)
-        self.attend_outside = RegionCrossAttention(c, cfg.cross_heads)
+        pooled = cfg.cross_mlp == "pooled"
+        self.attend_inside = RegionCrossAttention(c, cfg.cross_heads, pooled_mlp=pooled)
+        self.attend_outside = RegionCrossAttention(c, cfg.cross_heads, pooled_mlp=pooled)
         roi_cells = cfg.roi_size * cfg.roi_size
         self.roi_proj = Mlp(3 * c * roi_cells, hidden_features=2 * c, out_features=c)
         # Instructions name places ("in the upper-left"), so the head sees where the region is: its box and the
@@ -535,16 +572,18 @@ class Student(nn.Module):
             inside_w = torch.where(inside_w >= cfg.region_floor, inside_w, 0.0)
             outside_w = torch.where(outside_w >= cfg.region_floor, outside_w, 0.0)
         queries = torch.cat([text.unsqueeze(1), e], dim=1)  # [B, 1+N, C]
-        inside = self.attend_inside(queries, s, inside_w)  # [B, 1+N, C]
+        inside = self.attend_inside(queries, s, inside_w)  # [B, 2, C]: instruction row, region-pooled tokens
         outside = self.attend_outside(queries, s, outside_w)
         parts = [
             text, change.mean(1), change.amax(1), roi, text * roi, geometry, text * geometry,
-            inside[:, 0], weighted_mean(inside[:, 1:], inside_w),
-            outside[:, 0], weighted_mean(outside[:, 1:], outside_w),
+            inside[:, 0], inside[:, 1], outside[:, 0], outside[:, 1],
             *quality_parts, presence_logit.unsqueeze(1), area,
         ]
         if self.cfg.fusion_depth:
-            parts.append(self.fusion(torch.cat([text.unsqueeze(1), change], dim=1))[:, 0])  # [B, C]
+            x = torch.cat([text.unsqueeze(1), change], dim=1)  # [B, 1+N, C]
+            for block in self.fusion[:-1]:
+                x = block(x)
+            parts.append(block_first_row(self.fusion[-1], x)[:, 0])  # [B, C]: only the instruction row is read
         evidence = torch.cat(parts, dim=1)  # [B, 11C + 2] (+ C with fusion, + 2C with quality maps)
         subscores, logvar = self.score_head(evidence)
         reward = reward_from_subscores(subscores, self.reward_weights)  # [B]

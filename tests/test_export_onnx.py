@@ -384,3 +384,25 @@ def test_quality_map_student_exports_with_parity(tmp_path, groups):
     g = groups[0]
     ort_rm.set_group(g.source, g.instruction)
     assert (ort_rm.score_group([c.image for c in g.candidates]).reward - ref.reward[:4]).abs().max().item() <= 1e-4
+
+
+def test_light_decoder_student_exports_with_parity(tmp_path, groups):
+    """The light decoder (pooled cross-attention MLP, narrow change MLP, no change block, the fusion's single
+    instruction row) exports, checks clean for TensorRT, and ORT matches torch, plain and group scoring alike."""
+    from spatialreward.export.trt_check import check_export
+
+    run = save_toy_student(tmp_path / "run", cross_mlp="pooled", change_mlp_ratio=1.0, change_depth=0)
+    out = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "onnx"), max_batch=16), log=lambda *_: None)
+    assert check_export(out) == []
+    torch_rm = RewardModel.from_pretrained(run, backend="torch", text_encoder=HashingTextEncoder())
+    ort_rm = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    sources = [g.source for g in groups for _ in g.candidates]
+    editeds = [c.image for g in groups for c in g.candidates]
+    instructions = [g.instruction for g in groups for _ in g.candidates]
+    ref, got = torch_rm.score(sources, editeds, instructions), ort_rm.score(sources, editeds, instructions)
+    assert got.ok.all() and ref.ok.all()
+    assert (got.reward - ref.reward).abs().max().item() <= 1e-4
+    assert (got.subscores - ref.subscores).abs().max().item() <= 1e-3
+    g = groups[1]
+    ort_rm.set_group(g.source, g.instruction)
+    assert (ort_rm.score_group([c.image for c in g.candidates]).reward - ref.reward[4:]).abs().max().item() <= 1e-4

@@ -330,3 +330,64 @@ def test_quality_tokens_path_equals_forward_and_saves():
     split = model.forward_tokens(enc.select(torch.zeros(3, dtype=torch.long)), enc.select(slice(1, None)), t)
     for a, b in zip(full, split):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_fusion_reads_only_the_instruction_row_with_the_full_blocks_result():
+    """`block_first_row` is `block(x)[:, :1]`: the fusion's other rows were never read, so skipping them is exact."""
+    from timm.models.vision_transformer import Block
+
+    from spatialreward.student.model import block_first_row
+
+    torch.manual_seed(0)
+    block = Block(32, 4, mlp_ratio=2.0).eval()
+    x = torch.randn(3, 10, 32)
+    with torch.no_grad():
+        assert torch.allclose(block_first_row(block, x), block(x)[:, :1], atol=1e-6)
+    model = toy_student(fusion_depth=2).eval()  # the earlier blocks still run on every row
+    s, e, t = inputs(model.cfg, b=2)
+    with torch.no_grad():
+        out = model(s, e, t)
+        enc = model.encode_images(torch.cat([s, e]))
+        change, _ = model.locate_change(enc.select(slice(0, 2)), enc.select(slice(2, None)))
+        full = model.fusion(torch.cat([model.text_proj(t).unsqueeze(1), change], dim=1))[:, 0]
+        fast = model.fusion[-1]
+        x = model.fusion[0](torch.cat([model.text_proj(t).unsqueeze(1), change], dim=1))
+        assert torch.allclose(block_first_row(fast, x)[:, 0], full, atol=1e-5)
+    assert torch.isfinite(out.reward).all()
+
+
+def test_pooled_cross_mlp_runs_the_mlp_on_the_two_pooled_rows():
+    """``cross_mlp='pooled'``: the MLP sees [instruction row, weighted mean of the token rows] after the attention
+    (not every row before pooling); an empty region pools to zeros and gives only the MLP's response to them."""
+    from spatialreward.student.model import RegionCrossAttention, weighted_mean
+
+    torch.manual_seed(0)
+    tokens_mode, pooled_mode = RegionCrossAttention(32, 4), RegionCrossAttention(32, 4, pooled_mlp=True)
+    pooled_mode.load_state_dict(tokens_mode.state_dict())  # the same weights: only where the MLP runs differs
+    q, k = torch.randn(2, 5, 32), torch.randn(2, 4, 32)
+    w = torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        a, b = tokens_mode(q, k, w), pooled_mode(q, k, w)
+        x = q + tokens_mode.proj(  # the attention part, shared by both modes
+            torch.nn.functional.scaled_dot_product_attention(
+                tokens_mode.q(tokens_mode.norm_q(q)).view(2, 5, 4, 8).transpose(1, 2),
+                *tokens_mode.kv(tokens_mode.norm_kv(k)).view(2, 4, 2, 4, 8).permute(2, 0, 3, 1, 4),
+                attn_mask=torch.log(w[:, None, None, :].clamp_min(1e-30)),
+            ).transpose(1, 2).reshape(2, 5, 32))
+        pooled = torch.stack([x[:, 0], weighted_mean(x[:, 1:], w)], dim=1)
+        assert torch.allclose(b[0], (pooled + pooled_mode.mlp(pooled_mode.norm_mlp(pooled)))[0], atol=1e-5)
+        full = x + tokens_mode.mlp(tokens_mode.norm_mlp(x))
+        assert torch.allclose(a[0], torch.stack([full[0, 0], weighted_mean(full[:, 1:], w)[0]]), atol=1e-5)
+    assert a.shape == b.shape == (2, 2, 32)
+    with torch.no_grad():  # an empty region: the pooled row is 0, so the output is the MLP's response to 0
+        assert torch.allclose(b[1, 1], pooled_mode.mlp(pooled_mode.norm_mlp(torch.zeros(1, 32)))[0], atol=1e-6)
+
+
+def test_light_decoder_options_validate_and_train():
+    with pytest.raises(ValueError, match="cross_mlp='rows' must be 'tokens' or 'pooled'"):
+        preset_config("nano", cross_mlp="rows")
+    model = toy_student(cross_mlp="pooled", change_mlp_ratio=1.0, change_depth=0)
+    assert model.change.fuse.fc1.out_features == model.cfg.embed_dim and len(model.change.blocks) == 0
+    s, e, t = inputs(model.cfg, b=2)
+    model(s, e, t).reward.sum().backward()
+    assert model.attend_inside.mlp.fc1.weight.grad is not None
