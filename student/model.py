@@ -80,33 +80,60 @@ class PixelStats(nn.Module):
     high-pass residual. Compared across the streams they place a change finer than a token and expose
     degradations that a 16-px patch embedding averages away (noise raises the high-pass energy, blur lowers it,
     block artifacts add edges). Fixed filters, no weights: a few multiply-adds per pixel.
+
+    ``detail`` measures four energies as local variances (Haar-style, average pools only: a depthwise Gaussian at
+    full resolution cost more than the whole network's step on CPU): the variance inside 2×2-pixel blocks (noise,
+    ringing, checkerboards, jaggies), of those blocks' means inside 4×4 blocks (blur and smear remove it, halos add
+    it), the chroma part of the 2×2 variance (colour bleeding, chroma shift) and the cell's *peak* 2×2 variance (a
+    small defect is not diluted by the cell's mean). None names an artifact family. They are worth it only where
+    artifacts still exist: full resolution, i.e. ``quality_scale >= 2`` for `nano`.
     """
 
-    channels = 4  # R, G, B means + high-pass RMS
-
-    def __init__(self, cell: int):
+    def __init__(self, cell: int, detail: bool = False):
         super().__init__()
-        self.cell = cell
+        if detail and cell % 4:
+            raise ValueError(f"pixel_detail needs cells of a multiple of 4 pixels, not {cell}")
+        self.cell, self.detail = cell, detail
+        self.energies = 4 if detail else 1
+        self.channels = 3 + self.energies  # R, G, B means + energies
         g = torch.exp(-0.5 * torch.arange(-2.0, 3.0).pow(2))  # Gaussian, sigma 1 px
         kernel = (g[:, None] * g[None, :]) / g.sum() ** 2
         self.register_buffer("blur", kernel.expand(3, 1, 5, 5).clone(), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] in 0–1
+        if self.detail:
+            return self._detail(images)
         smooth = F.conv2d(F.pad(images, (2, 2, 2, 2), mode="replicate"), self.blur, groups=3)
         energy = (images - smooth).pow(2).mean(1, keepdim=True)  # [B, 1, S, S]
         stats = F.avg_pool2d(torch.cat([images, energy], dim=1), self.cell)  # [B, 4, S/cell, S/cell]
         return torch.cat([stats[:, :3], stats[:, 3:].sqrt()], dim=1)
 
+    def _detail(self, images: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([images, images.mean(1, keepdim=True)], dim=1)  # [B, 4, S, S]: R, G, B, luma
+        mean2 = F.avg_pool2d(x, 2)  # [B, 4, S/2, S/2]
+        var2 = (F.avg_pool2d(x * x, 2) - mean2 * mean2).clamp_min(0)  # variance inside 2×2 blocks
+        fine = var2[:, :3].mean(1, keepdim=True)
+        fine_chroma = (fine - var2[:, 3:]).clamp_min(0)  # mean over channels of var(x_c − luma) = mean var − var(luma)
+        rgb2 = mean2[:, :3]
+        mean4 = F.avg_pool2d(rgb2, 2)
+        mid = (F.avg_pool2d(rgb2 * rgb2, 2) - mean4 * mean4).clamp_min(0).mean(1, keepdim=True)  # [B, 1, S/4, S/4]
+        half = self.cell // 2
+        stats = torch.cat([F.avg_pool2d(torch.cat([rgb2, fine, fine_chroma], dim=1), half),
+                           F.avg_pool2d(mid, self.cell // 4), F.max_pool2d(fine, half)], dim=1)  # [B, 7, h, w]
+        return torch.cat([stats[:, :3], stats[:, 3:].sqrt()], dim=1)  # colour means, then the four RMS energies
+
 
 def compare_pixels(src: torch.Tensor, edt: torch.Tensor) -> torch.Tensor:
-    """Cross-stream comparison of `PixelStats` maps ``[B, 4, h, w]`` → ``[B, 7, h, w]``: colour change (3), its
-    magnitude, the log ratio of high-pass energy (blur < 0 < noise) and both energies."""
+    """Cross-stream comparison of `PixelStats` maps ``[B, 3+k, h, w]`` → ``[B, 4+3k, h, w]``: colour change (3),
+    its magnitude, the log ratio of each energy (blur < 0 < noise) and both images' energies."""
     colour = edt[:, :3] - src[:, :3]
     log_ratio = torch.log(edt[:, 3:] + 1e-3) - torch.log(src[:, 3:] + 1e-3)
     return torch.cat([colour, colour.abs().mean(1, keepdim=True), 0.5 * log_ratio, edt[:, 3:], src[:, 3:]], dim=1)
 
 
-PIXEL_COMPARE_CHANNELS = 7
+def pixel_compare_channels(energies: int) -> int:
+    """Channels of `compare_pixels` for `PixelStats` maps with ``energies`` energy channels."""
+    return 4 + 3 * energies
 
 
 class QualityEncoder(nn.Module):
@@ -326,12 +353,21 @@ class StudentConfig:
     pixel_stats: bool = field(
         default=True, metadata={"help": "compare per-cell colour and high-pass energy of the two images"}
     )
+    pixel_detail: bool = field(
+        default=False,
+        metadata={"help": "pixel statistics gain mid-band, chroma and peak energies, and the score head reads them "
+                          "pooled inside / outside the predicted region (needs pixel_stats; useful with "
+                          "quality_scale >= 2, where they see full resolution)"},
+    )
     quality_scale: int = field(
         default=0,
         metadata={"help": "0 = off; k >= 1: the model takes images at k·img_size, the ViT sees them average-pooled "
                           "by k and a small CNN sees them at full resolution for the quality sub-scores"},
     )
-    quality_dim: int = field(default=32, metadata={"help": "channels of the full-resolution quality map"})
+    quality_dim: int = field(
+        default=32, metadata={"help": "channels of the full-resolution quality map (0 = no learned map: the "
+                                      "input is still quality_scale× larger, for the pixel statistics)"}
+    )
     quality_roi: int = field(default=4, metadata={"help": "RoIAlign output side of the region's quality crop"})
     cross_heads: int = field(default=3, metadata={"help": "heads of the region-masked cross-attention"})
     cross_mlp: str = field(
@@ -373,6 +409,10 @@ class StudentConfig:
                              f"multiple of 16 (the quality map is at 1/16 of the input side)")
         if self.cross_mlp not in ("tokens", "pooled"):
             raise ValueError(f"cross_mlp={self.cross_mlp!r} must be 'tokens' or 'pooled'")
+        if self.pixel_detail and not self.pixel_stats:
+            raise ValueError("pixel_detail=True extends the pixel statistics: set pixel_stats=True as well")
+        if self.quality_dim < 0:
+            raise ValueError(f"quality_dim={self.quality_dim} must be >= 0 (0 = no learned quality map)")
         if not self.logvar_min < self.logvar_max:
             raise ValueError(f"logvar_min={self.logvar_min} must be below logvar_max={self.logvar_max}")
         RewardWeights(**self.reward_weights)  # validates the weights
@@ -385,8 +425,13 @@ class StudentConfig:
     @property
     def quality_grid(self) -> tuple[int, int]:
         """Side of the quality map ``(H/16, W/16)``, or ``(0, 0)`` without one."""
-        side = self.input_size // 16 if self.quality_scale else 0
+        side = self.input_size // 16 if self.quality_map else 0
         return side, side
+
+    @property
+    def quality_map(self) -> bool:
+        """Whether the student has the learned full-resolution `QualityEncoder`."""
+        return bool(self.quality_scale and self.quality_dim)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -441,8 +486,9 @@ class Student(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, c), nn.LayerNorm(c))
         scale = max(1, cfg.quality_scale)  # input pixels per ViT pixel
         # Pixel statistics on the model's input: at full resolution when it is larger than the ViT's, same cells.
-        self.pixel_stats = PixelStats(cfg.patch_size // cfg.mask_subdivision * scale) if cfg.pixel_stats else None
-        k = PIXEL_COMPARE_CHANNELS if cfg.pixel_stats else 0
+        self.pixel_stats = (PixelStats(cfg.patch_size // cfg.mask_subdivision * scale, detail=cfg.pixel_detail)
+                            if cfg.pixel_stats else None)
+        k = pixel_compare_channels(self.pixel_stats.energies) if cfg.pixel_stats else 0
         self.change = ChangeFeatures(c, cfg.change_depth, cfg.num_heads, extra=k, mlp_ratio=cfg.change_mlp_ratio)
         self.seg_head = SegmentationHead(c, cfg.mask_subdivision, pixel_channels=k)
         self.presence_head = Mlp(2 * c + 2, hidden_features=c, out_features=1)
@@ -461,12 +507,14 @@ class Student(nn.Module):
         # tokens), outside (same), plus presence logit and mask area
         # Full-resolution quality evidence for naturalness and artifacts: the region's crop and the whole-image
         # summary of the edited image's quality map, each next to its difference from the source's.
-        self.quality = QualityEncoder(cfg.quality_dim) if cfg.quality_scale else None
+        self.quality = QualityEncoder(cfg.quality_dim) if cfg.quality_map else None
         if self.quality is not None:
             q = 4 * cfg.quality_dim  # [edited map, edited − source map], each mean + max channels
             self.quality_region_proj = Mlp(q * cfg.quality_roi * cfg.quality_roi, hidden_features=c, out_features=c)
             self.quality_global_proj = Mlp(q, hidden_features=c, out_features=c)
-        parts = (12 if cfg.fusion_depth else 11) + (2 if self.quality is not None else 0)
+        # Pixel detail: the comparison map pooled inside and outside the predicted region, and its peak.
+        self.detail_proj = Mlp(3 * k, hidden_features=c, out_features=c) if cfg.pixel_detail else None
+        parts = (12 if cfg.fusion_depth else 11) + (2 if self.quality is not None else 0) + (1 if cfg.pixel_detail else 0)
         self.score_head = ScoreHead(parts * c + 2, cfg.head_dim, (cfg.logvar_min, cfg.logvar_max), cfg.head_dropout)
         self.reward_weights = RewardWeights(**cfg.reward_weights)
         # The ops come from spatialreward.kernels (Triton on CUDA when available, the PyTorch reference otherwise);
@@ -527,7 +575,8 @@ class Student(nn.Module):
         text = self.text_proj(text_embedding)  # [B, C]
 
         # Where did it change? Per-token comparison (plus pixel statistics) → mask logits and presence.
-        change, mask_logits = self.locate_change(source, edited)
+        pixels = self.compare_streams(source, edited)  # [B, k, gh·u, gw·u]
+        change, mask_logits = self.locate_change(source, edited, pixels)
         mask_prob = torch.sigmoid(mask_logits.detach())  # the region steers attention; the mask loss trains it
         token_prob = F.avg_pool2d(mask_prob.unsqueeze(1), u).flatten(1)  # [B, N] share of each token predicted
         area = mask_prob.flatten(1).mean(1, keepdim=True)  # [B, 1]
@@ -561,6 +610,12 @@ class Student(nn.Module):
             whole_s = torch.cat([qs[:, :half].mean((2, 3)), qs[:, half:].amax((2, 3))], dim=1)
             quality_parts = [self.quality_region_proj(q_roi.reshape(b, -1)),
                              self.quality_global_proj(torch.cat([whole_e, whole_e - whole_s], dim=1))]
+        if self.detail_proj is not None:
+            # Is the fine detail inside the region (or outside it) what the source had? Same grid as the mask.
+            cells, m = pixels.flatten(2), mask_prob.flatten(1)  # [B, k, h·w], [B, h·w]
+            inside_px = (cells * m.unsqueeze(1)).sum(2) / (m.sum(1, keepdim=True) + 1e-6)
+            outside_px = (cells * (1 - m).unsqueeze(1)).sum(2) / ((1 - m).sum(1, keepdim=True) + 1e-6)
+            quality_parts.append(self.detail_proj(torch.cat([inside_px, outside_px, cells.amax(2)], dim=1)))
         layout = F.adaptive_avg_pool2d(mask_prob.unsqueeze(1), LAYOUT_CELLS).flatten(1)  # [B, 9]
         geometry = self.geometry_proj(torch.cat([boxes / BOX_SCALE, layout], dim=1))  # [B, C]
 
@@ -584,24 +639,29 @@ class Student(nn.Module):
             for block in self.fusion[:-1]:
                 x = block(x)
             parts.append(block_first_row(self.fusion[-1], x)[:, 0])  # [B, C]: only the instruction row is read
-        evidence = torch.cat(parts, dim=1)  # [B, 11C + 2] (+ C with fusion, + 2C with quality maps)
+        evidence = torch.cat(parts, dim=1)  # [B, 11C + 2] (+ C with fusion, + 2C with quality maps, + C detail)
         subscores, logvar = self.score_head(evidence)
         reward = reward_from_subscores(subscores, self.reward_weights)  # [B]
         return StudentOutput(subscores, reward, mask_logits, presence_logit, logvar, boxes)
 
-    def locate_change(self, source: ImageEncoding, edited: ImageEncoding) -> tuple[torch.Tensor, torch.Tensor]:
+    def locate_change(
+        self, source: ImageEncoding, edited: ImageEncoding, pixels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Change tokens ``[B, N, C]`` and edit-mask logits ``[B, gh·u, gw·u]`` of encoded pairs: the part that needs
-        no instruction (what `pretrain` trains without a teacher)."""
+        no instruction (what `pretrain` trains without a teacher). ``pixels``: `compare_streams`, if already made."""
         p, u, (gh, gw) = self.encoder.num_prefix_tokens, self.cfg.mask_subdivision, self.cfg.grid
         s, e = source.tokens[:, p:], edited.tokens[:, p:]
-        if self.pixel_stats is not None:
-            pixels = compare_pixels(source.pixels, edited.pixels)  # [B, 7, gh·u, gw·u]
-            pixel_tokens = F.avg_pool2d(pixels, u).flatten(2).transpose(1, 2)  # [B, N, 7]
-        else:
-            pixels = source.pixels
-            pixel_tokens = e.new_zeros(*e.shape[:2], 0)
+        pixels = self.compare_streams(source, edited) if pixels is None else pixels  # [B, k, gh·u, gw·u]
+        pixel_tokens = (F.avg_pool2d(pixels, u).flatten(2).transpose(1, 2) if self.pixel_stats is not None
+                        else e.new_zeros(*e.shape[:2], 0))  # [B, N, k]
         change = self.change(s, e, pixel_tokens)  # [B, N, C]
         return change, self.seg_head(change, (gh, gw), pixels)
+
+    def compare_streams(self, source: ImageEncoding, edited: ImageEncoding) -> torch.Tensor:
+        """`compare_pixels` of the two encodings ``[B, k, gh·u, gw·u]`` (``k = 0`` without pixel statistics)."""
+        if self.pixel_stats is None:
+            return source.pixels  # [B, 0, gh·u, gw·u]
+        return compare_pixels(source.pixels, edited.pixels)
 
     # -- what users call ----------------------------------------------------------------------------------------
 

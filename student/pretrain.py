@@ -199,8 +199,9 @@ class PretrainHeads(nn.Module):
 
     def __init__(self, cfg: StudentConfig):
         super().__init__()
-        if not cfg.quality_scale:
-            raise ValueError("pretraining teaches the quality map: use a student with --quality-scale >= 1")
+        if not cfg.quality_map:
+            raise ValueError("pretraining teaches the quality map: use a student with --quality-scale >= 1 and "
+                             "--quality-dim >= 1")
         q, c = 2 * cfg.quality_dim, cfg.embed_dim
         self.artifact_map = nn.Sequential(nn.Conv2d(q, 32, 1), nn.GELU(), nn.Conv2d(32, 1, 1))
         self.family = Mlp(q + 2 * c, hidden_features=c, out_features=len(ARTIFACT_FAMILIES) + 1)

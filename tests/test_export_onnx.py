@@ -388,12 +388,16 @@ def test_quality_map_student_exports_with_parity(tmp_path, groups):
 
 def test_light_decoder_student_exports_with_parity(tmp_path, groups):
     """The light decoder (pooled cross-attention MLP, narrow change MLP, no change block, the fusion's single
-    instruction row) exports, checks clean for TensorRT, and ORT matches torch, plain and group scoring alike."""
+    instruction row) with full-resolution pixel detail (2× input, no learned quality map) exports, checks clean for
+    TensorRT, and ORT matches torch, plain and group scoring alike."""
     from spatialreward.export.trt_check import check_export
 
-    run = save_toy_student(tmp_path / "run", cross_mlp="pooled", change_mlp_ratio=1.0, change_depth=0)
+    run = save_toy_student(tmp_path / "run", cross_mlp="pooled", change_mlp_ratio=1.0, change_depth=0,
+                           pixel_stats=True, pixel_detail=True, quality_scale=2, quality_dim=0)
     out = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "onnx"), max_batch=16), log=lambda *_: None)
     assert check_export(out) == []
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["image_size"] == 96 and list(meta["graphs"]["encode"]["outputs"]) == ["tokens", "pixels"]
     torch_rm = RewardModel.from_pretrained(run, backend="torch", text_encoder=HashingTextEncoder())
     ort_rm = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder())
     sources = [g.source for g in groups for _ in g.candidates]

@@ -391,3 +391,40 @@ def test_light_decoder_options_validate_and_train():
     s, e, t = inputs(model.cfg, b=2)
     model(s, e, t).reward.sum().backward()
     assert model.attend_inside.mlp.fc1.weight.grad is not None
+
+
+def test_pixel_detail_energies_see_what_they_are_for():
+    """Each detail energy moves for its kind of degradation (channels: R, G, B means, then fine, chroma, mid, peak)."""
+    from spatialreward.student.model import PixelStats
+
+    stats = PixelStats(cell=8, detail=True)
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32).clone()  # a ramp: texture at 4 px
+    smooth = smooth + 0.2 * torch.sin(torch.arange(32.0) / 3).view(1, 1, 32, 1)
+    base = stats(smooth)
+    fine, chroma, mid, peak = 3, 4, 5, 6
+    grey_noise = stats(smooth + 0.05 * torch.randn(1, 1, 32, 32, generator=g))
+    assert (grey_noise[:, fine] > 1.5 * base[:, fine]).all()
+    assert (grey_noise[:, chroma] - base[:, chroma]).abs().max() < 1e-3  # the same in every channel: no chroma
+    colour_noise = stats(smooth + 0.05 * torch.randn(1, 3, 32, 32, generator=g))
+    assert (colour_noise[:, chroma] > base[:, chroma] + 0.01).all()
+    blurred = stats(torch.nn.functional.avg_pool2d(smooth, 4).repeat_interleave(4, 2).repeat_interleave(4, 3))
+    assert (blurred[:, mid] < base[:, mid]).all() and (blurred[:, fine] < 1e-3).all()
+    spot = smooth.clone()
+    spot[..., 9:11, 9:11] += 0.5  # one 2×2 defect: the peak sees it, the cell's mean dilutes it
+    out = stats(spot)
+    assert out[0, peak, 1, 1] > 2 * out[0, fine, 1, 1]
+    with pytest.raises(ValueError, match="multiple of 4"):
+        PixelStats(cell=6, detail=True)
+
+
+def test_pixel_detail_student_reads_the_region_and_needs_pixel_stats():
+    with pytest.raises(ValueError, match="set pixel_stats=True"):
+        preset_config("nano", pixel_detail=True, pixel_stats=False)
+    model = toy_student(pixel_stats=True, pixel_detail=True, quality_scale=2, quality_dim=0)
+    assert model.quality is None and model.cfg.input_size == 96 and model.pixel_stats.channels == 7
+    s, e, t = (torch.nn.functional.interpolate(x, scale_factor=2) if x.dim() == 4 else x
+               for x in inputs(model.cfg, b=2))
+    out = model(s, e, t)
+    out.reward.sum().backward()
+    assert model.detail_proj.fc1.weight.grad.abs().sum() > 0
