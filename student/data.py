@@ -191,8 +191,9 @@ def decode_images(
     progress: bool = True,
     label: str = "",
     cache_dir: Path | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Decode and resize images (thread pool); returns ``{key: uint8 [3, S, S]}`` and ``{key: error}``.
+) -> tuple[torch.Tensor, dict[str, int], dict[str, str]]:
+    """Decode and resize images (thread pool); returns ``images uint8 [N, 3, S, S]``, ``{key: row}`` of the
+    decoded ones and ``{key: error}`` of the others.
 
     With ``cache_dir``, the result is stored as one safetensors file named by a fingerprint of the files, and read
     back when the same files (same sizes and mtimes) are asked for again. A cache that cannot be written (a
@@ -213,7 +214,7 @@ def decode_images(
                     keys, failed = json.loads(meta["keys"]), json.loads(meta["failed"])
                     images = fh.get_tensor("images")
                 if set(keys) | set(failed) == set(paths):
-                    return {k: images[i] for i, k in enumerate(keys)}, failed
+                    return images, {k: i for i, k in enumerate(keys)}, failed
             except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, never trusted
                 warnings.warn(f"{cache_file}: unreadable image cache ({exc}); decoding again", stacklevel=2)
     # Decoded straight into one preallocated tensor: a split at 224 px is ~1.4 MB a group, so a stacked copy for the
@@ -237,7 +238,7 @@ def decode_images(
     images = images[: len(rows)]
     if cache_file is not None and rows:
         _write_image_cache(cache_file, images, list(rows), failed)
-    return {k: images[i] for k, i in rows.items()}, failed
+    return images, rows, failed
 
 
 def _write_image_cache(cache_file: Path, images: torch.Tensor, keys: list[str], failed: dict[str, str]) -> None:
@@ -254,6 +255,7 @@ def _write_image_cache(cache_file: Path, images: torch.Tensor, keys: list[str], 
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{cache_file.name}.", suffix=".tmp", dir=cache_file.parent)
         os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache reads like any other file of the dataset
         save_file({"images": images.contiguous()}, tmp, metadata={"keys": json.dumps(keys), "failed": json.dumps(failed)})
         os.replace(tmp, cache_file)
     except OSError as exc:
@@ -323,7 +325,7 @@ def load_split(
     for s, _ in kept:
         paths.setdefault(str(s.source_path(root)), s.source_path(root))
         paths.setdefault(str(s.edited_path(root)), s.edited_path(root))
-    loaded, failed = decode_images(
+    images, slot, failed = decode_images(
         paths, img_size, workers=workers, progress=progress, label=split or "all",
         cache_dir=root / CACHE_DIR if cache else None,
     )
@@ -341,9 +343,7 @@ def load_split(
     if not final:
         raise ValueError(f"{root}: nothing usable in split {split!r}: {report.summary()}; e.g. {report.examples[:3]}")
 
-    keys = list(dict.fromkeys(k for s, _ in final for k in (str(s.source_path(root)), str(s.edited_path(root)))))
-    slot = {k: i for i, k in enumerate(keys)}
-    images = torch.stack([loaded[k] for k in keys])  # [M, 3, S, S] uint8
+    # `images` [M, 3, S, S] uint8 stays the decoded tensor (rows of skipped edits are unused, never copied).
     instructions = list(dict.fromkeys(s.instruction for s, _ in final))
     text = text_encoder.encode(instructions).float()  # [U, D]
     text_slot = {t: i for i, t in enumerate(instructions)}
