@@ -6,10 +6,12 @@
 # Writes docs/results/generalisation_diverse_q2_pre${PRE_MINUTES}min[_own_heldout].{json,png} and the
 # pretraining report docs/results/pretrain_q2_${PRE_MINUTES}min.json.
 #   PRE_MINUTES=15 STEPS=800 bash bench/fidelity/pretrain.sh [DATA_ROOT=data] [RUNS=runs/cmp]
+# PRESET (default nano) picks the student; reports in the README whose command names no PRESET were made with
+# PRESET=nano_v1 (the 112-px nano before pixel detail), which reproduces them.
 set -euo pipefail
 ROOT=${1:-data}; RUNS=${2:-runs/cmp}; PRE=${PRE_MINUTES:-15}; STEPS=${STEPS:-800}
 SR="${PYTHON:-.venv/bin/python} -m spatialreward"
-STUDENT="--preset nano --quality-scale 2"
+STUDENT="--preset ${PRESET:-nano} --quality-scale 2 --quality-dim 32"
 cat /proc/loadavg
 $SR pretrain $STUDENT --out $RUNS/pre_q2_${PRE}min --max-minutes $PRE --seed 0 --no-progress --num-threads 2 --overwrite
 cp $RUNS/pre_q2_${PRE}min/pretrain.json docs/results/pretrain_q2_${PRE}min.json
