@@ -41,7 +41,7 @@ def test_nano_export_has_zero_findings_and_matches_torch(nano_export):
     from tests.fixtures.students import HashingTextEncoder
 
     assert check_export(nano_export) == []
-    group = make_group(np.random.default_rng(1), skimage.data.chelsea(), size=112, candidates=4)
+    group = make_group(np.random.default_rng(1), skimage.data.chelsea(), size=224, candidates=4)
     editeds = [c.image for c in group.candidates]
     ref = RewardModel.from_pretrained(nano_export.parent / "nano-run", text_encoder=HashingTextEncoder()).score(
         [group.source] * 4, editeds, [group.instruction] * 4)

@@ -26,10 +26,12 @@ def toy_student(seed: int = 0, **overrides) -> Student:
 
 
 def inputs(cfg: StudentConfig, b: int = 3, seed: int = 0):
+    """Source, edited (its upper-left quarter replaced) and instruction embeddings at the model's input side."""
     g = torch.Generator().manual_seed(seed)
-    s = torch.rand(b, 3, cfg.img_size, cfg.img_size, generator=g)
+    side = cfg.input_size
+    s = torch.rand(b, 3, side, side, generator=g)
     e = s.clone()
-    e[:, :, : cfg.img_size // 2, : cfg.img_size // 2] = torch.rand(b, 3, cfg.img_size // 2, cfg.img_size // 2, generator=g)
+    e[:, :, : side // 2, : side // 2] = torch.rand(b, 3, side // 2, side // 2, generator=g)
     t = torch.nn.functional.normalize(torch.randn(b, cfg.text_dim, generator=g), dim=1)
     return s, e, t
 
@@ -423,8 +425,8 @@ def test_pixel_detail_student_reads_the_region_and_needs_pixel_stats():
         preset_config("nano", pixel_detail=True, pixel_stats=False)
     model = toy_student(pixel_stats=True, pixel_detail=True, quality_scale=2, quality_dim=0)
     assert model.quality is None and model.cfg.input_size == 96 and model.pixel_stats.channels == 7
-    s, e, t = (torch.nn.functional.interpolate(x, scale_factor=2) if x.dim() == 4 else x
-               for x in inputs(model.cfg, b=2))
+    s, e, t = inputs(model.cfg, b=2)
+    assert s.shape[-1] == 96
     out = model(s, e, t)
     out.reward.sum().backward()
     assert model.detail_proj.fc1.weight.grad.abs().sum() > 0

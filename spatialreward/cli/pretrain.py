@@ -1,7 +1,7 @@
 """`spatialreward pretrain`: self-supervised change pretraining of a student, no teacher and no dataset needed.
 
 Options come from `PretrainConfig` (the run) and `StudentConfig` (the network, changing the chosen ``--preset``);
-the student needs a quality map (``--quality-scale 2`` for `nano`). Its output folder is what
+the student needs a learned quality map (``--quality-scale 2 --quality-dim 32`` for `nano`). Its output folder is what
 ``spatialreward distill --init-from`` starts from, with the same student flags.
 """
 
@@ -20,8 +20,8 @@ from spatialreward.student.pretrain import PretrainConfig
 
 PRETRAIN_EXAMPLES = """
 Examples:
-  spatialreward pretrain --preset nano --quality-scale 2 --out runs/pre --max-minutes 10
-  spatialreward distill --preset nano --quality-scale 2 --init-from runs/pre --data data/synth --out runs/nano
+  spatialreward pretrain --preset nano --quality-scale 2 --quality-dim 32 --out runs/pre --max-minutes 10
+  spatialreward distill --preset nano --quality-scale 2 --quality-dim 32 --init-from runs/pre --data data/synth --out runs/nano
 """
 
 
