@@ -244,23 +244,17 @@ def decode_images(
 def _write_image_cache(cache_file: Path, images: torch.Tensor, keys: list[str], failed: dict[str, str]) -> None:
     """One safetensors file, written from the tensor itself (no bytes copy) and renamed into place whole."""
     import json
-    import os
-    import tempfile
     import warnings
 
     from safetensors.torch import save_file
 
-    tmp = None
+    from spatialreward.dataset import atomic_path
+
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{cache_file.name}.", suffix=".tmp", dir=cache_file.parent)
-        os.close(fd)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache reads like any other file of the dataset
-        save_file({"images": images.contiguous()}, tmp, metadata={"keys": json.dumps(keys), "failed": json.dumps(failed)})
-        os.replace(tmp, cache_file)
+        with atomic_path(cache_file) as tmp:
+            save_file({"images": images.contiguous()}, str(tmp),
+                      metadata={"keys": json.dumps(keys), "failed": json.dumps(failed)})
     except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         warnings.warn(f"{cache_file}: cannot write the image cache ({exc}); continuing without it", stacklevel=3)
 
 
