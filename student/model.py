@@ -96,9 +96,10 @@ class PixelStats(nn.Module):
         self.cell, self.detail = cell, detail
         self.energies = 4 if detail else 1
         self.channels = 3 + self.energies  # R, G, B means + energies
-        g = torch.exp(-0.5 * torch.arange(-2.0, 3.0).pow(2))  # Gaussian, sigma 1 px
-        kernel = (g[:, None] * g[None, :]) / g.sum() ** 2
-        self.register_buffer("blur", kernel.expand(3, 1, 5, 5).clone(), persistent=False)
+        if not detail:  # the detail energies use average pools only
+            g = torch.exp(-0.5 * torch.arange(-2.0, 3.0).pow(2))  # Gaussian, sigma 1 px
+            kernel = (g[:, None] * g[None, :]) / g.sum() ** 2
+            self.register_buffer("blur", kernel.expand(3, 1, 5, 5).clone(), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] in 0–1
         if self.detail:
@@ -612,10 +613,9 @@ class Student(nn.Module):
                              self.quality_global_proj(torch.cat([whole_e, whole_e - whole_s], dim=1))]
         if self.detail_proj is not None:
             # Is the fine detail inside the region (or outside it) what the source had? Same grid as the mask.
-            cells, m = pixels.flatten(2), mask_prob.flatten(1)  # [B, k, h·w], [B, h·w]
-            inside_px = (cells * m.unsqueeze(1)).sum(2) / (m.sum(1, keepdim=True) + 1e-6)
-            outside_px = (cells * (1 - m).unsqueeze(1)).sum(2) / ((1 - m).sum(1, keepdim=True) + 1e-6)
-            quality_parts.append(self.detail_proj(torch.cat([inside_px, outside_px, cells.amax(2)], dim=1)))
+            cells, m = pixels.flatten(2).transpose(1, 2), mask_prob.flatten(1)  # [B, h·w, k], [B, h·w]
+            summary = [weighted_mean(cells, m), weighted_mean(cells, 1 - m), cells.amax(1)]  # inside, outside, peak
+            quality_parts.append(self.detail_proj(torch.cat(summary, dim=1)))
         layout = F.adaptive_avg_pool2d(mask_prob.unsqueeze(1), LAYOUT_CELLS).flatten(1)  # [B, 9]
         geometry = self.geometry_proj(torch.cat([boxes / BOX_SCALE, layout], dim=1))  # [B, C]
 
