@@ -44,6 +44,24 @@ def groups():
     return [make_group(rng, photo, size=64, candidates=4) for photo in photos]
 
 
+def _assert_ort_matches_torch(run, out, groups, *, group: int) -> None:
+    """ONNX Runtime on export ``out`` scores ``groups`` as torch does on ``run`` (reward ≤ 1e-4, sub-scores ≤ 1e-3
+    points), and group scoring of ``groups[group]`` (4 candidates each) gives the same rewards."""
+    torch_rm = RewardModel.from_pretrained(run, backend="torch", text_encoder=HashingTextEncoder())
+    ort_rm = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder())
+    sources = [g.source for g in groups for _ in g.candidates]
+    editeds = [c.image for g in groups for c in g.candidates]
+    instructions = [g.instruction for g in groups for _ in g.candidates]
+    ref, got = torch_rm.score(sources, editeds, instructions), ort_rm.score(sources, editeds, instructions)
+    assert got.ok.all() and ref.ok.all()
+    assert (got.reward - ref.reward).abs().max().item() <= 1e-4
+    assert (got.subscores - ref.subscores).abs().max().item() <= 1e-3
+    g = groups[group]
+    ort_rm.set_group(g.source, g.instruction)
+    grouped = ort_rm.score_group([c.image for c in g.candidates]).reward
+    assert (grouped - ref.reward[4 * group:4 * group + 4]).abs().max().item() <= 1e-4
+
+
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
     union = (a | b).sum().item()
     return 1.0 if union == 0 else (a & b).sum().item() / union
@@ -372,18 +390,7 @@ def test_quality_map_student_exports_with_parity(tmp_path, groups):
     assert list(meta["graphs"]["encode"]["outputs"]) == ["tokens", "pixels", "quality"]
     assert "edited_quality" in meta["graphs"]["score"]["inputs"]
     assert check_export(out) == []
-    torch_rm = RewardModel.from_pretrained(run, backend="torch", text_encoder=HashingTextEncoder())
-    ort_rm = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder())
-    sources = [g.source for g in groups for _ in g.candidates]
-    editeds = [c.image for g in groups for c in g.candidates]
-    instructions = [g.instruction for g in groups for _ in g.candidates]
-    ref, got = torch_rm.score(sources, editeds, instructions), ort_rm.score(sources, editeds, instructions)
-    assert got.ok.all() and ref.ok.all()
-    assert (got.reward - ref.reward).abs().max().item() <= 1e-4
-    assert (got.subscores - ref.subscores).abs().max().item() <= 1e-3
-    g = groups[0]
-    ort_rm.set_group(g.source, g.instruction)
-    assert (ort_rm.score_group([c.image for c in g.candidates]).reward - ref.reward[:4]).abs().max().item() <= 1e-4
+    _assert_ort_matches_torch(run, out, groups, group=0)
 
 
 def test_light_decoder_student_exports_with_parity(tmp_path, groups):
@@ -398,15 +405,4 @@ def test_light_decoder_student_exports_with_parity(tmp_path, groups):
     assert check_export(out) == []
     meta = json.loads((out / "export.json").read_text())
     assert meta["image_size"] == 96 and list(meta["graphs"]["encode"]["outputs"]) == ["tokens", "pixels"]
-    torch_rm = RewardModel.from_pretrained(run, backend="torch", text_encoder=HashingTextEncoder())
-    ort_rm = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder())
-    sources = [g.source for g in groups for _ in g.candidates]
-    editeds = [c.image for g in groups for c in g.candidates]
-    instructions = [g.instruction for g in groups for _ in g.candidates]
-    ref, got = torch_rm.score(sources, editeds, instructions), ort_rm.score(sources, editeds, instructions)
-    assert got.ok.all() and ref.ok.all()
-    assert (got.reward - ref.reward).abs().max().item() <= 1e-4
-    assert (got.subscores - ref.subscores).abs().max().item() <= 1e-3
-    g = groups[1]
-    ort_rm.set_group(g.source, g.instruction)
-    assert (ort_rm.score_group([c.image for c in g.candidates]).reward - ref.reward[4:]).abs().max().item() <= 1e-4
+    _assert_ort_matches_torch(run, out, groups, group=1)
