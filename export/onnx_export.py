@@ -138,13 +138,13 @@ def _export_graph(module, args, path: Path, *, input_names, output_names, opset:
     import onnx
     import torch
 
-    from spatialreward.kernels.onnx import custom_translation_table
+    from spatialreward.export.translations import export_translation_table
 
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
         program = torch.onnx.export(
-            module, args, dynamo=True, opset_version=opset, custom_translation_table=custom_translation_table(),
+            module, args, dynamo=True, opset_version=opset, custom_translation_table=export_translation_table(),
             dynamic_shapes=_batch_dims(module, args, batch), input_names=list(input_names),
             output_names=list(output_names), verbose=False,
         )

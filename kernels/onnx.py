@@ -15,10 +15,10 @@ What each op becomes (standard ONNX only, so ONNX Runtime CPU/CUDA and the Tenso
   fp16 is computed in fp32 and cast back. `tests/test_kernels_onnx.py` checks ORT against our op.
 * ``roi_align_tokens`` -> Slice (drop prefix tokens) + Reshape ``[B, gh, gw, C]`` + Transpose to NCHW +
   ``RoiAlign`` + Transpose to ``[K, oh, ow, C]``.
-* ``region_attention`` -> MatMul / Where / Softmax / MatMul. Not opset-23 ``Attention``: ORT CPU and the TensorRT
-  parser of our deployment do not all take it yet, and plain ops fuse well anyway. Masked keys get the most
-  negative fp32 (not -inf, which a fully masked row would turn into NaN); a sample with an empty region then has a
-  uniform softmax, and its output is multiplied by 0 — zeros, like the op.
+* ``region_attention`` -> MatMul / Add / Softmax / MatMul. Not opset-23 ``Attention``: ORT CPU and the TensorRT
+  parser of our deployment do not all take it yet, and plain ops fuse well anyway. The weights enter as a bias on
+  ``[B, Lk]`` (``log w`` inside, -1e30 outside: not -inf, which a fully masked row would turn into NaN); a sample
+  with an empty region then has a uniform softmax, and its output is multiplied by 0 — zeros, like the op.
 
 The functions are "trace-only" onnxscript: Python runs once at export time with the op's attributes as plain
 Python values, so ``if aligned`` picks an attribute instead of emitting a graph branch.
@@ -40,7 +40,7 @@ except ImportError as exc:  # export-only dependency
     ) from exc
 
 _INT64_MAX = 0x7FFFFFFFFFFFFFFF
-_FP32_LOWEST = -3.4028234663852886e38  # finfo(float32).min: masks a key without making empty rows NaN
+_MASKED_BIAS = -1e30  # masks a key: far below any score, yet s + bias stays finite (no NaN in an empty row)
 
 
 def _roi_align_nchw(input, boxes, pooled_height: int, pooled_width: int, spatial_scale: float, sampling_ratio: int,
@@ -82,9 +82,12 @@ def region_attention_onnx(q, k, v, key_mask, scale: float):
     s = op.Mul(op.MatMul(qf, op.Transpose(kf, perm=[0, 1, 3, 2])), op.Constant(value_float=float(scale)))  # [B,H,Lq,Lk]
     w = op.Cast(key_mask, to=FLOAT.dtype)  # [B, Lk]; bool -> {0, 1}
     inside = op.Greater(w, op.Constant(value_float=0.0))
-    log_w = op.Log(op.Where(inside, w, op.Constant(value_float=1.0)))
-    inside4 = op.Unsqueeze(inside, [1, 2])  # [B, 1, 1, Lk]
-    logits = op.Where(inside4, op.Add(s, op.Unsqueeze(log_w, [1, 2])), op.Constant(value_float=_FP32_LOWEST))
+    # The mask as an additive bias on [B, Lk] (log w inside, -1e30 outside) rather than a Where over the whole
+    # [B, H, Lq, Lk] score tensor: exp(-1e30 - max) is exactly 0 next to any key inside, and a row with none stays
+    # finite (uniform) and is zeroed by `nonempty` below.
+    log_w = op.Where(inside, op.Log(op.Where(inside, w, op.Constant(value_float=1.0))),
+                     op.Constant(value_float=_MASKED_BIAS))
+    logits = op.Add(s, op.Unsqueeze(log_w, [1, 2]))
     out = op.MatMul(op.Softmax(logits, axis=-1), vf)  # [B, H, Lq, Dv]
     nonempty = op.ReduceMax(op.Cast(inside, to=FLOAT.dtype), [1], keepdims=1)  # [B, 1]: 1 if any key is inside
     out = op.Mul(out, op.Unsqueeze(nonempty, [2, 3]))  # zeros for an empty region, never NaN

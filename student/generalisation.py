@@ -10,7 +10,9 @@ failure families, matplotlib's evaluation-only images), and on each split report
 * hard pairs: the same pooled over wrong attribute, over-edit and artifacts — the failures a position heuristic
   cannot see, where a generator-fitted student falls to chance;
 * per failure family (artifacts and over-edits): correct vs that family's candidates;
-* edited-only mask IoU (the all-edits IoU is flattered by no-ops).
+* edited-only mask IoU (the all-edits IoU is flattered by no-ops);
+* where the errors are: pairwise accuracy by the teacher's reward gap of the pair, and each sub-score's mean signed
+  error per candidate kind.
 
 `generalisation_report` writes one JSON (every number, with its pair counts) and one PNG (bars per split).
 """
@@ -69,6 +71,43 @@ def pooled(table: dict[str, dict[str, Any]], keys: Sequence[str]) -> dict[str, A
     return _ratio(hits, total)
 
 
+TEACHER_GAP_BINS = (0.0, 0.02, 0.05, 0.1, 0.2, 1.0)  # |teacher reward difference| of a pair
+
+
+def pairwise_by_teacher_gap(pred: Sequence[float], target: Sequence[float], group_ids: Sequence,
+                            bins: Sequence[float] = TEACHER_GAP_BINS, *, teacher_tie: float = 1e-6) -> dict[str, Any]:
+    """Within-group pairwise accuracy split by how far apart the teacher put the pair (``"0.02-0.05"``: gaps in
+    (0.02, 0.05]). Pairs the teacher nearly tied are where a ranking can fail without mattering much to a policy;
+    errors on wide gaps are the ones that mislead it. Same pairs and tie rule as `metrics.pairwise_accuracy`."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    members: dict[Any, list[int]] = defaultdict(list)
+    for i, g in enumerate(group_ids):
+        members[g].append(i)
+    edges = np.asarray(bins, np.float64)
+    hits, totals = np.zeros(len(edges) - 1, int), np.zeros(len(edges) - 1, int)
+    for ix in members.values():
+        p, t = pred[ix], target[ix]
+        dt, dp = t[:, None] - t[None, :], p[:, None] - p[None, :]
+        pairs = dt > teacher_tie
+        which = np.clip(np.searchsorted(edges, dt[pairs], side="left") - 1, 0, len(edges) - 2)
+        np.add.at(totals, which, 1)
+        np.add.at(hits, which, (dp[pairs] > 0).astype(int))
+    return {f"{lo:g}-{hi:g}": _ratio(int(h), int(n)) for lo, hi, h, n in zip(edges[:-1], edges[1:], hits, totals)}
+
+
+def subscore_bias_by_kind(pred_subscores: np.ndarray, target_subscores: np.ndarray,
+                          kinds: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Mean signed error (student − teacher, 0–25 points) of each sub-score per candidate kind: which judgement
+    is off, and in which direction (e.g. correct edits under-rated on instruction following)."""
+    kinds = np.asarray(kinds)
+    out = {}
+    for kind in sorted(set(kinds.tolist())):
+        m = kinds == kind
+        err = pred_subscores[m] - target_subscores[m]
+        out[kind] = {"edits": int(m.sum()), **{name: float(v) for name, v in zip(SUBSCORE_NAMES, err.mean(0))}}
+    return out
+
+
 def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
                  pred_subscores: np.ndarray | None = None) -> dict[str, Any]:
     """The per-split block of the report from predictions, `reward_metrics` output and the split's `EditData`."""
@@ -93,6 +132,9 @@ def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
     out = {k: metrics.get(k) for k in keep}
     out.update(hard_pairs=hard["accuracy"], hard_pair_count=hard["pairs"], per_kind=per_kind,
                per_kind_by_subscore=by_subscore, per_failure_family=per_family,
+               pairwise_by_teacher_gap=pairwise_by_teacher_gap(pred_reward, target, group_ids),
+               subscore_bias_by_kind=(subscore_bias_by_kind(pred_subscores, data.subscores.numpy(), kinds)
+                                      if pred_subscores is not None else None),
                sources=sorted({str(s.meta.get("photo", "")) for s in data.samples}),
                phrasings=sorted({str(s.meta.get("phrasing", "")) for s in data.samples}))
     return out

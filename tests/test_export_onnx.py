@@ -406,3 +406,38 @@ def test_light_decoder_student_exports_with_parity(tmp_path, groups):
     meta = json.loads((out / "export.json").read_text())
     assert meta["image_size"] == 96 and list(meta["graphs"]["encode"]["outputs"]) == ["tokens", "pixels"]
     _assert_ort_matches_torch(run, out, groups, group=1)
+
+
+def test_gelu_exports_in_the_order_onnx_runtime_fuses(tmp_path):
+    """Every GELU leaves the export as Mul(x, 0.5) beside Div → Erf → Add, which ORT fuses into one Gelu kernel
+    (torchlib's order stayed five element-wise nodes); values match torch's exact GELU, and fp16 keeps fp16."""
+    import onnxruntime as ort
+
+    from spatialreward.export.translations import export_translation_table
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = torch.nn.Linear(8, 8), torch.nn.GELU()
+
+        def forward(self, x):
+            return self.act(self.fc(x)) + torch.nn.functional.gelu(x, approximate="tanh")
+
+    x = torch.randn(4, 8) * 3
+    for dtype in (torch.float32, torch.float16):
+        model, path = Block().to(dtype), tmp_path / f"gelu_{dtype}.onnx"
+        prog = torch.onnx.export(model, (x.to(dtype),), dynamo=True, opset_version=18,
+                                 custom_translation_table=export_translation_table())
+        prog.save(str(path))
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"opt_{dtype}.onnx")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x.to(dtype).numpy()})[0]
+        with torch.no_grad():
+            ref = model(x.to(dtype)).float().numpy()
+        assert got.dtype == (np.float32 if dtype == torch.float32 else np.float16)
+        assert np.abs(got.astype(np.float32) - ref).max() <= (1e-5 if dtype == torch.float32 else 1e-2)
+        if dtype == torch.float32:
+            ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+            assert "Erf" not in ops and any("Gelu" in o for o in ops), ops

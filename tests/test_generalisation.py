@@ -9,7 +9,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from spatialreward.student.generalisation import HEADLINE, KIND_SUBSCORE, correct_vs, pooled, split_report
+from spatialreward.student.generalisation import (HEADLINE, KIND_SUBSCORE, correct_vs, pairwise_by_teacher_gap, pooled,
+                                                  split_report, subscore_bias_by_kind)
 from spatialreward.types import SUBSCORE_NAMES
 from spatialreward.synth import GENERALISATION_SPLITS, generate_dataset
 from tests.fixtures.students import HashingTextEncoder
@@ -56,6 +57,21 @@ def toy_student(tmp_path_factory):
     return out
 
 
+def test_errors_are_located_by_teacher_gap_and_subscore_bias():
+    """One group of four: the student swaps only the pair the teacher put 0.01 apart, so the 0–0.02 bin is wrong
+    and every other bin right; the sub-score bias is the mean signed error of each kind's edits."""
+    target = [0.90, 0.91, 0.50, 0.10]
+    pred = [0.95, 0.80, 0.60, 0.20]  # 0.90 above 0.91: the one wrong pair, gap 0.01
+    table = pairwise_by_teacher_gap(pred, target, [0, 0, 0, 0])
+    assert table["0-0.02"] == {"accuracy": 0.0, "pairs": 1}
+    assert table["0.2-1"] == {"accuracy": 1.0, "pairs": 5}  # gaps 0.40, 0.41, 0.80, 0.81, 0.40
+    assert all(table[k]["pairs"] == 0 for k in ("0.02-0.05", "0.05-0.1", "0.1-0.2"))
+    bias = subscore_bias_by_kind(np.array([[20.0, 25, 25, 25], [24, 25, 25, 25], [10, 25, 25, 25]]),
+                                 np.full((3, 4), 24.0), ["correct", "correct", "partial"])
+    assert bias["correct"]["edits"] == 2 and bias["correct"][SUBSCORE_NAMES[0]] == pytest.approx(-2.0)
+    assert bias["partial"][SUBSCORE_NAMES[0]] == pytest.approx(-14.0) and bias["partial"][SUBSCORE_NAMES[1]] == 1.0
+
+
 def test_report_covers_every_split(labelled_generalisation_set, toy_student, tmp_path):
     from spatialreward.student.generalisation import generalisation_report
 
@@ -78,6 +94,9 @@ def test_report_covers_every_split(labelled_generalisation_set, toy_student, tmp
         for kind, row in block["per_kind_by_subscore"].items():  # the diagnostic: correct vs kind by one sub-score
             assert kind in KIND_SUBSCORE and row["subscore"] in SUBSCORE_NAMES
             assert row["accuracy"] is None or 0.0 <= row["accuracy"] <= 1.0
+        gaps = block["pairwise_by_teacher_gap"]  # every pair falls in exactly one bin of the teacher's gap
+        assert sum(row["pairs"] for row in gaps.values()) == block["pairs"], split
+        assert set(block["subscore_bias_by_kind"]) <= kinds | {"correct"}
     fams = saved["splits"]["heldout_failures"]["per_failure_family"]
     assert set(fams) <= {"checkerboard", "frame_shift", "second_object", "extra_object", "collateral_patch"}
     assert saved["splits"]["heldout_phrasing"]["phrasings"] == ["terse"]

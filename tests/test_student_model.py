@@ -430,3 +430,41 @@ def test_pixel_detail_student_reads_the_region_and_needs_pixel_stats():
     out = model(s, e, t)
     out.reward.sum().backward()
     assert model.detail_proj.fc1.weight.grad.abs().sum() > 0
+
+
+def test_change_fuse_folds_the_difference_block_exactly():
+    """`ChangeFeatures` multiplies [e, s, |e − s|, extra] by a weight with the e − s block folded into e's and s's:
+    the same function and the same gradients as timm's `Mlp` on the five-part input it was trained on."""
+    from spatialreward.student.model import ChangeFeatures
+
+    torch.manual_seed(0)
+    change = ChangeFeatures(16, depth=0, num_heads=2, extra=3, mlp_ratio=1.0)
+    s, e, x = (torch.randn(2, 5, n, requires_grad=True) for n in (16, 16, 3))
+    folded = change(s, e, x)
+    unfolded = change.norm(change.fuse(torch.cat([e, s, e - s, (e - s).abs(), x], dim=-1)))
+    assert torch.allclose(folded, unfolded, atol=1e-5)
+    grads = torch.autograd.grad(folded.square().sum(), [change.fuse.fc1.weight, s, e])
+    reference = torch.autograd.grad(unfolded.square().sum(), [change.fuse.fc1.weight, s, e])
+    for a, b in zip(grads, reference):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_region_summary_is_the_weighted_means_and_peak():
+    """`region_summary` = [`weighted_mean` inside, outside, max] of each channel, computed channel-first."""
+    from spatialreward.student.model import region_summary, weighted_mean
+
+    torch.manual_seed(0)
+    maps, region = torch.randn(3, 5, 4, 6), torch.rand(3, 4, 6)
+    region[2] = 0.0  # an empty region: its inside mean is 0, as weighted_mean gives
+    cells, m = maps.flatten(2).transpose(1, 2), region.flatten(1)
+    expected = torch.cat([weighted_mean(cells, m), weighted_mean(cells, 1 - m), cells.amax(1)], dim=1)
+    assert torch.allclose(region_summary(maps, region), expected, atol=1e-6)
+
+
+def test_block_mean_is_the_2x2_average_pool():
+    """`block_mean` (strided adds in eager) equals `avg_pool2d(x, 2)` and `avg_pool2d(x², 2)`."""
+    from spatialreward.student.model import block_mean
+
+    x = torch.rand(2, 3, 8, 12)
+    assert torch.allclose(block_mean(x), torch.nn.functional.avg_pool2d(x, 2), atol=1e-6)
+    assert torch.allclose(block_mean(x, squared=True), torch.nn.functional.avg_pool2d(x * x, 2), atol=1e-6)
