@@ -117,6 +117,22 @@ def make_calls(backend, b: int, side: int, text_dim: int, device: str, group: bo
     return call
 
 
+def make_stage_call(backend, stage: str, b: int, side: int, text_dim: int, device: str):
+    """A closure that runs one stage alone on ``b`` rows: ``encode`` (b images) or ``score`` (b edits on encodings
+    made once, untimed). Their ratio S / E sets what group scoring can save: (2E + S) / (1.125E + S) at 8."""
+    import torch
+
+    g = torch.Generator().manual_seed(1000 + b)
+    images = torch.randint(0, 256, (2 * b, side, side, 3), dtype=torch.uint8, generator=g).to(device)
+    text = torch.nn.functional.normalize(torch.randn(b, text_dim, generator=g), dim=1).to(device)
+    if stage == "encode":
+        return lambda: backend.encode(images[:b])
+    with torch.inference_mode():
+        enc = backend.encode(images)
+    source, edited = tuple(t[:b] for t in enc), tuple(t[b:] for t in enc)
+    return lambda: backend.score(source, edited, text)
+
+
 def _sync(device: str) -> None:
     import torch
 
@@ -145,6 +161,10 @@ def run(args, log=print) -> dict:
         rows = []
         calls = {(kind, b, name): make_calls(be, b, side, text_dim, args.device, kind == "group")
                  for kind, b in cases for name, be in backends.items()}
+        if args.group:  # each stage alone at the group's batch, for every backend that runs the two graphs
+            calls.update({(stage, args.group, name): make_stage_call(be, stage, args.group, side, text_dim,
+                                                                     args.device)
+                          for stage in ("encode", "score") for name, be in backends.items()})
         for key, call in calls.items():
             t0 = time.perf_counter()
             with torch.inference_mode():
@@ -173,7 +193,21 @@ def run(args, log=print) -> dict:
             log(f"{kind:5s} b={b:<4d} {name:28s} {1e3 * p50 / b:8.3f} ms/edit  p99 {1e3 * p99 / b:8.3f}  "
                 f"{b / p50:9.1f} edits/s  x{(eager / p50) if eager else float('nan'):.2f} vs eager")
         describe = {name: be.describe() for name, be in backends.items()}
-    return {"rows": rows, "backends": describe, "checks": _checks(rows, args)}
+    return {"rows": rows, "stages": _stages(rows, args), "backends": describe, "checks": _checks(rows, args)}
+
+
+def _stages(rows: list[dict], args) -> dict:
+    """Per backend: encode ms per image, score ms per edit, S / E, and the group ratio they predict at --group."""
+    out = {}
+    for name in dict.fromkeys(r["backend"] for r in rows):
+        e = next((r for r in rows if r["backend"] == name and r["case"] == "encode"), None)
+        sc = next((r for r in rows if r["backend"] == name and r["case"] == "score"), None)
+        if e and sc:
+            ratio = sc["p50_ms_per_edit"] / e["p50_ms_per_edit"]
+            out[name] = {"encode_ms_per_image": e["p50_ms_per_edit"], "score_ms_per_edit": sc["p50_ms_per_edit"],
+                         "score_over_encode": ratio,
+                         "predicted_group_vs_plain": (2 + ratio) / (1 + 1 / args.group + ratio)}
+    return out
 
 
 def fp16_parity(args, log=print) -> dict:
@@ -226,7 +260,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
+    rows = [r for r in result["rows"] if r["case"] in ("plain", "group")]  # the stage rows are in the JSON
     cases = sorted({(r["case"], r["batch"]) for r in rows}, key=lambda c: (c[0] != "plain", c[1]))
     names = list(dict.fromkeys(r["backend"] for r in rows))
     fig, ax = plt.subplots(figsize=(8, 4))

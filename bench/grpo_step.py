@@ -7,6 +7,8 @@ when named: see DEFAULT_MODES):
 
   inproc          `RewardModel.score` on the whole step (a group's source object repeats: encoded once per group)
   inproc_tensors  `RewardModel.score_tensors` on tensors already at the model side (the model's share alone)
+  inproc_ort      `inproc` with ``backend="onnxruntime"`` (the same weights, exported once before timing; skipped
+                  with the reason where ONNX Runtime cannot run on ``--device``)
   v1_png          one ``POST /v1/score`` holding the step, PNG images
   v1_bmp          the same, BMP images (lossless, uncompressed)
   v1_bmp_groups   one request per group, all groups at once (asyncio), batched together by the server
@@ -42,7 +44,7 @@ import serve as serve_bench  # noqa: E402  (bench/serve.py: shared set-up)
 # The one-request base64 and pickle modes put the whole step in one body (at the default step: ~0.65 GB of base64
 # JSON, ~0.5 GB of pickle) and take many minutes through the in-process server here; a real client splits at 256
 # items (RewardClient's default). Name them (or 'all') to time them anyway.
-DEFAULT_MODES = ["inproc", "inproc_tensors", "v1_bmp_groups", "v1_raw", "v1_raw_groups"]
+DEFAULT_MODES = ["inproc", "inproc_tensors", "inproc_ort", "v1_bmp_groups", "v1_raw", "v1_raw_groups"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,7 +74,19 @@ def plot(result: dict, path: Path) -> None:
                          f"{result['machine']['device']} ({result['date'][:10]})")
 
 
-def make_modes(rm, url: str, batch, candidates: int):
+def ort_model(folder: Path, device: str):
+    """The benchmark's student on ONNX Runtime (exported into ``folder/export-onnx``), or None with the reason."""
+    from spatialreward import RewardModel
+    from spatialreward.export.backends import BackendUnavailable
+
+    try:
+        return RewardModel.from_pretrained(folder, backend="onnxruntime", device=device)
+    except BackendUnavailable as exc:
+        print(f"skip inproc_ort: {exc}", flush=True)
+        return None
+
+
+def make_modes(rm, url: str, batch, candidates: int, rm_ort=None):
     import httpx
     import torch
 
@@ -111,6 +125,8 @@ def make_modes(rm, url: str, batch, candidates: int):
     return {
         "inproc": lambda: rm.score(sources, editeds, instructions, batch_size=n, on_error="raise").reward.tolist(),
         "inproc_tensors": tensors,
+        **({"inproc_ort": lambda: rm_ort.score(sources, editeds, instructions, batch_size=n,
+                                              on_error="raise").reward.tolist()} if rm_ort is not None else {}),
         "v1_png": lambda: check(png.score(sources, editeds, instructions)),
         "v1_bmp": lambda: check(bmp.score(sources, editeds, instructions)),
         "v1_bmp_groups": lambda: asyncio.run(groups_at_once(bmp)),
@@ -133,13 +149,14 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     print(f"one GRPO step: {args.prompts} prompts x {args.candidates} = {n} edits at {args.size} px; "
           f"{os.cpu_count()} cores, load average {load_before[0]:.2f}", flush=True)
-    rm, _ = serve_bench.random_student(args.preset, args.device)
+    rm, folder = serve_bench.random_student(args.preset, args.device)
+    rm_ort = ort_model(folder, args.device) if "inproc_ort" in args.modes or "all" in args.modes else None
     batch = serve_bench.grpo_batch(args.prompts, args.candidates, args.size, seed=1)
     srv = serve_bench.start_server(rm, max_batch=max(n, 256), max_wait_ms=args.max_wait_ms)
     try:
-        fns = make_modes(rm, srv.url, batch, args.candidates)
+        fns = make_modes(rm, srv.url, batch, args.candidates, rm_ort)
         if "all" not in args.modes:
-            unknown = set(args.modes) - set(fns)
+            unknown = set(args.modes) - set(fns) - ({"inproc_ort"} if rm_ort is None else set())  # skipped, said why
             if unknown:
                 raise SystemExit(f"unknown mode(s) {sorted(unknown)}; choose from {list(fns)} or 'all'")
             fns = {k: v for k, v in fns.items() if k in args.modes or k == "inproc"}

@@ -61,3 +61,16 @@ def test_fidelity_scripts_parse_and_the_table_prints_the_committed_numbers():
     assert len(rows) == len(splits)
     first = splits[next(iter(splits))]
     assert f"{first['pairwise_accuracy']:.3f} / {first['hard_pairs']:.3f}" in rows[0]
+
+
+def test_backends_bench_times_both_stages_and_predicts_the_group_ratio(tmp_path):
+    """Eager and ONNX Runtime, one tiny batch and a group of 2: plain/group rows, each stage alone, its S / E."""
+    rows = _run("backends.py", "--batches", "2", "--group", "2", "--repeats", "1", "--warmup", "0",
+                "--backends", "eager", "onnxruntime", tmp_path=tmp_path)
+    cases = {(r["case"], r["backend"]) for r in rows}
+    assert {(c, b) for c in ("plain", "group", "encode", "score") for b in ("torch eager", "onnxruntime cpu")} <= cases
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    for stage in result["stages"].values():
+        r = stage["score_over_encode"]
+        assert r > 0 and abs(stage["predicted_group_vs_plain"] - (2 + r) / (1.5 + r)) < 1e-12
+    assert (tmp_path / "backends_cpu.png").stat().st_size > 0

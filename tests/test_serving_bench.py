@@ -37,8 +37,8 @@ def test_serve_bench_writes_every_mode(tmp_path):
 def test_grpo_step_bench_writes_every_mode(tmp_path):
     result = run("grpo_step.py", tmp_path / "g.json", "--prompts", "2", "--candidates", "2", "--size", "48",
                  "--repeats", "1", "--modes", "all")
-    assert [r["mode"] for r in result["rows"]] == ["inproc", "inproc_tensors", "v1_png", "v1_bmp", "v1_bmp_groups",
-                                                    "v1_raw", "v1_raw_groups", "protocol"]
+    assert [r["mode"] for r in result["rows"]] == ["inproc", "inproc_tensors", "inproc_ort", "v1_png", "v1_bmp",
+                                                    "v1_bmp_groups", "v1_raw", "v1_raw_groups", "protocol"]
     assert result["settings"]["edits"] == 4 and (tmp_path / "g.png").stat().st_size > 0
 
 

@@ -5,6 +5,7 @@
 #   MINUTES=30 bash bench/fidelity/budget.sh [DATA_ROOT=data] [RUNS=runs/cmp]
 #   MINUTES=30 FLAGS="--quality-scale 2" TAG=_q2 bash bench/fidelity/budget.sh
 #   MINUTES=30 TRAIN=cmp_diverse_4k TAG=_4k bash bench/fidelity/budget.sh   # another training set (make_data.sh)
+# GEN2 (e.g. cmp_gen_1200, 200 groups a split) adds a report on a second generalisation set: ..._${GEN2}.json
 # PRESET (default nano) picks the student; reports in the README whose command names no PRESET were made with
 # PRESET=nano_v1 (the 112-px nano before pixel detail), which reproduces them.
 set -euo pipefail
@@ -20,3 +21,7 @@ $SR eval --model $RUNS/nano_$NAME --data $ROOT/cmp_gen --report generalisation \
     --out docs/results/generalisation_$NAME.json
 $SR eval --model $RUNS/nano_$NAME --data $ROOT/$TRAIN --report generalisation \
     --out docs/results/generalisation_${NAME}_own_heldout.json
+if [ -n "${GEN2:-}" ]; then
+    $SR eval --model $RUNS/nano_$NAME --data $ROOT/$GEN2 --report generalisation \
+        --out docs/results/generalisation_${NAME}_${GEN2}.json
+fi

@@ -10,7 +10,9 @@ SR="${PYTHON:-.venv/bin/python} -m spatialreward"
 $SR synth --out $ROOT/cmp_classic --groups 600 --seed 0 --recipe classic --workers 1 --no-progress
 $SR synth --out $ROOT/cmp_diverse --groups 600 --seed 0 --workers 1 --no-progress
 $SR synth --out $ROOT/cmp_gen --groups 240 --seed 777 --layout generalisation --workers 1 --no-progress
+# 200 groups a split instead of 40: the noise floor of a split's pairwise accuracy falls by about √5 (~2 min)
+$SR synth --out $ROOT/cmp_gen_1200 --groups 1200 --seed 778 --layout generalisation --workers 2 --no-progress
 $SR synth --out $ROOT/cmp_diverse_4k --groups 4000 --seed 0 --workers 2 --no-progress  # ~6 min, 3.1 GB
 # The same seed, so its first 4,000 groups are cmp_diverse_4k's (copy that folder here first and synth extends it).
 $SR synth --out $ROOT/cmp_diverse_16k --groups 16000 --seed 0 --workers 2 --no-progress  # ~22 min, 12 GB
-for d in cmp_classic cmp_diverse cmp_diverse_4k cmp_diverse_16k cmp_gen; do $SR label --teacher oracle --data $ROOT/$d; done
+for d in cmp_classic cmp_diverse cmp_diverse_4k cmp_diverse_16k cmp_gen cmp_gen_1200; do $SR label --teacher oracle --data $ROOT/$d; done

@@ -22,6 +22,12 @@ def by_subscore_cell(split: dict) -> str:
 BY_SUBSCORE_KINDS = ("artifacts", "over_edit", "wrong_attribute", "partial")
 
 
+def by_gap_cell(split: dict) -> str:
+    """Pairwise accuracy in each bin of the teacher's reward gap (reports from 2026-12-07 on; – if a bin is empty)."""
+    table = split.get("pairwise_by_teacher_gap", {})
+    return " / ".join("–" if row.get("accuracy") is None else f"{row['accuracy']:.2f}" for row in table.values())
+
+
 def cell(split: dict) -> str:
     kinds = split.get("per_kind", {})
     art = kinds.get("artifacts", {}).get("accuracy", float("nan"))
@@ -37,15 +43,20 @@ def main(argv=None) -> int:
     p.add_argument("--by-subscore", action="store_true",
                    help="cells: correct vs artifacts / over-edit / wrong attribute / partial, each ordered by the "
                         "sub-score it should lower (artifacts, consistency, instruction following x2)")
+    p.add_argument("--by-gap", action="store_true",
+                   help="cells: pairwise accuracy by the teacher's reward gap of the pair (narrowest bin first)")
     args = p.parse_args(argv)
     names = args.names or [r.stem for r in args.reports]
     reports = [json.loads(r.read_text())["splits"] for r in args.reports]
     print("| split | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
-    fmt = by_subscore_cell if args.by_subscore else cell
+    fmt = by_gap_cell if args.by_gap else by_subscore_cell if args.by_subscore else cell
     for split in reports[0]:
         print(f"| {split.replace('_', ' ')} | " + " | ".join(fmt(r[split]) for r in reports) + " |")
-    if args.by_subscore:
+    if args.by_gap:
+        first = next(iter(reports[0].values())).get("pairwise_by_teacher_gap", {})
+        print("\ncells: pairwise accuracy for teacher reward gaps " + " / ".join(first))
+    elif args.by_subscore:
         print("\ncells: correct vs " + " / ".join(BY_SUBSCORE_KINDS) + ", each by the sub-score it should lower")
     else:
         print("\ncells: pairwise / hard pairs / artifacts vs correct / over-edit vs correct / edited-only mask IoU")
