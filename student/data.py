@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,12 +281,15 @@ def load_split(
     workers: int = 2,
     progress: bool = True,
     cache: bool = True,
+    exclude_operations: Sequence[str] = (),
 ) -> EditData:
     """Read samples of ``split`` and ``teacher`` labels under ``root``; decode, resize and embed them once.
 
     ``text_encoder`` has ``encode(list[str]) -> [B, D]`` (`InstructionEncoder`). ``max_groups`` keeps the first
     groups only (tests, quick looks). With ``cache``, resized images are kept in ``root/.cache/student`` (see
-    `decode_images`), so a second run over the same files skips decoding.
+    `decode_images`), so a second run over the same files skips decoding. ``exclude_operations`` drops the groups
+    of those edit operations (``meta["operation"]``) after decoding, so the split's image cache is the one that runs
+    keeping them use.
     """
     root = Path(root)
     read_report = ReadReport()
@@ -326,14 +330,20 @@ def load_split(
 
     bad_groups = {s.group_id for s, _ in kept if str(s.source_path(root)) in failed}
     final: list[tuple[EditSample, Judgement]] = []
+    held_out = 0
     for s, j in kept:
         src, edt = str(s.source_path(root)), str(s.edited_path(root))
         if s.group_id in bad_groups:
             report.skip("unreadable source image", s.sample_id, f"{src}: {failed.get(src, 'group source failed')}")
         elif edt in failed:
             report.skip("unreadable edited image", s.sample_id, f"{edt}: {failed[edt]}")
+        elif s.meta.get("operation") in exclude_operations:
+            held_out += 1
         else:
             final.append((s, j))
+    if held_out:
+        report.skip("held-out operation", f"{held_out} edits", f"operation in {sorted(exclude_operations)}",
+                    count=held_out)
     if not final:
         raise ValueError(f"{root}: nothing usable in split {split!r}: {report.summary()}; e.g. {report.examples[:3]}")
 

@@ -60,6 +60,9 @@ class DistillConfig:
     eval_split: str = field(default="heldout", metadata={"help": "split for periodic evaluation ('' = none)"})
     max_train_groups: int | None = field(default=None, metadata={"help": "use only the first N train groups"})
     max_eval_groups: int | None = field(default=None, metadata={"help": "periodic eval on the first N groups"})
+    exclude_operations: str = field(default="", metadata={
+        "help": "comma-separated edit operations never trained on (e.g. texture): the generalisation report's "
+                "per-operation rows then measure an unseen operation"})
     workers: int = field(default=2, metadata={"help": "threads decoding images at start-up"})
     # Model
     preset: str = field(default="nano", metadata={"help": "student preset (nano, tiny, small)"})
@@ -120,7 +123,16 @@ class DistillConfig:
         metadata={"help": "replace a run already in OUT (with resume: only when there is no checkpoint to resume)"},
     )
 
+    @property
+    def excluded_operations(self) -> tuple[str, ...]:
+        return tuple(op.strip() for op in self.exclude_operations.split(",") if op.strip())
+
     def __post_init__(self) -> None:
+        from spatialreward.synth.operations import OPERATIONS
+
+        unknown = sorted(set(self.excluded_operations) - set(OPERATIONS))
+        if unknown:
+            raise ValueError(f"exclude_operations: unknown {unknown}; operations are {', '.join(OPERATIONS)}")
         if self.max_steps is None and self.max_minutes is None:
             raise ValueError("set a budget: max_steps and/or max_minutes (e.g. --max-minutes 30 for nano)")
         if self.max_steps is not None and self.max_steps < 1:
@@ -230,7 +242,7 @@ class Distiller:
         self.train_data: EditData = load_split(
             cfg.data, split=cfg.train_split, teacher=cfg.teacher, img_size=student_config.input_size,
             mask_size=self.mask_size, text_encoder=text_encoder, max_groups=cfg.max_train_groups,
-            workers=cfg.workers, progress=cfg.progress and self.is_main,
+            workers=cfg.workers, progress=cfg.progress and self.is_main, exclude_operations=cfg.excluded_operations,
         )
         eval_data: EditData | None = None
         if cfg.eval_split and self.is_main:

@@ -12,7 +12,9 @@ failure families, matplotlib's evaluation-only images), and on each split report
 * per failure family (artifacts and over-edits): correct vs that family's candidates;
 * edited-only mask IoU (the all-edits IoU is flattered by no-ops);
 * where the errors are: pairwise accuracy by the teacher's reward gap of the pair, and each sub-score's mean signed
-  error per candidate kind.
+  error per candidate kind;
+* per edit operation: pairwise and hard pairs over that operation's groups (a held-out operation: train with
+  ``spatialreward distill --exclude-operations texture`` and read row ``texture``).
 
 `generalisation_report` writes one JSON (every number, with its pair counts) and one PNG (bars per split).
 """
@@ -108,6 +110,24 @@ def subscore_bias_by_kind(pred_subscores: np.ndarray, target_subscores: np.ndarr
     return out
 
 
+def per_operation(pred: np.ndarray, target: np.ndarray, group_ids: Sequence, kinds: Sequence[str],
+                  operations: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Pairwise accuracy and hard pairs over the groups of each edit operation. A student trained with
+    ``--exclude-operations X`` never saw X, so its row X here is the held-out-operation measurement."""
+    from spatialreward.student.metrics import pairwise_accuracy
+
+    operations = np.asarray(operations)
+    out = {}
+    for op in sorted(set(operations.tolist()) - {""}):
+        ix = np.flatnonzero(operations == op)
+        sub = lambda xs: [xs[i] for i in ix]  # noqa: E731
+        accuracy, pairs = pairwise_accuracy(pred[ix], target[ix], sub(group_ids))
+        hard = pooled(correct_vs(pred[ix], target[ix], sub(group_ids), sub(kinds), sub(kinds)), HARD_KINDS)
+        out[op] = {"groups": len(set(sub(group_ids))), "pairwise_accuracy": accuracy, "pairs": pairs,
+                   "hard_pairs": hard["accuracy"], "hard_pair_count": hard["pairs"]}
+    return out
+
+
 def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
                  pred_subscores: np.ndarray | None = None) -> dict[str, Any]:
     """The per-split block of the report from predictions, `reward_metrics` output and the split's `EditData`."""
@@ -133,6 +153,8 @@ def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
     out.update(hard_pairs=hard["accuracy"], hard_pair_count=hard["pairs"], per_kind=per_kind,
                per_kind_by_subscore=by_subscore, per_failure_family=per_family,
                pairwise_by_teacher_gap=pairwise_by_teacher_gap(pred_reward, target, group_ids),
+               per_operation=per_operation(np.asarray(pred_reward, np.float64), target, group_ids, kinds,
+                                           [str(s.meta.get("operation", "")) for s in data.samples]),
                subscore_bias_by_kind=(subscore_bias_by_kind(pred_subscores, data.subscores.numpy(), kinds)
                                       if pred_subscores is not None else None),
                sources=sorted({str(s.meta.get("photo", "")) for s in data.samples}),

@@ -63,6 +63,20 @@ def test_fidelity_scripts_parse_and_the_table_prints_the_committed_numbers():
     assert f"{first['pairwise_accuracy']:.3f} / {first['hard_pairs']:.3f}" in rows[0]
 
 
+def test_table_pools_one_operation_over_the_splits():
+    """`table.py --operation texture` on a committed report: one row per split and a pooled row whose group count is
+    the sum of the splits' (the held-out-operation numbers in the README)."""
+    report = BENCH.parent / "docs" / "results" / "generalisation_diverse_30min_16k_no_texture_cmp_gen_1200.json"
+    done = subprocess.run([sys.executable, str(BENCH / "fidelity" / "table.py"), str(report), "--operation", "texture"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    splits = json.loads(report.read_text())["splits"]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == len(splits) + 1 and rows[-1].startswith("| all splits pooled")
+    groups = sum(s["per_operation"]["texture"]["groups"] for s in splits.values())
+    assert rows[-1].rstrip(" |").endswith(f"/ {groups}")
+
+
 def test_backends_bench_times_both_stages_and_predicts_the_group_ratio(tmp_path):
     """Eager and ONNX Runtime, one tiny batch and a group of 2: plain/group rows, each stage alone, its S / E."""
     rows = _run("backends.py", "--batches", "2", "--group", "2", "--repeats", "1", "--warmup", "0",

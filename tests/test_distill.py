@@ -48,6 +48,7 @@ def fake_data(tmp_path_factory):
         (dict(amp="fp8"), "amp='fp8' is not one of"),
         (dict(ranking_loss="lambda"), "ranking_loss"),
         (dict(w_subscore=0, w_ranking=0, w_advantage=0, w_mask=0, w_presence=0), "at least one > 0"),
+        (dict(exclude_operations="texture, teleport"), r"unknown \['teleport'\]"),
     ],
 )
 def test_config_rejects_broken_invariants(overrides, message):

@@ -94,6 +94,9 @@ def test_report_covers_every_split(labelled_generalisation_set, toy_student, tmp
         for kind, row in block["per_kind_by_subscore"].items():  # the diagnostic: correct vs kind by one sub-score
             assert kind in KIND_SUBSCORE and row["subscore"] in SUBSCORE_NAMES
             assert row["accuracy"] is None or 0.0 <= row["accuracy"] <= 1.0
+        ops = block["per_operation"]  # every group has one operation, every pair lies inside one group
+        assert sum(r["groups"] for r in ops.values()) == block["groups"], split
+        assert sum(r["pairs"] for r in ops.values()) == block["pairs"], split
         gaps = block["pairwise_by_teacher_gap"]  # every pair falls in exactly one bin of the teacher's gap
         assert sum(row["pairs"] for row in gaps.values()) == block["pairs"], split
         assert set(block["subscore_bias_by_kind"]) <= kinds | {"correct"}
@@ -138,3 +141,19 @@ def test_by_subscore_diagnostic_separates_seeing_a_failure_from_ranking_it():
     block = split_report(np.array([0.7, 0.8] * 2), {}, data, pred_subscores)
     assert block["per_kind"]["artifacts"] == {"accuracy": 0.0, "pairs": 2}
     assert block["per_kind_by_subscore"]["artifacts"] == {"accuracy": 1.0, "pairs": 2, "subscore": "artifacts"}
+
+
+def test_an_excluded_operation_is_never_loaded_for_training(labelled_generalisation_set):
+    """``load_split(exclude_operations=...)`` (distill's ``--exclude-operations``) drops every edit of those
+    operations and counts them; the other operations load as before."""
+    from spatialreward.dataset import read_samples
+    from spatialreward.student.data import load_split
+
+    ops = [str(s.meta["operation"]) for s in read_samples(labelled_generalisation_set)]
+    held_out = max(set(ops), key=ops.count)
+    kw = dict(split=None, teacher="oracle", img_size=64, mask_size=(16, 16), text_encoder=HashingTextEncoder(),
+              progress=False)
+    full = load_split(labelled_generalisation_set, **kw)
+    data = load_split(labelled_generalisation_set, exclude_operations=(held_out,), **kw)
+    assert {s.meta["operation"] for s in data.samples} == set(ops) - {held_out}
+    assert data.report.skipped["held-out operation"] == len(full) - len(data) == ops.count(held_out)

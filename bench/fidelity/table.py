@@ -36,6 +36,26 @@ def cell(split: dict) -> str:
             f"{split['mask_iou_edited_only']:.3f}")
 
 
+def operation_cell(split: dict, operation: str) -> str:
+    """Pairwise / hard pairs / groups over the split's groups of one edit operation (reports from 2026-12-07 on)."""
+    row = split.get("per_operation", {}).get(operation)
+    if not row:
+        return "–"
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    return f"{fmt(row['pairwise_accuracy'])} / {fmt(row['hard_pairs'])} / {row['groups']}"
+
+
+def pooled_operation(splits: dict, operation: str) -> str:
+    """The operation's pairs pooled over every split (accuracies weighted by their pair counts)."""
+    rows = [s["per_operation"][operation] for s in splits.values() if operation in s.get("per_operation", {})]
+    pairs, hard = sum(r["pairs"] for r in rows), sum(r["hard_pair_count"] for r in rows)
+    if not pairs:
+        return "–"
+    pw = sum(r["pairwise_accuracy"] * r["pairs"] for r in rows if r["pairs"]) / pairs
+    hp = sum(r["hard_pairs"] * r["hard_pair_count"] for r in rows if r["hard_pair_count"]) / hard if hard else None
+    return f"{pw:.3f} / {'–' if hp is None else f'{hp:.3f}'} / {sum(r['groups'] for r in rows)}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("reports", nargs="+", type=Path)
@@ -45,15 +65,22 @@ def main(argv=None) -> int:
                         "sub-score it should lower (artifacts, consistency, instruction following x2)")
     p.add_argument("--by-gap", action="store_true",
                    help="cells: pairwise accuracy by the teacher's reward gap of the pair (narrowest bin first)")
+    p.add_argument("--operation", default=None,
+                   help="cells: pairwise / hard pairs / groups over one edit operation's groups, plus a pooled row")
     args = p.parse_args(argv)
     names = args.names or [r.stem for r in args.reports]
     reports = [json.loads(r.read_text())["splits"] for r in args.reports]
     print("| split | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     fmt = by_gap_cell if args.by_gap else by_subscore_cell if args.by_subscore else cell
+    if args.operation:
+        fmt = lambda split: operation_cell(split, args.operation)  # noqa: E731
     for split in reports[0]:
         print(f"| {split.replace('_', ' ')} | " + " | ".join(fmt(r[split]) for r in reports) + " |")
-    if args.by_gap:
+    if args.operation:
+        print("| all splits pooled | " + " | ".join(pooled_operation(r, args.operation) for r in reports) + " |")
+        print(f"\ncells: pairwise / hard pairs / groups over the {args.operation} groups")
+    elif args.by_gap:
         first = next(iter(reports[0].values())).get("pairwise_by_teacher_gap", {})
         print("\ncells: pairwise accuracy for teacher reward gaps " + " / ".join(first))
     elif args.by_subscore:
