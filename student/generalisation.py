@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from spatialreward.student.metrics import group_indices, pairwise_accuracy
 from spatialreward.types import SUBSCORE_NAMES
 
 HARD_KINDS = ("wrong_attribute", "over_edit", "artifacts")
@@ -47,11 +48,8 @@ def correct_vs(pred: Sequence[float], target: Sequence[float], group_ids: Sequen
     """For each key (a candidate kind or failure family): over pairs (the group's correct edit, a candidate with
     that key) whose teacher rewards differ, the share the student orders like the teacher (student ties wrong)."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    members: dict[Any, list[int]] = defaultdict(list)
-    for i, g in enumerate(group_ids):
-        members[g].append(i)
     tally: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for ix in members.values():
+    for ix in group_indices(group_ids).values():
         correct = [i for i in ix if kinds[i] == "correct"]
         for c in correct:
             for i in ix:
@@ -82,12 +80,9 @@ def pairwise_by_teacher_gap(pred: Sequence[float], target: Sequence[float], grou
     (0.02, 0.05]). Pairs the teacher nearly tied are where a ranking can fail without mattering much to a policy;
     errors on wide gaps are the ones that mislead it. Same pairs and tie rule as `metrics.pairwise_accuracy`."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
-    members: dict[Any, list[int]] = defaultdict(list)
-    for i, g in enumerate(group_ids):
-        members[g].append(i)
     edges = np.asarray(bins, np.float64)
     hits, totals = np.zeros(len(edges) - 1, int), np.zeros(len(edges) - 1, int)
-    for ix in members.values():
+    for ix in group_indices(group_ids).values():
         p, t = pred[ix], target[ix]
         dt, dp = t[:, None] - t[None, :], p[:, None] - p[None, :]
         pairs = dt > teacher_tie
@@ -114,8 +109,6 @@ def per_operation(pred: np.ndarray, target: np.ndarray, group_ids: Sequence, kin
                   operations: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Pairwise accuracy and hard pairs over the groups of each edit operation. A student trained with
     ``--exclude-operations X`` never saw X, so its row X here is the held-out-operation measurement."""
-    from spatialreward.student.metrics import pairwise_accuracy
-
     operations = np.asarray(operations)
     out = {}
     for op in sorted(set(operations.tolist()) - {""}):

@@ -29,7 +29,8 @@ from scipy import stats
 from spatialreward.types import SUBSCORE_NAMES
 
 
-def _groups(group_ids: Sequence) -> dict[Any, np.ndarray]:
+def group_indices(group_ids: Sequence) -> dict[Any, np.ndarray]:
+    """``{group id: indices of its edits}``, in first-seen order: what every within-group metric iterates over."""
     out: dict[Any, list[int]] = {}
     for i, g in enumerate(group_ids):
         out.setdefault(g, []).append(i)
@@ -42,7 +43,7 @@ def pairwise_accuracy(
     """Within-group pairwise accuracy and the number of pairs it is over (student ties are wrong)."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
     correct = total = 0
-    for ix in _groups(group_ids).values():
+    for ix in group_indices(group_ids).values():
         p, t = pred[ix], target[ix]
         dt = t[:, None] - t[None, :]
         dp = p[:, None] - p[None, :]
@@ -58,7 +59,7 @@ def group_advantage_correlation(
     """Mean within-group Pearson of z-scored rewards; returns ``(value, groups used, groups skipped)``."""
     pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
     values, skipped = [], 0
-    for ix in _groups(group_ids).values():
+    for ix in group_indices(group_ids).values():
         if len(ix) < 2:
             skipped += 1
             continue
@@ -115,7 +116,7 @@ def reward_metrics(
     gac, used, skipped = group_advantage_correlation(pred_reward, target_reward, group_ids)
     out: dict[str, Any] = {
         "edits": len(pred_reward),
-        "groups": len(_groups(group_ids)),
+        "groups": len(group_indices(group_ids)),
         "pairwise_accuracy": acc,
         "pairs": pairs,
         "group_advantage_corr": gac,

@@ -48,16 +48,21 @@ def test_dispatch_overhead_bench_runs(tmp_path):
     assert row["ratio_fwd"] == row["custom_op_fwd_us"] / row["function_fwd_us"]
 
 
+def _table_rows(report: Path, *args: str) -> tuple[dict, list[str]]:
+    """(the report's splits, the body rows `bench/fidelity/table.py` prints for it with ``args``)."""
+    done = subprocess.run([sys.executable, str(BENCH / "fidelity" / "table.py"), str(report), *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    return json.loads(report.read_text())["splits"], rows
+
+
 def test_fidelity_scripts_parse_and_the_table_prints_the_committed_numbers():
     for script in sorted((BENCH / "fidelity").glob("*.sh")):
         done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert done.returncode == 0, f"{script.name}: {done.stderr}"
     report = BENCH.parent / "docs" / "results" / "generalisation_diverse_30min.json"
-    done = subprocess.run([sys.executable, str(BENCH / "fidelity" / "table.py"), str(report), "--names", "30 min"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    splits = json.loads(report.read_text())["splits"]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    splits, rows = _table_rows(report, "--names", "30 min")
     assert len(rows) == len(splits)
     first = splits[next(iter(splits))]
     assert f"{first['pairwise_accuracy']:.3f} / {first['hard_pairs']:.3f}" in rows[0]
@@ -67,11 +72,7 @@ def test_table_pools_one_operation_over_the_splits():
     """`table.py --operation texture` on a committed report: one row per split and a pooled row whose group count is
     the sum of the splits' (the held-out-operation numbers in the README)."""
     report = BENCH.parent / "docs" / "results" / "generalisation_diverse_30min_16k_no_texture_cmp_gen_1200.json"
-    done = subprocess.run([sys.executable, str(BENCH / "fidelity" / "table.py"), str(report), "--operation", "texture"],
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    splits = json.loads(report.read_text())["splits"]
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    splits, rows = _table_rows(report, "--operation", "texture")
     assert len(rows) == len(splits) + 1 and rows[-1].startswith("| all splits pooled")
     groups = sum(s["per_operation"]["texture"]["groups"] for s in splits.values())
     assert rows[-1].rstrip(" |").endswith(f"/ {groups}")
