@@ -21,7 +21,7 @@ from spatialreward.synth import truth
 from spatialreward.synth.candidates import kinds_for
 from spatialreward.synth.instructions import TEMPLATES, all_templates
 from spatialreward.synth.photos import available_photos, load_photo, split_photos
-from spatialreward.synth.regions import POSITION_PHRASES
+from spatialreward.synth.regions import POSITION_PHRASES, RELATIVE_PHRASES
 from spatialreward.types import SUBSCORE_NAMES, WHOLE_IMAGE
 
 SMALL = 64  # pixels: enough room for regions and objects, fast to build
@@ -49,7 +49,8 @@ def test_make_group_every_operation(operation):
     assert group.source.shape == (96, 96, 3) and group.source.dtype == np.uint8
     assert sorted(c.kind for c in group.candidates) == sorted(kinds_for(8, op.is_global))
     if not op.is_global and operation != "background":  # local edits name where they happen
-        assert any(p in group.instruction for phrases in POSITION_PHRASES.values() for p in phrases), group.instruction
+        places = [p for table in (POSITION_PHRASES, RELATIVE_PHRASES) for phrases in table.values() for p in phrases]
+        assert any(p in group.instruction for p in places), group.instruction
     for c in group.candidates:
         assert c.image.shape == (96, 96, 3) and c.image.dtype == np.uint8
         assert len(c.subscores) == len(SUBSCORE_NAMES) and all(0 <= v <= 25 for v in c.subscores)
@@ -89,7 +90,7 @@ def test_templates_vocabulary():
     assert len(templates) >= 50
     words = {"target": "the ball in the centre", "thing": "ball", "pos": "in the centre", "colour": "red",
              "material": "brick", "background": "a brick wall", "adj": "warmer", "noun": "a warm tone",
-             "article": "a"}
+             "article": "a", "dest": "to the left", "dest_at": "on the left"}
     for family, items in TEMPLATES.items():
         for t in items:
             assert t.format(**words), (family, t)

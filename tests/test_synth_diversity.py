@@ -103,7 +103,7 @@ def test_make_group_records_the_family():
 def test_phrasing_families():
     words = {"target": "the ball in the centre", "thing": "ball", "pos": "in the centre", "colour": "red",
              "material": "brick", "background": "a brick wall", "adj": "warmer", "noun": "a warm tone",
-             "article": "a"}
+             "article": "a", "dest": "to the left", "dest_at": "on the left"}
     rng = np.random.default_rng(0)
     for family in TEMPLATES:
         for phrasing in PHRASINGS:
@@ -138,7 +138,7 @@ def test_training_set_never_sees_held_out_factors(tmp_path):
     out = tmp_path / "train"
     generate_dataset(out, groups=10, seed=1, size=64, workers=1, progress=False, procedural_fraction=0.5)
     samples = read_samples(out, strict=True)
-    assert all(s.meta["generator"] == "synth-v2" for s in samples)
+    assert all(s.meta["generator"] == "synth-v3" for s in samples)
     assert {s.meta["source_kind"] for s in samples} == {"photo", "scene"}
     for s in samples:
         assert s.meta["phrasing"] != "terse"

@@ -15,4 +15,10 @@ $SR synth --out $ROOT/cmp_gen_1200 --groups 1200 --seed 778 --layout generalisat
 $SR synth --out $ROOT/cmp_diverse_4k --groups 4000 --seed 0 --workers 2 --no-progress  # ~6 min, 3.1 GB
 # The same seed, so its first 4,000 groups are cmp_diverse_4k's (copy that folder here first and synth extends it).
 $SR synth --out $ROOT/cmp_diverse_16k --groups 16000 --seed 0 --workers 2 --no-progress  # ~22 min, 12 GB
-for d in cmp_classic cmp_diverse cmp_diverse_4k cmp_diverse_16k cmp_gen cmp_gen_1200; do $SR label --teacher oracle --data $ROOT/$d; done
+# synth-v3 (move / resize, same-kind decoys, relative positions, two regions, compound failures): the sets above
+# are synth-v2 when built at commit cf1d2f6 (the README's results name which); these two are v3 by construction.
+$SR synth --out $ROOT/cmp_v3_4k --groups 4000 --seed 0 --workers 2 --no-progress
+$SR synth --out $ROOT/cmp_gen_v3 --groups 1200 --seed 779 --layout generalisation --workers 2 --no-progress
+for d in cmp_classic cmp_diverse cmp_diverse_4k cmp_diverse_16k cmp_gen cmp_gen_1200 cmp_v3_4k cmp_gen_v3; do
+    $SR label --teacher oracle --data $ROOT/$d
+done

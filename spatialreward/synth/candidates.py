@@ -20,6 +20,10 @@ global              correct, plus a whole-image change: a colour cast of the req
 Tone edits (a tone/style change of the whole image) cannot go to a wrong region nor spill globally, so two kinds are
 substituted: ``wrong_region`` → ``region_only`` (the tone applied inside a random area only) and ``global`` →
 ``overdone`` (the tone pushed 1.6–2.3× past the ideal, clipping shadows and highlights).
+
+The diverse recipe also builds *compound* failures (``params["compound"]``), as edit models produce them: a quarter
+of ``artifacts`` candidates degrade a half-done edit (partial + artifacts), and a quarter of ``wrong_attribute``
+recolours / retextures leak past the region (right place + wrong attribute + leak). The truth scores what they are.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ KINDS = ("correct", "partial", "no_op", "over_edit", "artifacts", "wrong_attribu
 GLOBAL_SUBSTITUTES = {"wrong_region": "region_only", "global": "overdone"}
 ALL_KINDS = KINDS + tuple(GLOBAL_SUBSTITUTES.values())
 _EXTRA_KINDS = ("correct", "partial", "over_edit", "artifacts")
+COMPOUND_SHARE = 0.25  # diverse recipe: share of artifacts / wrong-attribute candidates with a second failure
+LEAKY_OPERATIONS = ("recolour", "texture")  # edits painted through a mask, which can spill past it
 
 
 def kinds_for(count: int, is_global: bool) -> list[str]:
@@ -304,7 +310,13 @@ def make_candidate(rng: np.random.Generator, op, plan: ops.EditPlan, kind: str, 
         global_change, own_ideal = False, full
     elif kind == "wrong_attribute":
         applied = choose_wrong_attribute(rng, op, plan, ideal)
-        full, _ = _render(op, plan, s, applied, plan.region, _feather(rng, size), params)
+        region = plan.region
+        if failures is not None and op.name in LEAKY_OPERATIONS and rng.random() < COMPOUND_SHARE:
+            leak = max(2, size // 16)  # ~14 px at 224: the paint runs well past the region's edge
+            region = reg.Region(mask=reg.dilate(region.mask, leak), shape=region.shape, position=region.position,
+                                box=region.box)
+            params.update(compound="leak", leak_px=leak)
+        full, _ = _render(op, plan, s, applied, region, _feather(rng, size), params)
         strength = float(rng.uniform(0.85, 1.0))
         content = _strength_blend(s, full, strength)
         params["strength"] = round(strength, 4)
@@ -328,7 +340,11 @@ def make_candidate(rng: np.random.Generator, op, plan: ops.EditPlan, kind: str, 
         content = _strength_blend(s, full, gain)
         params["gain"] = round(gain, 4)
     elif kind == "artifacts":
-        content, _ = correct()
+        if failures is not None and rng.random() < COMPOUND_SHARE:
+            content, _ = correct((0.3, 0.6))  # a half-done edit that is also degraded
+            params["compound"] = "partial"
+        else:
+            content, _ = correct()
     else:
         raise ValueError(f"unknown candidate kind {kind!r}; known: {', '.join(ALL_KINDS)}")
     params.pop("_fill_mix", None)

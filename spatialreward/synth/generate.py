@@ -41,13 +41,14 @@ from spatialreward.synth.artifacts import jitter
 from spatialreward.synth.failures import DEFAULT_HELDOUT_FAMILIES, FailurePools, check_families
 from spatialreward.synth.instructions import DEFAULT_HELDOUT_PHRASING, PHRASINGS, render_instruction, render_phrased
 from spatialreward.synth.objects import colour_hue
-from spatialreward.synth.operations import OPERATION_WEIGHTS, OPERATIONS
+from spatialreward.synth.operations import CLASSIC_OPERATION_WEIGHTS, OPERATION_WEIGHTS, OPERATIONS
 from spatialreward.synth.photos import (SOURCE_PHOTOS, available_eval_photos, available_photos, load_eval_photo,
                                        load_photo, photo_load_failures, random_view, split_photos)
 from spatialreward.synth.scenes import DEFAULT_HELDOUT_STYLES, SCENE_STYLES, render_scene
 from spatialreward.types import WHOLE_IMAGE, EditSample
 
-GENERATOR_VERSION = "synth-v2"  # bump when the same seed would give different data (the diverse recipe)
+GENERATOR_VERSION = "synth-v3"  # bump when the same seed would give different data (the diverse recipe)
+# synth-v3: move and resize edits, same-kind decoys, relative positions, two-region recolours, compound failures
 CLASSIC_VERSION = "synth-v1"  # the classic recipe, byte-identical to the generator before failure families
 MANIFEST = "synth.json"
 
@@ -206,9 +207,10 @@ def _visible(ideal: np.ndarray, source: np.ndarray, mask: np.ndarray) -> bool:
     return float(np.abs(ideal - source).mean(axis=2)[mask].mean()) >= 0.06
 
 
-def pick_operation(rng: np.random.Generator) -> str:
-    names = list(OPERATION_WEIGHTS)
-    p = np.array([OPERATION_WEIGHTS[n] for n in names])
+def pick_operation(rng: np.random.Generator, classic: bool = False) -> str:
+    weights = CLASSIC_OPERATION_WEIGHTS if classic else OPERATION_WEIGHTS
+    names = list(weights)
+    p = np.array([weights[n] for n in names])
     return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
@@ -249,11 +251,12 @@ def _one_blas_thread():
 
 def _make_group(rng: np.random.Generator, photo: np.ndarray, *, size: int, candidates: int,
                 operation: str | None, failures: FailurePools | None, phrasings: tuple[str, ...] | None) -> Group:
-    op = OPERATIONS[operation or pick_operation(rng)]
+    varied = failures is not None  # the diverse recipe; the classic one makes synth-v1's draws exactly
+    op = OPERATIONS[operation or pick_operation(rng, classic=not varied)]
     scale = size / 224
     for _ in range(12):
         base = random_view(rng, photo, size)
-        plan = op.plan(rng, base)
+        plan = op.plan(rng, base, varied=varied)
         plan.source = _quantise(plan.source).astype(np.float32) / 255.0
         ideal, _ = op.render(plan, plan.source, plan.attribute, plan.region, 1.0 * scale)
         if _visible(ideal, plan.source, plan.region.mask):

@@ -4,7 +4,8 @@ The wording follows how people write edit requests in public editing benchmarks 
 "I'd like…", goal statements), so the student's frozen sentence encoder sees varied text for the same edit.
 Every local template names the target *and* its position ("the ball in the upper-left"), so the instruction alone
 says where the edit belongs. Slots: ``{target}`` (e.g. "the ball in the upper-left"), ``{thing}``, ``{pos}``,
-``{colour}``, ``{material}``, ``{background}``, ``{adj}``, ``{noun}``, ``{article}``.
+``{colour}``, ``{material}``, ``{background}``, ``{adj}``, ``{noun}``, ``{article}``, ``{dest}`` ("to the upper-right")
+and ``{dest_at}`` ("in the upper-right") for moves.
 """
 
 from __future__ import annotations
@@ -83,6 +84,38 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Make the background out of focus, keeping the {thing} sharp.",
         "Add a soft background blur around the {thing}.",
     ),
+    "recolour_two": (
+        "Make {target} {colour}.",
+        "Paint {target} {colour}.",
+        "Change the colour of {target} to {colour}.",
+        "Turn both {target} {colour}.",
+        "Can you make {target} {colour}?",
+        "I'd like {target} to be {colour}.",
+    ),
+    "move": (
+        "Move {target} {dest}.",
+        "Shift the {thing} {pos} {dest}.",
+        "Drag {target} {dest}.",
+        "Can you move {target} {dest}?",
+        "Please move the {colour} {thing} {pos} {dest}.",
+        "I'd like {target} moved {dest}.",
+    ),
+    "resize_up": (
+        "Make {target} bigger.",
+        "Enlarge {target}.",
+        "Scale up the {thing} {pos}.",
+        "Make the {colour} {thing} {pos} larger.",
+        "Can you make {target} bigger?",
+        "I'd like {target} to be larger.",
+    ),
+    "resize_down": (
+        "Make {target} smaller.",
+        "Shrink {target}.",
+        "Scale down the {thing} {pos}.",
+        "Make the {colour} {thing} {pos} a lot smaller.",
+        "Can you make {target} smaller?",
+        "I'd like {target} to be smaller.",
+    ),
     "tone": (
         "Make the photo {adj}.",
         "Make the whole image {adj}.",
@@ -133,6 +166,10 @@ DESCRIPTIVE: dict[str, tuple[str, ...]] = {
                           "Behind the {thing} there should be {background}."),
     "background_subject": ("The central subject should stand in front of {background}.",),
     "background_blur": ("The background behind the {thing} should be out of focus.",),
+    "recolour_two": ("{target} should both be {colour}.", "In the result, {target} are {colour}."),
+    "move": ("{target} should be {dest_at} instead.", "The {thing} {pos} should end up {dest_at}."),
+    "resize_up": ("{target} should be bigger.", "In the result, the {thing} {pos} is larger."),
+    "resize_down": ("{target} should be smaller.", "In the result, the {thing} {pos} is smaller."),
     "tone": ("The whole image has {noun}.", "The photo ends up with {noun} everywhere."),
 }
 # Polite requests for the families whose `TEMPLATES` have none.
@@ -156,6 +193,10 @@ TERSE: dict[str, tuple[str, ...]] = {
     "background_object": ("background -> {background}", "bg: {background}, keep {thing}"),
     "background_subject": ("background: {background}, subject kept",),
     "background_blur": ("blur bg behind {thing}", "background blur, {thing} sharp"),
+    "recolour_two": ("{target} -> {colour}", "{colour}: {target}"),
+    "move": ("{thing} {pos} -> {dest_at}", "move {target} {dest}", "{target}: move {dest}"),
+    "resize_up": ("{thing} {pos}: bigger", "enlarge {target}", "bigger: {target}"),
+    "resize_down": ("{thing} {pos}: smaller", "shrink {target}", "smaller: {target}"),
     "tone": ("whole photo: {noun}", "{noun}, global"),
 }
 _REQUEST_START = ("Can you", "Please", "I'd like", "I want")

@@ -1,4 +1,5 @@
-"""The six edit operations: recolour, add, remove, texture, background, and tone (a global tone/style change).
+"""The edit operations: recolour, add, remove, texture, background, tone (a global tone/style change), move and
+resize.
 
 Each operation does two things:
 
@@ -14,13 +15,18 @@ Each operation does two things:
 
 Everything is float32 ``[H, W, 3]`` in [0, 1]. Randomness lives in ``plan``; fills that an ideal and a candidate
 must share (a texture crop, a background) are drawn once per plan and cached in ``plan.fills``.
+
+``plan(..., varied=True)`` (the diverse recipe) also draws what a policy gets wrong in real instructions: a decoy
+of the *same* kind as the target (only its colour or place tells them apart: "the red ball", not "the blue one"),
+positions relative to another object ("the cup left of the box") and two regions in one instruction ("make the
+ball on the left and the box at the top red"). ``varied=False`` makes exactly the classic generator's draws.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
@@ -52,6 +58,7 @@ class EditPlan:
     clean: np.ndarray | None = None  # remove: the photo without the pasted objects
     fills: dict[str, np.ndarray] = field(default_factory=dict)
     seed: int = 0  # for fills drawn lazily (deterministic per attribute)
+    info: dict[str, Any] = field(default_factory=dict)  # move / resize: the objects (by box) and where they go
 
     def fill(self, key: str, make: Callable[[np.random.Generator], np.ndarray]) -> np.ndarray:
         """The fill ``key``, made once per plan with its own generator (so it does not depend on call order)."""
@@ -187,19 +194,40 @@ def _far_colours(colour: str, min_deg: float) -> list[str]:
     return [c for c in obj.CHROMATIC if obj.hue_distance(h, obj.colour_hue(c)) >= min_deg]
 
 
-def _paste_pair(rng: np.random.Generator, base: np.ndarray, *, avoid_colour: str | None = None):
-    """Paste a target object and a distinct distractor object in two non-adjacent cells. Returns
-    ``(source, target_spec, target_alpha, target_support, decoy_spec, decoy_alpha, decoy_support)``."""
+SIMILAR_DECOY = 0.35  # share of object edits (varied plans) whose decoy is the same kind of object as the target
+RELATIVE_POSITION = 0.3  # share of object targets (varied plans) named by where they are from the other object
+
+
+def _paste_objects(rng: np.random.Generator, base: np.ndarray, count: int, *, avoid_colour: str | None = None,
+                   similar: bool = False):
+    """Paste ``count`` objects of distinct kinds in non-adjacent cells (``similar``: the second is the first's kind
+    in another colour). Returns ``(image, [(spec, alpha, support), ...])``, the target first."""
     size = base.shape[0]
-    cell_a = reg.pick_cell(rng)
-    cell_b = reg.pick_cell(rng, exclude=(cell_a,))
+    cells: list[tuple[int, int]] = []
+    for _ in range(count):
+        cells.append(reg.pick_cell(rng, exclude=tuple(cells)))
     colours = [c for c in obj.COLOURS if avoid_colour is None or c in _far_colours(avoid_colour, 60)]
-    kind_a = _pick(rng, obj.OBJECT_KINDS)
-    spec_a = obj.ObjectSpec(kind_a, _pick(rng, colours), _object_box(rng, size, cell_a))
-    kind_b = _pick(rng, [k for k in obj.OBJECT_KINDS if k != kind_a])
-    spec_b = obj.ObjectSpec(kind_b, _pick(rng, colours), _object_box(rng, size, cell_b))
-    img, alpha_a, sup_a = obj.paste_object(base, spec_a)
-    img, alpha_b, sup_b = obj.paste_object(img, spec_b)
+    specs: list[obj.ObjectSpec] = []
+    for i, cell in enumerate(cells):
+        if i == 1 and similar:
+            kind, colour = specs[0].kind, _pick(rng, [c for c in colours if c != specs[0].colour])
+        else:
+            kind, colour = _pick(rng, [k for k in obj.OBJECT_KINDS if k not in {sp.kind for sp in specs}]), None
+        specs.append(obj.ObjectSpec(kind, colour or _pick(rng, colours), _object_box(rng, size, cell)))
+    img, placed = base, []
+    for spec in specs:
+        img, alpha, support = obj.paste_object(img, spec)
+        placed.append((spec, alpha, support))
+    return img, placed
+
+
+def _paste_pair(rng: np.random.Generator, base: np.ndarray, *, avoid_colour: str | None = None,
+                similar: bool = False):
+    """Paste a target object and a distractor object in two non-adjacent cells (of another kind, or of the same
+    kind in another colour when ``similar``). Returns ``(source, target_spec, target_alpha, target_support,
+    decoy_spec, decoy_alpha, decoy_support)``."""
+    img, ((spec_a, alpha_a, sup_a), (spec_b, alpha_b, sup_b)) = _paste_objects(
+        rng, base, 2, avoid_colour=avoid_colour, similar=similar)
     return img, spec_a, alpha_a, sup_a, spec_b, alpha_b, sup_b
 
 
@@ -214,9 +242,71 @@ def _area_pair(rng: np.random.Generator, image: np.ndarray) -> tuple[reg.Region,
     return reg.area_region(rng, image, cell_a), reg.area_region(rng, image, cell_b)
 
 
-def _target_words(region: reg.Region, noun: str, rng: np.random.Generator) -> dict[str, str]:
-    phrase = _pick(rng, reg.POSITION_PHRASES[region.position])
-    return {"thing": noun, "pos": phrase, "target": f"the {noun} {phrase}"}
+def _target_words(region: reg.Region, noun: str, rng: np.random.Generator, *, colour: str | None = None,
+                  ref: tuple[str, np.ndarray] | None = None, position: str | None = None) -> dict[str, str]:
+    """Words naming the target: ``thing``, ``pos`` ("in the upper-left") and ``target`` ("the ball in the upper-left").
+
+    ``colour`` goes into ``target`` ("the red ball …": a same-kind decoy is told apart by it). ``ref = (noun,
+    mask)`` of another object lets ``pos`` be relative to it ("left of the box") in `RELATIVE_POSITION` of the cases
+    where one direction clearly dominates. ``position`` overrides the region's own position key."""
+    key = position or region.position
+    phrase = None
+    if ref is not None and rng.random() < RELATIVE_POSITION:
+        phrase = _relative_phrase(rng, region.mask, ref)
+    phrase = phrase or _pick(rng, reg.POSITION_PHRASES[key])
+    named = f"{colour} {noun}" if colour else noun
+    return {"thing": noun, "pos": phrase, "target": f"the {named} {phrase}"}
+
+
+def _relative_phrase(rng: np.random.Generator, mask: np.ndarray, ref: tuple[str, np.ndarray]) -> str | None:
+    """"left of the box" when the target's centroid is clearly (1.5×) further along one axis than the other from the
+    reference object's; None for a diagonal layout (then the absolute position names it)."""
+    noun, ref_mask = ref
+    (ty, tx), (ry, rx) = (np.argwhere(m).mean(0) for m in (mask, ref_mask))
+    dy, dx = ty - ry, tx - rx
+    if abs(dx) > 1.5 * abs(dy):
+        side = "left" if dx < 0 else "right"
+    elif abs(dy) > 1.5 * abs(dx):
+        side = "above" if dy < 0 else "below"
+    else:
+        return None
+    return f"{_pick(rng, reg.RELATIVE_PHRASES[side])} the {noun}"
+
+
+TWO_REGIONS = 0.15  # share of recolour edits (varied plans) that name two objects
+
+
+def _varied_words(rng: np.random.Generator, region: reg.Region, spec: obj.ObjectSpec, decoy_spec: obj.ObjectSpec,
+                  decoy: reg.Region, varied: bool, similar: bool, position: str | None = None) -> dict[str, str]:
+    """`_target_words` of an object target: a same-kind decoy makes the target's colour part of its name; a decoy
+    of another kind can be the reference of a relative position. ``varied=False``: the classic draws exactly."""
+    if not varied:
+        return _target_words(region, spec.kind, rng, position=position)
+    if similar:
+        return _target_words(region, spec.kind, rng, colour=spec.colour, position=position)
+    return _target_words(region, spec.kind, rng, ref=(decoy_spec.kind, decoy.mask), position=position)
+
+
+def _recentred(box: tuple[int, int, int, int], centre: tuple[float, float], size: int,
+               scale: float = 1.0) -> tuple[int, int, int, int]:
+    """``box`` scaled by ``scale`` and moved to ``centre`` (y, x), clipped to the image."""
+    h, w = (box[2] - box[0]) * scale, (box[3] - box[1]) * scale
+    cy, cx = centre
+    y0, x0 = int(round(cy - h / 2)), int(round(cx - w / 2))
+    return max(y0, 0), max(x0, 0), min(int(round(cy + h / 2)), size), min(int(round(cx + w / 2)), size)
+
+
+def _box_centre(box: tuple[int, int, int, int]) -> tuple[float, float]:
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
+def _relocate(plan: EditPlan, image: np.ndarray, support: np.ndarray, spec: obj.ObjectSpec, feather: float):
+    """Clear an object (its ``support``: body and shadow) back to the photo under it, then paste ``spec``: a move
+    or a resize. Returns ``(image, support of both)``."""
+    alpha = reg.soft_alpha(reg.dilate(support > 0.3, 1), feather)
+    cleared = _blend(image, plan.clean, alpha)
+    placed, _, new_support = obj.paste_object(cleared, spec)
+    return placed, np.maximum(alpha, new_support)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,12 +320,27 @@ class Recolour:
     name = "recolour"
     is_global = False
 
-    def plan(self, rng: np.random.Generator, base: np.ndarray) -> EditPlan:
+    def plan(self, rng: np.random.Generator, base: np.ndarray, varied: bool = True) -> EditPlan:
         colour = _pick(rng, obj.CHROMATIC)
-        if rng.random() < 0.55:
-            source, spec_a, alpha_a, _, spec_b, alpha_b, _ = _paste_pair(rng, base, avoid_colour=colour)
+        u = rng.random()
+        if varied and u < TWO_REGIONS:  # two objects named in one instruction; the decoy is a third
+            source, placed = _paste_objects(rng, base, 3, avoid_colour=colour)
+            (spec_a, alpha_a, _), (spec_b, alpha_b, _), (spec_c, alpha_c, _) = placed
+            first, second = _object_region(alpha_a, spec_a), _object_region(alpha_c, spec_c)
+            mask = first.mask | second.mask
+            ys, xs = np.nonzero(mask)
+            region = reg.Region(mask=mask, shape="object", position=reg.position_of(mask),
+                                box=(int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1))
+            decoy = _object_region(alpha_b, spec_b)
+            words = _target_words(first, spec_a.kind, rng)
+            words["target"] = f"{words['target']} and {_target_words(second, spec_c.kind, rng)['target']}"
+            family = "recolour_two"
+        elif u < 0.55:
+            similar = varied and rng.random() < SIMILAR_DECOY
+            source, spec_a, alpha_a, _, spec_b, alpha_b, _ = _paste_pair(rng, base, avoid_colour=colour,
+                                                                         similar=similar)
             region, decoy = _object_region(alpha_a, spec_a), _object_region(alpha_b, spec_b)
-            words = _target_words(region, spec_a.kind, rng)
+            words = _varied_words(rng, region, spec_a, spec_b, decoy, varied, similar)
             family = "recolour_object"
         else:
             source = base
@@ -261,7 +366,7 @@ class AddObject:
     name = "add"
     is_global = False
 
-    def plan(self, rng: np.random.Generator, base: np.ndarray) -> EditPlan:
+    def plan(self, rng: np.random.Generator, base: np.ndarray, varied: bool = True) -> EditPlan:
         size = base.shape[0]
         kind, colour = _pick(rng, obj.OBJECT_KINDS), _pick(rng, obj.CHROMATIC + ("white", "black"))
         cell_a = reg.pick_cell(rng)
@@ -295,13 +400,14 @@ class RemoveObject:
     name = "remove"
     is_global = False
 
-    def plan(self, rng: np.random.Generator, base: np.ndarray) -> EditPlan:
-        source, spec_a, alpha_a, sup_a, spec_b, _, sup_b = _paste_pair(rng, base)
+    def plan(self, rng: np.random.Generator, base: np.ndarray, varied: bool = True) -> EditPlan:
+        similar = varied and rng.random() < SIMILAR_DECOY
+        source, spec_a, alpha_a, sup_a, spec_b, _, sup_b = _paste_pair(rng, base, similar=similar)
         region = reg.Region(mask=reg.dilate(sup_a > 0.3, 1), shape="object", position=reg.position_of(alpha_a > 0.5),
                             box=spec_a.box)
         decoy = reg.Region(mask=reg.dilate(sup_b > 0.3, 1), shape="object", position=reg.position_of(sup_b > 0.5),
                            box=spec_b.box)
-        words = _target_words(region, spec_a.kind, rng)
+        words = _varied_words(rng, region, spec_a, spec_b, decoy, varied, similar)
         words["colour"] = spec_a.colour
         # Wrong attribute for a removal: the object was swapped for another one instead of removed.
         alts = tuple(f"swap:{c}:{k}" for k in obj.OBJECT_KINDS if k != spec_a.kind for c in ("red", "blue", "yellow"))
@@ -338,12 +444,13 @@ class Retexture:
     name = "texture"
     is_global = False
 
-    def plan(self, rng: np.random.Generator, base: np.ndarray) -> EditPlan:
+    def plan(self, rng: np.random.Generator, base: np.ndarray, varied: bool = True) -> EditPlan:
         material = _pick(rng, tex.MATERIALS)
         if rng.random() < 0.5:
-            source, spec_a, alpha_a, _, spec_b, alpha_b, _ = _paste_pair(rng, base)
+            similar = varied and rng.random() < SIMILAR_DECOY
+            source, spec_a, alpha_a, _, spec_b, alpha_b, _ = _paste_pair(rng, base, similar=similar)
             region, decoy = _object_region(alpha_a, spec_a), _object_region(alpha_b, spec_b)
-            words = _target_words(region, spec_a.kind, rng)
+            words = _varied_words(rng, region, spec_a, spec_b, decoy, varied, similar)
             family = "texture_object"
         else:
             source = base
@@ -372,7 +479,7 @@ class Background:
     name = "background"
     is_global = False
 
-    def plan(self, rng: np.random.Generator, base: np.ndarray) -> EditPlan:
+    def plan(self, rng: np.random.Generator, base: np.ndarray, varied: bool = True) -> EditPlan:
         size = base.shape[0]
         side = rng.uniform(0.42, 0.6) * size
         cy, cx = size / 2 + rng.uniform(-0.08, 0.08) * size, size / 2 + rng.uniform(-0.08, 0.08) * size
@@ -415,7 +522,7 @@ class GlobalTone:
     name = "tone"
     is_global = True
 
-    def plan(self, rng: np.random.Generator, base: np.ndarray) -> EditPlan:
+    def plan(self, rng: np.random.Generator, base: np.ndarray, varied: bool = True) -> EditPlan:
         size = base.shape[0]
         key = _pick(rng, TONES)
         decoy = reg.area_region(rng, base, reg.pick_cell(rng))  # where a "region only" edit goes
@@ -435,7 +542,110 @@ class GlobalTone:
         return TONES[attribute][1]
 
 
-OPERATIONS = {op.name: op for op in (Recolour(), AddObject(), RemoveObject(), Retexture(), Background(), GlobalTone())}
-# How often each operation is drawn (global tone edits are a fifth of groups, local ones share the rest).
-OPERATION_WEIGHTS = {"recolour": 0.2, "add": 0.17, "remove": 0.15, "texture": 0.15, "background": 0.13,
-                     "tone": 0.2}
+class MoveObject:
+    """Move an object (and its shadow) to a named place; where it was, the photo shows again."""
+
+    name = "move"
+    is_global = False
+
+    def plan(self, rng: np.random.Generator, base: np.ndarray, varied: bool = True) -> EditPlan:
+        size = base.shape[0]
+        similar = varied and rng.random() < SIMILAR_DECOY
+        source, spec_a, alpha_a, sup_a, spec_b, alpha_b, sup_b = _paste_pair(rng, base, similar=similar)
+        origin, decoy_origin = _object_region(alpha_a, spec_a), _object_region(alpha_b, spec_b)
+        # Destinations: cell centres where the object, at its size, stays clear of both objects.
+        margin = size // 20
+        taken = [(y0 - margin, x0 - margin, y1 + margin, x1 + margin) for y0, x0, y1, x1 in (spec_a.box, spec_b.box)]
+        cs = size / 3.0
+        dests = {}
+        for cell, position in reg.CELL_NAMES.items():
+            box = _recentred(spec_a.box, ((cell[0] + 0.5) * cs, (cell[1] + 0.5) * cs), size)
+            if not any(_overlap(box, t) for t in taken):
+                dests[f"to:{position}"] = box
+        if len(dests) < 2:  # crowded: any cell but the objects' own
+            dests = {f"to:{p}": _recentred(spec_a.box, ((c[0] + 0.5) * cs, (c[1] + 0.5) * cs), size)
+                     for c, p in reg.CELL_NAMES.items() if p not in (origin.position, decoy_origin.position)}
+        keys = sorted(dests)
+        attribute = keys[int(rng.integers(len(keys)))]
+        info = {"objects": {spec_a.box: (spec_a, sup_a), spec_b.box: (spec_b, sup_b)}, "destinations": dests}
+        region = self._region(base, origin, spec_a, sup_a, dests[attribute])
+        decoy = self._region(base, decoy_origin, spec_b, sup_b, dests[attribute])
+        words = _varied_words(rng, origin, spec_a, spec_b, decoy_origin, varied, similar)
+        where = attribute.split(":")[1]
+        words.update(colour=spec_a.colour, dest=_pick(rng, reg.DESTINATION_PHRASES[where]),
+                     dest_at=_pick(rng, reg.POSITION_PHRASES[where]))
+        alts = tuple(k for k in keys if k != attribute)
+        return EditPlan(self.name, "move", source, attribute, alts, region, decoy, words, clean=base, info=info)
+
+    @staticmethod
+    def _region(base, origin: reg.Region, spec: obj.ObjectSpec, support: np.ndarray, dest: tuple) -> reg.Region:
+        """Where the move acts: the object's old footprint (with shadow) and its new one. ``box`` stays the old
+        object's box: `render` finds the object by it."""
+        moved = replace(spec, box=_recentred(spec.box, _box_centre(dest), base.shape[0]))
+        _, _, new_support = obj.paste_object(base, moved)
+        mask = reg.dilate(support > 0.3, 1) | (new_support > 0.5)
+        return reg.Region(mask=mask, shape="object", position=origin.position, box=spec.box)
+
+    def render(self, plan: EditPlan, image: np.ndarray, attribute: str, region: reg.Region, feather: float):
+        spec, support = plan.info["objects"][region.box]
+        dest = plan.info["destinations"][attribute]
+        moved = replace(spec, box=_recentred(spec.box, _box_centre(dest), image.shape[0]))
+        return _relocate(plan, image, support, moved, feather)
+
+    def describe(self, attribute: str) -> str:
+        return f"moved {reg.DESTINATION_PHRASES[attribute.split(':')[1]][0]}"
+
+
+class ResizeObject:
+    """Make an object bigger or smaller about its centre; where it shrinks from, the photo shows again."""
+
+    name = "resize"
+    is_global = False
+    FACTORS = {"bigger": (1.35, 1.7), "smaller": (0.45, 0.7)}
+
+    def plan(self, rng: np.random.Generator, base: np.ndarray, varied: bool = True) -> EditPlan:
+        size = base.shape[0]
+        attribute = ("bigger", "smaller")[int(rng.integers(2))]
+        similar = varied and rng.random() < SIMILAR_DECOY
+        source, spec_a, alpha_a, sup_a, spec_b, alpha_b, sup_b = _paste_pair(rng, base, similar=similar)
+        factors = {k: float(rng.uniform(*r)) for k, r in self.FACTORS.items()}
+        info = {"objects": {spec_a.box: (spec_a, sup_a), spec_b.box: (spec_b, sup_b)}, "factors": factors}
+        origin, decoy_origin = _object_region(alpha_a, spec_a), _object_region(alpha_b, spec_b)
+
+        def footprint(o: reg.Region, spec: obj.ObjectSpec, support: np.ndarray) -> reg.Region:
+            _, _, new_support = obj.paste_object(base, self._scaled(spec, factors[attribute], size))
+            mask = reg.dilate(support > 0.3, 1) | (new_support > 0.5)
+            return reg.Region(mask=mask, shape="object", position=o.position, box=spec.box)
+
+        words = _varied_words(rng, origin, spec_a, spec_b, decoy_origin, varied, similar)
+        words["colour"] = spec_a.colour
+        family = "resize_up" if attribute == "bigger" else "resize_down"
+        alts = tuple(k for k in self.FACTORS if k != attribute)
+        return EditPlan(self.name, family, source, attribute, alts, footprint(origin, spec_a, sup_a),
+                        footprint(decoy_origin, spec_b, sup_b), words, clean=base, info=info)
+
+    @staticmethod
+    def _scaled(spec: obj.ObjectSpec, factor: float, size: int) -> obj.ObjectSpec:
+        return replace(spec, box=_recentred(spec.box, _box_centre(spec.box), size, scale=factor))
+
+    def render(self, plan: EditPlan, image: np.ndarray, attribute: str, region: reg.Region, feather: float):
+        spec, support = plan.info["objects"][region.box]
+        scaled = self._scaled(spec, plan.info["factors"][attribute], image.shape[0])
+        return _relocate(plan, image, support, scaled, feather)
+
+    def describe(self, attribute: str) -> str:
+        return f"made {attribute}"
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+OPERATIONS = {op.name: op for op in (Recolour(), AddObject(), RemoveObject(), Retexture(), Background(), GlobalTone(),
+                                     MoveObject(), ResizeObject())}
+# How often each operation is drawn (global tone edits are about a sixth of groups, local ones share the rest).
+OPERATION_WEIGHTS = {"recolour": 0.17, "add": 0.13, "remove": 0.12, "texture": 0.12, "background": 0.1,
+                     "tone": 0.16, "move": 0.1, "resize": 0.1}
+# The classic recipe (synth-v1) draws from the first six only, with these weights.
+CLASSIC_OPERATION_WEIGHTS = {"recolour": 0.2, "add": 0.17, "remove": 0.15, "texture": 0.15, "background": 0.13,
+                             "tone": 0.2}

@@ -30,6 +30,23 @@ POSITION_PHRASES = {
     "bottom": ("at the bottom", "in the bottom middle", "near the bottom edge"),
     "lower-right": ("in the lower-right", "in the bottom-right corner", "at the bottom right"),
 }
+# Where an object should go ("move the ball to the upper-right").
+DESTINATION_PHRASES = {
+    "upper-left": ("to the upper-left", "into the top-left corner"),
+    "top": ("to the top", "up to the top middle"),
+    "upper-right": ("to the upper-right", "into the top-right corner"),
+    "left": ("to the left", "over to the left side"),
+    "centre": ("to the centre", "into the middle"),
+    "right": ("to the right", "over to the right side"),
+    "lower-left": ("to the lower-left", "into the bottom-left corner"),
+    "bottom": ("to the bottom", "down to the bottom middle"),
+    "lower-right": ("to the lower-right", "into the bottom-right corner"),
+}
+# Positions relative to another object ("the ball left of the box").
+RELATIVE_PHRASES = {
+    "left": ("left of", "to the left of"), "right": ("right of", "to the right of"),
+    "above": ("above",), "below": ("below", "under"),
+}
 # Shape key → noun phrase for area regions ("the oval area").
 SHAPE_NOUNS = {"oval": "oval area", "rectangle": "rectangular area", "patch": "patch", "disc": "round spot"}
 
