@@ -300,6 +300,14 @@ def _box_centre(box: tuple[int, int, int, int]) -> tuple[float, float]:
     return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
+def _relocation_region(base: np.ndarray, origin: reg.Region, support: np.ndarray, spec: obj.ObjectSpec) -> reg.Region:
+    """Where a move or resize acts: the object's old footprint (``support``: body and shadow) and its new one
+    (``spec``). ``box`` stays the old object's box: `render` finds the object by it."""
+    _, _, new_support = obj.paste_object(base, spec)
+    mask = reg.dilate(support > 0.3, 1) | (new_support > 0.5)
+    return reg.Region(mask=mask, shape="object", position=origin.position, box=origin.box)
+
+
 def _relocate(plan: EditPlan, image: np.ndarray, support: np.ndarray, spec: obj.ObjectSpec, feather: float):
     """Clear an object (its ``support``: body and shadow) back to the photo under it, then paste ``spec``: a move
     or a resize. Returns ``(image, support of both)``."""
@@ -568,8 +576,8 @@ class MoveObject:
         keys = sorted(dests)
         attribute = keys[int(rng.integers(len(keys)))]
         info = {"objects": {spec_a.box: (spec_a, sup_a), spec_b.box: (spec_b, sup_b)}, "destinations": dests}
-        region = self._region(base, origin, spec_a, sup_a, dests[attribute])
-        decoy = self._region(base, decoy_origin, spec_b, sup_b, dests[attribute])
+        region = _relocation_region(base, origin, sup_a, self._moved(spec_a, dests[attribute], size))
+        decoy = _relocation_region(base, decoy_origin, sup_b, self._moved(spec_b, dests[attribute], size))
         words = _varied_words(rng, origin, spec_a, spec_b, decoy_origin, varied, similar)
         where = attribute.split(":")[1]
         words.update(colour=spec_a.colour, dest=_pick(rng, reg.DESTINATION_PHRASES[where]),
@@ -578,18 +586,13 @@ class MoveObject:
         return EditPlan(self.name, "move", source, attribute, alts, region, decoy, words, clean=base, info=info)
 
     @staticmethod
-    def _region(base, origin: reg.Region, spec: obj.ObjectSpec, support: np.ndarray, dest: tuple) -> reg.Region:
-        """Where the move acts: the object's old footprint (with shadow) and its new one. ``box`` stays the old
-        object's box: `render` finds the object by it."""
-        moved = replace(spec, box=_recentred(spec.box, _box_centre(dest), base.shape[0]))
-        _, _, new_support = obj.paste_object(base, moved)
-        mask = reg.dilate(support > 0.3, 1) | (new_support > 0.5)
-        return reg.Region(mask=mask, shape="object", position=origin.position, box=spec.box)
+    def _moved(spec: obj.ObjectSpec, dest: tuple, size: int) -> obj.ObjectSpec:
+        """``spec`` at its own size, centred on the destination box ``dest``."""
+        return replace(spec, box=_recentred(spec.box, _box_centre(dest), size))
 
     def render(self, plan: EditPlan, image: np.ndarray, attribute: str, region: reg.Region, feather: float):
         spec, support = plan.info["objects"][region.box]
-        dest = plan.info["destinations"][attribute]
-        moved = replace(spec, box=_recentred(spec.box, _box_centre(dest), image.shape[0]))
+        moved = self._moved(spec, plan.info["destinations"][attribute], image.shape[0])
         return _relocate(plan, image, support, moved, feather)
 
     def describe(self, attribute: str) -> str:
@@ -611,18 +614,13 @@ class ResizeObject:
         factors = {k: float(rng.uniform(*r)) for k, r in self.FACTORS.items()}
         info = {"objects": {spec_a.box: (spec_a, sup_a), spec_b.box: (spec_b, sup_b)}, "factors": factors}
         origin, decoy_origin = _object_region(alpha_a, spec_a), _object_region(alpha_b, spec_b)
-
-        def footprint(o: reg.Region, spec: obj.ObjectSpec, support: np.ndarray) -> reg.Region:
-            _, _, new_support = obj.paste_object(base, self._scaled(spec, factors[attribute], size))
-            mask = reg.dilate(support > 0.3, 1) | (new_support > 0.5)
-            return reg.Region(mask=mask, shape="object", position=o.position, box=spec.box)
-
+        region = _relocation_region(base, origin, sup_a, self._scaled(spec_a, factors[attribute], size))
+        decoy = _relocation_region(base, decoy_origin, sup_b, self._scaled(spec_b, factors[attribute], size))
         words = _varied_words(rng, origin, spec_a, spec_b, decoy_origin, varied, similar)
         words["colour"] = spec_a.colour
         family = "resize_up" if attribute == "bigger" else "resize_down"
         alts = tuple(k for k in self.FACTORS if k != attribute)
-        return EditPlan(self.name, family, source, attribute, alts, footprint(origin, spec_a, sup_a),
-                        footprint(decoy_origin, spec_b, sup_b), words, clean=base, info=info)
+        return EditPlan(self.name, family, source, attribute, alts, region, decoy, words, clean=base, info=info)
 
     @staticmethod
     def _scaled(spec: obj.ObjectSpec, factor: float, size: int) -> obj.ObjectSpec:
