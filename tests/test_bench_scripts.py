@@ -78,6 +78,17 @@ def test_table_pools_one_operation_over_the_splits():
     assert rows[-1].rstrip(" |").endswith(f"/ {groups}")
 
 
+def test_table_per_operation_rows_pool_every_split():
+    """`table.py --per-operation`: one row per edit operation, each the same pooled cell `--operation` prints."""
+    report = BENCH.parent / "docs" / "results" / "generalisation_v3_4k_no_texture_cmp_gen_v3.json"
+    splits, rows = _table_rows(report, "--per-operation")
+    operations = sorted({op for s in splits.values() for op in s["per_operation"]})
+    assert {"move", "resize", "texture"} <= set(operations)
+    assert [r.split("|")[1].strip() for r in rows] == operations
+    _, texture_rows = _table_rows(report, "--operation", "texture")
+    assert rows[operations.index("texture")].split("|")[2] == texture_rows[-1].split("|")[2]
+
+
 def test_backends_bench_times_both_stages_and_predicts_the_group_ratio(tmp_path):
     """Eager and ONNX Runtime, one tiny batch and a group of 2: plain/group rows, each stage alone, its S / E."""
     rows = _run("backends.py", "--batches", "2", "--group", "2", "--repeats", "1", "--warmup", "0",

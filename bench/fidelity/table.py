@@ -67,9 +67,19 @@ def main(argv=None) -> int:
                    help="cells: pairwise accuracy by the teacher's reward gap of the pair (narrowest bin first)")
     p.add_argument("--operation", default=None,
                    help="cells: pairwise / hard pairs / groups over one edit operation's groups, plus a pooled row")
+    p.add_argument("--per-operation", action="store_true",
+                   help="rows: edit operations, each pooled over every split (pairwise / hard pairs / groups)")
     args = p.parse_args(argv)
     names = args.names or [r.stem for r in args.reports]
     reports = [json.loads(r.read_text())["splits"] for r in args.reports]
+    if args.per_operation:
+        operations = sorted({op for r in reports for s in r.values() for op in s.get("per_operation", {})})
+        print("| operation | " + " | ".join(names) + " |")
+        print("|---|" + "---:|" * len(names))
+        for op in operations:
+            print(f"| {op} | " + " | ".join(pooled_operation(r, op) for r in reports) + " |")
+        print("\ncells: pairwise / hard pairs / groups of each operation, pooled over every split")
+        return 0
     print("| split | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     fmt = by_gap_cell if args.by_gap else by_subscore_cell if args.by_subscore else cell
