@@ -14,7 +14,10 @@ failure families, matplotlib's evaluation-only images), and on each split report
 * where the errors are: pairwise accuracy by the teacher's reward gap of the pair, and each sub-score's mean signed
   error per candidate kind;
 * per edit operation: pairwise and hard pairs over that operation's groups (a held-out operation: train with
-  ``spatialreward distill --exclude-operations texture`` and read row ``texture``).
+  ``spatialreward distill --exclude-operations texture`` and read row ``texture``);
+* whether the student knows when it is wrong: its predicted sub-score uncertainty against its actual error
+  (coverage of ±1 / ±2 standard deviations, their rank correlation) and per operation (does an unseen operation
+  raise it?).
 
 `generalisation_report` writes one JSON (every number, with its pair counts) and one PNG (bars per split).
 """
@@ -121,8 +124,29 @@ def per_operation(pred: np.ndarray, target: np.ndarray, group_ids: Sequence, kin
     return out
 
 
+def uncertainty_report(pred_subscores: np.ndarray, pred_std: np.ndarray, target_subscores: np.ndarray,
+                       operations: Sequence[str]) -> dict[str, Any]:
+    """Is the predicted uncertainty (one std per sub-score, points) worth acting on? Coverage: the share of
+    sub-scores within ±1 / ±2 std of the teacher's (0.68 / 0.95 when calibrated); ``error_spearman``: rank
+    correlation of std with the absolute error over every edit × sub-score (> 0: a larger std marks a worse
+    prediction); per operation, the mean std and mean absolute error (an unseen operation should raise both)."""
+    from scipy import stats
+
+    err = np.abs(pred_subscores - target_subscores)
+    std = np.maximum(pred_std, 1e-9)
+    operations = np.asarray(operations)
+    per_op = {}
+    for op in sorted(set(operations.tolist()) - {""}):
+        m = operations == op
+        per_op[op] = {"edits": int(m.sum()), "mean_std": float(std[m].mean()), "mean_abs_error": float(err[m].mean())}
+    rho = stats.spearmanr(std.ravel(), err.ravel()).statistic if err.size > 2 else float("nan")
+    return {"mean_std": float(std.mean()), "mean_abs_error": float(err.mean()),
+            "coverage_1sd": float((err <= std).mean()), "coverage_2sd": float((err <= 2 * std).mean()),
+            "error_spearman": float(rho), "per_operation": per_op}
+
+
 def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
-                 pred_subscores: np.ndarray | None = None) -> dict[str, Any]:
+                 pred_subscores: np.ndarray | None = None, pred_std: np.ndarray | None = None) -> dict[str, Any]:
     """The per-split block of the report from predictions, `reward_metrics` output and the split's `EditData`."""
     target = data.reward.numpy()
     group_ids = [s.group_id for s in data.samples]
@@ -135,6 +159,7 @@ def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
             table = correct_vs(pred_subscores[:, k], data.subscores.numpy()[:, k], group_ids, keys, kinds)
             if kind in table:
                 by_subscore[kind] = dict(table[kind], subscore=SUBSCORE_NAMES[k])
+    operations = [str(s.meta.get("operation", "")) for s in data.samples]
     families = [s.meta.get("failure_family", "") if s.meta.get("kind") in ("artifacts", "over_edit") else ""
                 for s in data.samples]
     per_family = correct_vs(pred_reward, target, group_ids, families, kinds)
@@ -147,9 +172,11 @@ def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
                per_kind_by_subscore=by_subscore, per_failure_family=per_family,
                pairwise_by_teacher_gap=pairwise_by_teacher_gap(pred_reward, target, group_ids),
                per_operation=per_operation(np.asarray(pred_reward, np.float64), target, group_ids, kinds,
-                                           [str(s.meta.get("operation", "")) for s in data.samples]),
+                                           operations),
                subscore_bias_by_kind=(subscore_bias_by_kind(pred_subscores, data.subscores.numpy(), kinds)
                                       if pred_subscores is not None else None),
+               uncertainty=(uncertainty_report(pred_subscores, pred_std, data.subscores.numpy(), operations)
+                            if pred_subscores is not None and pred_std is not None else None),
                sources=sorted({str(s.meta.get("photo", "")) for s in data.samples}),
                phrasings=sorted({str(s.meta.get("phrasing", "")) for s in data.samples}))
     return out
@@ -193,7 +220,7 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
                           mask_size=mask_target_size(model.cfg.grid), text_encoder=encoder, max_groups=max_groups,
                           progress=progress)
         metrics, preds = evaluate_data(model, data, device=device)
-        report["splits"][split] = split_report(preds.reward, metrics, data, preds.subscores)
+        report["splits"][split] = split_report(preds.reward, metrics, data, preds.subscores, preds.uncertainty)
     report["summary"] = {split: {k: block.get(k) for k in HEADLINE} for split, block in report["splits"].items()}
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,17 @@ def test_table_per_operation_rows_pool_every_split():
     assert rows[operations.index("texture")].split("|")[2] == texture_rows[-1].split("|")[2]
 
 
+def test_table_uncertainty_pools_std_and_error_per_operation():
+    report = BENCH.parent / "docs" / "results" / "generalisation_v3_4k_no_texture_cmp_gen_v3.json"
+    splits, rows = _table_rows(report, "--uncertainty")
+    per_op = [s["uncertainty"]["per_operation"]["texture"] for s in splits.values()]
+    n = sum(r["edits"] for r in per_op)
+    std = sum(r["mean_std"] * r["edits"] for r in per_op) / n
+    texture = next(r for r in rows if r.startswith("| texture |"))
+    assert texture.split("|")[2].strip().startswith(f"{std:.2f} / ")
+    assert rows[-3].startswith("| all: within ±1 sd")
+
+
 def test_backends_bench_times_both_stages_and_predicts_the_group_ratio(tmp_path):
     """Eager and ONNX Runtime, one tiny batch and a group of 2: plain/group rows, each stage alone, its S / E."""
     rows = _run("backends.py", "--batches", "2", "--group", "2", "--repeats", "1", "--warmup", "0",

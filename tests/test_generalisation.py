@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from spatialreward.student.generalisation import (HEADLINE, KIND_SUBSCORE, correct_vs, pairwise_by_teacher_gap, pooled,
-                                                  split_report, subscore_bias_by_kind)
+                                                  split_report, subscore_bias_by_kind, uncertainty_report)
 from spatialreward.types import SUBSCORE_NAMES
 from spatialreward.synth import GENERALISATION_SPLITS, generate_dataset
 from tests.fixtures.students import HashingTextEncoder
@@ -121,6 +121,8 @@ def test_cli_report(labelled_generalisation_set, toy_student, tmp_path, monkeypa
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output[res.output.index("{"):])
     assert set(summary) == set(GENERALISATION_SPLITS) and target.is_file()
+    unc = json.loads(target.read_text())["splits"]["in_distribution"]["uncertainty"]
+    assert 0 <= unc["coverage_1sd"] <= unc["coverage_2sd"] <= 1 and unc["mean_std"] > 0 and unc["per_operation"]
     res = runner.invoke(app, ["eval", "--model", str(toy_student), "--data", str(labelled_generalisation_set),
                               "--report", "fancy"])
     assert isinstance(res.exception, CLIError) and "--report" in str(res.exception)
@@ -157,3 +159,17 @@ def test_an_excluded_operation_is_never_loaded_for_training(labelled_generalisat
     data = load_split(labelled_generalisation_set, exclude_operations=(held_out,), **kw)
     assert {s.meta["operation"] for s in data.samples} == set(ops) - {held_out}
     assert data.report.skipped["held-out operation"] == len(full) - len(data) == ops.count(held_out)
+
+
+def test_uncertainty_report_measures_coverage_and_whether_std_tracks_error():
+    target = np.full((6, 4), 20.0)
+    err = np.array([0.5, 1.0, 3.0, 0.2, 4.0, 8.0])[:, None] * np.ones((1, 4))
+    std = np.array([1.0, 1.0, 1.0, 0.5, 3.0, 3.0])[:, None] * np.ones((1, 4))  # covers 3 of 6 at 1 sd, 4 at 2 sd
+    ops = ["recolour"] * 4 + ["texture"] * 2
+    block = uncertainty_report(target + err, std, target, ops)
+    assert block["coverage_1sd"] == pytest.approx(3 / 6) and block["coverage_2sd"] == pytest.approx(4 / 6)
+    assert block["error_spearman"] > 0.5  # larger std where the error is larger
+    assert block["per_operation"]["texture"] == {"edits": 2, "mean_std": 3.0, "mean_abs_error": 6.0}
+    assert block["per_operation"]["recolour"]["mean_std"] == pytest.approx(0.875)
+    shuffled = uncertainty_report(target + err, std[::-1], target, ops)  # std no longer tracks the error
+    assert shuffled["error_spearman"] < block["error_spearman"]

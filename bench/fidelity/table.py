@@ -56,6 +56,37 @@ def pooled_operation(splits: dict, operation: str) -> str:
     return f"{pw:.3f} / {'–' if hp is None else f'{hp:.3f}'} / {sum(r['groups'] for r in rows)}"
 
 
+def print_uncertainty(reports: list[dict], names: list[str]) -> None:
+    """Per operation: mean predicted std / mean |error| pooled over the splits (weighted by edits); last rows: ±1 sd
+    and ±2 sd coverage and the std–error rank correlation, edit-weighted means of the splits' values."""
+    def pooled_op(splits: dict, op: str) -> str:
+        rows = [s["uncertainty"]["per_operation"][op] for s in splits.values()
+                if op in (s.get("uncertainty") or {}).get("per_operation", {})]
+        n = sum(r["edits"] for r in rows)
+        if not n:
+            return "–"
+        std = sum(r["mean_std"] * r["edits"] for r in rows) / n
+        err = sum(r["mean_abs_error"] * r["edits"] for r in rows) / n
+        return f"{std:.2f} / {err:.2f}"
+
+    def overall(splits: dict, key: str) -> str:
+        blocks = [(s["uncertainty"], s["edits"]) for s in splits.values() if s.get("uncertainty")]
+        n = sum(e for _, e in blocks)
+        return "–" if not n else f"{sum(b[key] * e for b, e in blocks) / n:.2f}"
+
+    operations = sorted({op for r in reports for s in r.values()
+                         for op in (s.get("uncertainty") or {}).get("per_operation", {})})
+    print("| operation | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for op in operations:
+        print(f"| {op} | " + " | ".join(pooled_op(r, op) for r in reports) + " |")
+    for key, label in (("coverage_1sd", "all: within ±1 sd (0.68 if calibrated)"),
+                       ("coverage_2sd", "all: within ±2 sd (0.95 if calibrated)"),
+                       ("error_spearman", "all: rank correlation of std with error")):
+        print(f"| {label} | " + " | ".join(overall(r, key) for r in reports) + " |")
+    print("\ncells (operation rows): mean predicted std / mean absolute error of the sub-scores, points, all splits")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("reports", nargs="+", type=Path)
@@ -69,9 +100,15 @@ def main(argv=None) -> int:
                    help="cells: pairwise / hard pairs / groups over one edit operation's groups, plus a pooled row")
     p.add_argument("--per-operation", action="store_true",
                    help="rows: edit operations, each pooled over every split (pairwise / hard pairs / groups)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="rows: edit operations, each pooled over every split (mean predicted std / mean absolute "
+                        "sub-score error, points), then the calibration over all edits")
     args = p.parse_args(argv)
     names = args.names or [r.stem for r in args.reports]
     reports = [json.loads(r.read_text())["splits"] for r in args.reports]
+    if args.uncertainty:
+        print_uncertainty(reports, names)
+        return 0
     if args.per_operation:
         operations = sorted({op for r in reports for s in r.values() for op in s.get("per_operation", {})})
         print("| operation | " + " | ".join(names) + " |")
