@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -98,6 +100,18 @@ def test_table_uncertainty_pools_std_and_error_per_operation():
     texture = next(r for r in rows if r.startswith("| texture |"))
     assert texture.split("|")[2].strip().startswith(f"{std:.2f} / ")
     assert rows[-3].startswith("| all: within ±1 sd")
+
+
+def test_ood_probe_auroc_is_the_mann_whitney_statistic():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ood_probe", BENCH / "fidelity" / "ood_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert probe.auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    assert probe.auroc(np.array([1.0, 3.0]), np.array([2.0, 2.0])) == 0.5  # one above both, one below both
+    assert probe.auroc(np.array([2.0]), np.array([2.0])) == 0.5  # a tie counts half
 
 
 def test_backends_bench_times_both_stages_and_predicts_the_group_ratio(tmp_path):
