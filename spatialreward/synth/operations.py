@@ -550,11 +550,24 @@ class GlobalTone:
         return TONES[attribute][1]
 
 
-class MoveObject:
+class _Relocation:
+    """Move and resize: ``plan.info["objects"]`` holds each object (by its box) with its support, and `placed`
+    says where, at which size, an object ends up for an attribute; where it was, the photo shows again."""
+
+    is_global = False
+
+    def placed(self, plan: EditPlan, spec: obj.ObjectSpec, attribute: str, size: int) -> obj.ObjectSpec:
+        raise NotImplementedError
+
+    def render(self, plan: EditPlan, image: np.ndarray, attribute: str, region: reg.Region, feather: float):
+        spec, support = plan.info["objects"][region.box]
+        return _relocate(plan, image, support, self.placed(plan, spec, attribute, image.shape[0]), feather)
+
+
+class MoveObject(_Relocation):
     """Move an object (and its shadow) to a named place; where it was, the photo shows again."""
 
     name = "move"
-    is_global = False
 
     def plan(self, rng: np.random.Generator, base: np.ndarray, varied: bool = True) -> EditPlan:
         size = base.shape[0]
@@ -590,20 +603,17 @@ class MoveObject:
         """``spec`` at its own size, centred on the destination box ``dest``."""
         return replace(spec, box=_recentred(spec.box, _box_centre(dest), size))
 
-    def render(self, plan: EditPlan, image: np.ndarray, attribute: str, region: reg.Region, feather: float):
-        spec, support = plan.info["objects"][region.box]
-        moved = self._moved(spec, plan.info["destinations"][attribute], image.shape[0])
-        return _relocate(plan, image, support, moved, feather)
+    def placed(self, plan: EditPlan, spec: obj.ObjectSpec, attribute: str, size: int) -> obj.ObjectSpec:
+        return self._moved(spec, plan.info["destinations"][attribute], size)
 
     def describe(self, attribute: str) -> str:
         return f"moved {reg.DESTINATION_PHRASES[attribute.split(':')[1]][0]}"
 
 
-class ResizeObject:
+class ResizeObject(_Relocation):
     """Make an object bigger or smaller about its centre; where it shrinks from, the photo shows again."""
 
     name = "resize"
-    is_global = False
     FACTORS = {"bigger": (1.35, 1.7), "smaller": (0.45, 0.7)}
 
     def plan(self, rng: np.random.Generator, base: np.ndarray, varied: bool = True) -> EditPlan:
@@ -626,10 +636,8 @@ class ResizeObject:
     def _scaled(spec: obj.ObjectSpec, factor: float, size: int) -> obj.ObjectSpec:
         return replace(spec, box=_recentred(spec.box, _box_centre(spec.box), size, scale=factor))
 
-    def render(self, plan: EditPlan, image: np.ndarray, attribute: str, region: reg.Region, feather: float):
-        spec, support = plan.info["objects"][region.box]
-        scaled = self._scaled(spec, plan.info["factors"][attribute], image.shape[0])
-        return _relocate(plan, image, support, scaled, feather)
+    def placed(self, plan: EditPlan, spec: obj.ObjectSpec, attribute: str, size: int) -> obj.ObjectSpec:
+        return self._scaled(spec, plan.info["factors"][attribute], size)
 
     def describe(self, attribute: str) -> str:
         return f"made {attribute}"
