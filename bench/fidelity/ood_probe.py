@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +103,8 @@ def main(argv=None) -> int:
             row["auroc_distance"] = auroc(distance[m], distance[seen])
             row["auroc_std"] = auroc(std[m], std[seen])
         per_op[op] = row
-    result = {"benchmark": "ood_probe", "command": "python bench/fidelity/ood_probe.py " + " ".join(
-        argv if argv is not None else __import__("sys").argv[1:]), "model": str(args.model),
+    command = "python bench/fidelity/ood_probe.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = {"benchmark": "ood_probe", "command": command, "model": str(args.model),
               "train": str(args.train), "data": str(args.data), "fit_edits": len(fit_x),
               "evidence_dim": int(fit_x.shape[1]), "per_operation": per_op}
     args.out.parent.mkdir(parents=True, exist_ok=True)

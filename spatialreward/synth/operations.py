@@ -243,17 +243,16 @@ def _area_pair(rng: np.random.Generator, image: np.ndarray) -> tuple[reg.Region,
 
 
 def _target_words(region: reg.Region, noun: str, rng: np.random.Generator, *, colour: str | None = None,
-                  ref: tuple[str, np.ndarray] | None = None, position: str | None = None) -> dict[str, str]:
+                  ref: tuple[str, np.ndarray] | None = None) -> dict[str, str]:
     """Words naming the target: ``thing``, ``pos`` ("in the upper-left") and ``target`` ("the ball in the upper-left").
 
     ``colour`` goes into ``target`` ("the red ball …": a same-kind decoy is told apart by it). ``ref = (noun,
     mask)`` of another object lets ``pos`` be relative to it ("left of the box") in `RELATIVE_POSITION` of the cases
-    where one direction clearly dominates. ``position`` overrides the region's own position key."""
-    key = position or region.position
+    where one direction clearly dominates."""
     phrase = None
     if ref is not None and rng.random() < RELATIVE_POSITION:
         phrase = _relative_phrase(rng, region.mask, ref)
-    phrase = phrase or _pick(rng, reg.POSITION_PHRASES[key])
+    phrase = phrase or _pick(rng, reg.POSITION_PHRASES[region.position])
     named = f"{colour} {noun}" if colour else noun
     return {"thing": noun, "pos": phrase, "target": f"the {named} {phrase}"}
 
@@ -277,14 +276,14 @@ TWO_REGIONS = 0.15  # share of recolour edits (varied plans) that name two objec
 
 
 def _varied_words(rng: np.random.Generator, region: reg.Region, spec: obj.ObjectSpec, decoy_spec: obj.ObjectSpec,
-                  decoy: reg.Region, varied: bool, similar: bool, position: str | None = None) -> dict[str, str]:
+                  decoy: reg.Region, varied: bool, similar: bool) -> dict[str, str]:
     """`_target_words` of an object target: a same-kind decoy makes the target's colour part of its name; a decoy
     of another kind can be the reference of a relative position. ``varied=False``: the classic draws exactly."""
     if not varied:
-        return _target_words(region, spec.kind, rng, position=position)
+        return _target_words(region, spec.kind, rng)
     if similar:
-        return _target_words(region, spec.kind, rng, colour=spec.colour, position=position)
-    return _target_words(region, spec.kind, rng, ref=(decoy_spec.kind, decoy.mask), position=position)
+        return _target_words(region, spec.kind, rng, colour=spec.colour)
+    return _target_words(region, spec.kind, rng, ref=(decoy_spec.kind, decoy.mask))
 
 
 def _recentred(box: tuple[int, int, int, int], centre: tuple[float, float], size: int,
@@ -578,14 +577,11 @@ class MoveObject(_Relocation):
         margin = size // 20
         taken = [(y0 - margin, x0 - margin, y1 + margin, x1 + margin) for y0, x0, y1, x1 in (spec_a.box, spec_b.box)]
         cs = size / 3.0
-        dests = {}
-        for cell, position in reg.CELL_NAMES.items():
-            box = _recentred(spec_a.box, ((cell[0] + 0.5) * cs, (cell[1] + 0.5) * cs), size)
-            if not any(_overlap(box, t) for t in taken):
-                dests[f"to:{position}"] = box
+        cells = {f"to:{p}": _recentred(spec_a.box, ((c[0] + 0.5) * cs, (c[1] + 0.5) * cs), size)
+                 for c, p in reg.CELL_NAMES.items()}
+        dests = {k: box for k, box in cells.items() if not any(_overlap(box, t) for t in taken)}
         if len(dests) < 2:  # crowded: any cell but the objects' own
-            dests = {f"to:{p}": _recentred(spec_a.box, ((c[0] + 0.5) * cs, (c[1] + 0.5) * cs), size)
-                     for c, p in reg.CELL_NAMES.items() if p not in (origin.position, decoy_origin.position)}
+            dests = {k: box for k, box in cells.items() if k[3:] not in (origin.position, decoy_origin.position)}
         keys = sorted(dests)
         attribute = keys[int(rng.integers(len(keys)))]
         info = {"objects": {spec_a.box: (spec_a, sup_a), spec_b.box: (spec_b, sup_b)}, "destinations": dests}
