@@ -23,6 +23,7 @@ import torch.nn as nn
 
 ENCODE_INPUTS = ("images",)
 SCORE_OUTPUTS = ("subscores", "subscore_logvar", "reward", "mask_logits", "presence_logit", "region_boxes")
+NOVELTY_OUTPUT = "novelty"  # a seventh output when the student has a novelty fit (`spatialreward.student.novelty`)
 
 
 class _Encoding(NamedTuple):
@@ -41,6 +42,14 @@ def encoding_names(pixel_stats: bool, quality: bool = False) -> tuple[str, ...]:
 def score_input_names(pixel_stats: bool, quality: bool = False) -> tuple[str, ...]:
     names = encoding_names(pixel_stats, quality)
     return tuple(f"source_{n}" for n in names) + tuple(f"edited_{n}" for n in names) + ("text_embedding",)
+
+
+def score_output_names(novelty: bool) -> tuple[str, ...]:
+    return SCORE_OUTPUTS + ((NOVELTY_OUTPUT,) if novelty else ())
+
+
+def has_novelty(student: nn.Module) -> bool:
+    return getattr(student, "novelty", None) is not None
 
 
 def student_parts(student: nn.Module) -> tuple[bool, bool]:
@@ -69,8 +78,9 @@ class ScoreGraph(nn.Module):
     """(source encoding, edited encoding, text embedding) rows → `SCORE_OUTPUTS`, one row per edit.
 
     Outputs: ``subscores [B, 4]`` 0–25, ``subscore_logvar [B, 4]``, ``reward [B]`` (baked weights), ``mask_logits
-    [B, h, w]`` on the (subdivided) token grid, ``presence_logit [B]``, ``region_boxes [B, 4]`` 0–1000. Always
-    fp32 (an fp16 graph casts its outputs), so every backend hands the runtime the same dtypes.
+    [B, h, w]`` on the (subdivided) token grid, ``presence_logit [B]``, ``region_boxes [B, 4]`` 0–1000, and
+    ``novelty [B]`` when the student has a novelty fit. Always fp32 (an fp16 graph casts its outputs), so every
+    backend hands the runtime the same dtypes.
     """
 
     def __init__(self, student: nn.Module):
@@ -94,5 +104,6 @@ class ScoreGraph(nn.Module):
         text = inputs[-1]
         out = self.student.forward_tokens(source, edited, text.to(source.tokens.dtype))
         reward = out.reward.float().clamp(0.0, 1.0)  # [0, 1] by contract; NaN stays NaN and the runtime flags it
-        return (out.subscores.float(), out.subscore_logvar.float(), reward, out.edit_mask_logits.float(),
+        outs = (out.subscores.float(), out.subscore_logvar.float(), reward, out.edit_mask_logits.float(),
                 out.presence_logit.float(), out.region_boxes.float())
+        return outs + ((out.novelty.float(),) if out.novelty is not None else ())

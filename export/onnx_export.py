@@ -236,11 +236,12 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
     import spatialreward
     from spatialreward.export.graphs import (
         ENCODE_INPUTS,
-        SCORE_OUTPUTS,
         EncodeGraph,
         ScoreGraph,
         encoding_names,
+        has_novelty,
         score_input_names,
+        score_output_names,
         student_parts,
     )
     from spatialreward.student import Student
@@ -267,6 +268,7 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
     st_cfg = student.cfg
     side = st_cfg.input_size
     pixel_stats, quality = student_parts(student)
+    score_outputs = score_output_names(has_novelty(student))
     text_dim = st_cfg.text_dim
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +290,7 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
                       output_names=encoding_names(pixel_stats, quality), opset=cfg.opset, max_batch=cfg.max_batch)
         log(f"exporting {SCORE_FILE} …")
         _export_graph(score, score_args, tmp / SCORE_FILE, input_names=score_input_names(pixel_stats, quality),
-                      output_names=SCORE_OUTPUTS, opset=cfg.opset, max_batch=cfg.max_batch)
+                      output_names=score_outputs, opset=cfg.opset, max_batch=cfg.max_batch)
         text_entry = {
             "name": st_cfg.text_encoder, "dim": text_dim, "exported": False,
             "note": "instruction embeddings come from the frozen torch sentence encoder, cached per instruction",
@@ -309,11 +311,12 @@ def export_onnx(cfg: ExportConfig, *, student=None, log=print) -> Path:
             "quality_map": quality,
             "reward_weights": dict(st_cfg.reward_weights),  # baked into score.onnx's reward output
             "text_encoder": text_entry,
+            "novelty": dict(student.novelty.record) if has_novelty(student) else None,  # score.onnx's 7th output
             "graphs": {
                 "encode": {"file": ENCODE_FILE, "inputs": _io_spec(ENCODE_INPUTS, (images,)),
                            "outputs": _io_spec(encoding_names(pixel_stats, quality), enc)},
                 "score": {"file": SCORE_FILE, "inputs": _io_spec(score_input_names(pixel_stats, quality), score_args),
-                          "outputs": _io_spec(SCORE_OUTPUTS, outs)},
+                          "outputs": _io_spec(score_outputs, outs)},
             },
             "student": asdict(st_cfg),
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__},

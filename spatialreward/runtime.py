@@ -53,6 +53,12 @@ class RewardOutput:
     first); ``uncertainty [B, 4]`` one standard deviation per sub-score, in points; ``presence [B]`` probability
     that anything was visibly edited; ``ok [B]`` False where an input could not be read (then ``errors[i]`` says
     why and the scores are NaN).
+
+    ``novelty [B]``: how far the edit lies outside what the student learned from (`spatialreward.student.novelty`;
+    1.0 = the 99th percentile of in-distribution edits), the larger of ``novelty_parts [B, 2]``: the instruction's
+    and the visual evidence's (`spatialreward.types.NOVELTY_VIEWS`). None when the model has no novelty fit.
+    ``novel [B]`` is ``novelty > novelty_threshold``: the edits whose reward is a guess (send them to the teacher,
+    `spatialreward.rl.fallback`); all False when there is no fit.
     """
 
     reward: torch.Tensor
@@ -63,9 +69,18 @@ class RewardOutput:
     presence: torch.Tensor
     ok: torch.Tensor
     errors: list[str | None] = field(default_factory=list)
+    novelty: torch.Tensor | None = None
+    novelty_parts: torch.Tensor | None = None
+    novelty_threshold: float = 1.0
 
     def __len__(self) -> int:
         return len(self.reward)
+
+    @property
+    def novel(self) -> torch.Tensor:
+        if self.novelty is None:
+            return torch.zeros(len(self.reward), dtype=torch.bool)
+        return (self.novelty > self.novelty_threshold) & self.ok
 
 
 def _source_key(item: Any) -> Any:
@@ -93,8 +108,11 @@ def _rows(encoding: tuple[torch.Tensor, ...], index) -> tuple[torch.Tensor, ...]
     return tuple(t[index] for t in encoding)
 
 
-def _cat(parts: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    return parts[0] if len(parts) == 1 else tuple(torch.cat(ts) for ts in zip(*parts))
+def _cat(parts: list[tuple[torch.Tensor | None, ...]]) -> tuple[torch.Tensor | None, ...]:
+    """Row-wise concatenation of tuples of tensors; a field that is None in every part (no novelty fit) stays None."""
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(None if ts[0] is None else torch.cat(ts) for ts in zip(*parts))
 
 
 class RewardModel:
@@ -129,6 +147,7 @@ class RewardModel:
         self.text_encoder = instruction_encoder_for(model, text_encoder)
         self._weights = RewardWeights(**model.reward_weights)  # what the graph bakes into Scores.reward
         self._group: dict[str, Any] | None = None
+        self.novelty_threshold = 1.0  # RewardOutput.novel: novelty above it (1.0 = 99th pct of training edits)
 
     @classmethod
     def from_pretrained(
@@ -154,6 +173,11 @@ class RewardModel:
         if student is None:
             raise AttributeError(f"backend {self.backend.name!r} has no PyTorch student; load with backend='torch'")
         return student
+
+    @property
+    def has_novelty(self) -> bool:
+        """Whether outputs carry ``novelty`` (the folder had a current novelty fit: `spatialreward novelty`)."""
+        return bool(getattr(self.backend, "has_novelty", False))
 
     def describe(self) -> dict[str, Any]:
         """The backend, its device and settings (ONNX Runtime: providers and session options)."""
@@ -276,6 +300,9 @@ class RewardModel:
             presence=torch.cat([p.presence for p in parts]),
             ok=torch.cat([p.ok for p in parts]),
             errors=[e for p in parts for e in p.errors],
+            novelty=None if parts[0].novelty is None else torch.cat([p.novelty for p in parts]),
+            novelty_parts=None if parts[0].novelty_parts is None else torch.cat([p.novelty_parts for p in parts]),
+            novelty_threshold=self.novelty_threshold,
         )
 
     def set_group(self, source: Any, instruction: str) -> None:
@@ -380,13 +407,19 @@ class RewardModel:
         presence = torch.sigmoid(out.presence_logit.float().cpu()).masked_fill(~ok, float("nan"))
         min_area = max(1, int(0.002 * out_size[0] * out_size[1]))  # specks below 0.2 % of the image are noise
         boxes = [mask_to_boxes(m.numpy(), min_area=min_area) for m in mask]
-        return RewardOutput(reward, subscores, mask, boxes, uncertainty, presence, ok, errors)
+        novelty = parts = None
+        if out.novelty is not None:  # [B, 2] per view → the larger one is the edit's novelty
+            parts = out.novelty.float().cpu().masked_fill(~ok.unsqueeze(1), float("nan"))
+            novelty = parts.amax(1)
+        return RewardOutput(reward, subscores, mask, boxes, uncertainty, presence, ok, errors, novelty, parts,
+                            self.novelty_threshold)
 
     def _empty(self, out_size: tuple[int, int]) -> RewardOutput:
         h, w = out_size
         z = torch.zeros(0)
         return RewardOutput(z, torch.zeros(0, 4), torch.zeros(0, h, w, dtype=torch.bool), [], torch.zeros(0, 4), z,
-                            torch.zeros(0, dtype=torch.bool), [])
+                            torch.zeros(0, dtype=torch.bool), [], z if self.has_novelty else None,
+                            torch.zeros(0, 2) if self.has_novelty else None, self.novelty_threshold)
 
 
 def _as_uint8_hwc(images: torch.Tensor) -> torch.Tensor:

@@ -109,6 +109,10 @@ class DistillConfig:
     teacher_forcing: float = field(
         default=0.5, metadata={"help": "share of steps whose region (RoIAlign box, attention mask) is the teacher's"}
     )
+    novelty_fit_groups: int = field(
+        default=800, metadata={"help": "after training, fit the novelty check on this many train groups, calibrated "
+                                       "on the eval split (0 = skip; `spatialreward novelty` refits)"}
+    )
     # Output
     eval_every_minutes: float = field(default=3.0, metadata={"help": "periodic evaluation interval (0 = off)"})
     eval_every_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps instead"})
@@ -372,7 +376,7 @@ class Distiller:
                 tensors["source"], tensors["edited"], tensors["text"], region_boxes, region_mask,
                 tensors["source_index"],
             )
-        out = type(out)(*(t.float() for t in out))
+        out = type(out)(*(t.float() if t is not None else None for t in out))
         loss, parts = distill_loss(
             out, tensors, cfg.loss_weights, subscore_kind=cfg.subscore_loss, ranking_kind=cfg.ranking_loss,
             ranking_temperature=cfg.ranking_temperature, ranking_gap_weighted=cfg.ranking_gap_weighted,
@@ -444,6 +448,27 @@ class Distiller:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             done = bool(flag.item() > 0)
         return done
+
+    def _fit_novelty(self) -> None:
+        """Fit the novelty check of the final student (`student.novelty`) on the loaded train groups, calibrated on
+        the eval split, and write it beside the weights. Too little data skips it with a note, never the run."""
+        from spatialreward.student.novelty import collect_views, fit_novelty, save_novelty
+
+        cfg = self.cfg
+        if cfg.novelty_fit_groups <= 0 or self.eval_data is None:
+            return
+        model = self.eval_model()
+        record = {"data": str(cfg.data), "teacher": cfg.teacher, "fit_split": cfg.train_split,
+                  "calibration_split": cfg.eval_split}
+        try:
+            det = fit_novelty(collect_views(model, self.train_data, max_groups=cfg.novelty_fit_groups),
+                              collect_views(model, self.eval_data), record=record)
+        except ValueError as exc:
+            self._print(f"novelty check not fitted: {exc}")
+            return
+        path = save_novelty(det, self.out)
+        self._print(f"novelty check: {path.name} ({det.record['fit_edits']} fit, "
+                    f"{det.record['calibration_edits']} calibration edits)")
 
     def _log_eval(self, metrics: dict[str, Any] | None, **extra: Any) -> None:
         self.run.log({"step": self.step, "elapsed_s": round(self.elapsed, 2), **extra,
@@ -528,6 +553,7 @@ class Distiller:
                 self._log_eval(metrics, final=True)
                 self._print(f"final {cfg.eval_split} ({self.step} steps, {self.elapsed / 60:.1f} min): "
                             f"{eval_note(metrics)}")
+            self._fit_novelty()
             self.run.close_log()
             plot_training_curves(self.out / METRICS_LOG, self.out / CURVES_FILE,
                                  title=f"{cfg.preset} on {Path(cfg.data).name}")

@@ -27,13 +27,15 @@ from spatialreward.types import BOX_SCALE, SUBSCORE_NAMES
 @dataclass
 class Predictions:
     """Per-edit student outputs in data order: rewards ``[E]``, sub-scores ``[E, 4]``, presence probability
-    ``[E]``, boolean masks ``[E, S, S]`` at the model's input side (logits upsampled, threshold 0)."""
+    ``[E]``, boolean masks ``[E, S, S]`` at the model's input side (logits upsampled, threshold 0), novelty
+    ``[E, 2]`` per view when the student has a novelty fit."""
 
     reward: np.ndarray
     subscores: np.ndarray
     uncertainty: np.ndarray
     presence: np.ndarray
     masks: np.ndarray
+    novelty: np.ndarray | None = None
 
 
 @torch.no_grad()
@@ -47,6 +49,7 @@ def predict(model, data: EditData, *, device: torch.device | str = "cpu", groups
     uncertainty = np.zeros((n, 4), np.float64)
     presence = np.zeros(n, np.float64)
     masks = np.zeros((n, side, side), bool)
+    novelty = np.zeros((n, 2), np.float64) if getattr(model, "novelty", None) is not None else None
     sampler = GroupBatchSampler(data.group, groups_per_batch, shuffle=False, drop_last=False)
     for indices in sampler.epoch_batches(0):
         batch = data.collate(indices)
@@ -60,8 +63,10 @@ def predict(model, data: EditData, *, device: torch.device | str = "cpu", groups
         up = F.interpolate(out.edit_mask_logits.float().unsqueeze(1), size=(side, side), mode="bilinear",
                            align_corners=False)[:, 0]
         masks[ix] = (up > 0).cpu().numpy()
+        if novelty is not None:
+            novelty[ix] = out.novelty.float().cpu().numpy()
     model.train()
-    return Predictions(reward, subscores, uncertainty, presence, masks)
+    return Predictions(reward, subscores, uncertainty, presence, masks, novelty)
 
 
 def evaluate_data(model, data: EditData, *, device: torch.device | str = "cpu") -> tuple[dict[str, Any], Predictions]:

@@ -145,8 +145,88 @@ def uncertainty_report(pred_subscores: np.ndarray, pred_std: np.ndarray, target_
             "error_spearman": float(rho), "per_operation": per_op}
 
 
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
+    """P(a positive scores above a negative), ties half (Mann-Whitney U, normalised); None if a side is empty."""
+    from scipy.stats import rankdata
+
+    if len(positive) == 0 or len(negative) == 0:
+        return None
+    ranks = rankdata(np.concatenate([positive, negative]))
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
+
+
+def novelty_split(novelty: np.ndarray, operations: Sequence[str]) -> dict[str, Any]:
+    """Share of edits the novelty check flags (> 1), overall, per view and per operation."""
+    from spatialreward.types import NOVELTY_VIEWS
+
+    top = novelty.max(1)
+    operations = np.asarray(operations)
+    per_op = {op: {"edits": int((operations == op).sum()), "flagged": float((top[operations == op] > 1).mean()),
+                   "median": float(np.median(top[operations == op]))}
+              for op in sorted(set(operations.tolist()) - {""})}
+    return {"flagged": float((top > 1).mean()),
+            "flagged_by_view": {v: float((novelty[:, k] > 1).mean()) for k, v in enumerate(NOVELTY_VIEWS)},
+            "per_operation": per_op}
+
+
+ROUTED_SHARES = (0.05, 0.1, 0.25)
+
+
+def novelty_summary(pred: np.ndarray, target: np.ndarray, group_ids: Sequence, operations: Sequence[str],
+                    novelty: np.ndarray, std: np.ndarray, unseen: Sequence[str], *, seeds: int = 5) -> dict[str, Any]:
+    """Does the novelty check find the edits the student gets wrong, and does sending them to the teacher pay?
+
+    With ``unseen`` operations (what the run excluded): AUROC of novelty, of each view and of the predicted std
+    for "unseen vs trained operation", and the flagged shares of both. For every run: the teacher fallback
+    simulated over the pooled edits — the top ``share`` by novelty get the teacher's reward — against the same
+    share chosen at random (mean of ``seeds`` draws), pairwise accuracy overall and on the unseen operations."""
+    from spatialreward.types import NOVELTY_VIEWS
+
+    operations = np.asarray(operations)
+    group_ids = np.asarray(group_ids)
+    top = novelty.max(1)
+    is_unseen = np.isin(operations, list(unseen))
+    out: dict[str, Any] = {"unseen_operations": list(unseen), "edits": int(len(pred))}
+    if is_unseen.any() and (~is_unseen).any():
+        out["auroc_unseen_vs_trained"] = {
+            "novelty": auroc(top[is_unseen], top[~is_unseen]),
+            **{v: auroc(novelty[is_unseen, k], novelty[~is_unseen, k]) for k, v in enumerate(NOVELTY_VIEWS)},
+            "predicted_std": auroc(std[is_unseen], std[~is_unseen]),
+        }
+        out["flagged_unseen"] = float((top[is_unseen] > 1).mean())
+        out["flagged_trained"] = float((top[~is_unseen] > 1).mean())
+
+    def accuracy(reward: np.ndarray, mask: np.ndarray | None = None) -> float | None:
+        ix = np.arange(len(reward)) if mask is None else np.flatnonzero(mask)
+        return pairwise_accuracy(reward[ix], target[ix], group_ids[ix].tolist())[0] if len(ix) else None
+
+    rng = np.random.default_rng(0)
+    routing = {"none": {"pairwise": accuracy(pred), "unseen_pairwise": accuracy(pred, is_unseen)
+                        if is_unseen.any() else None}}
+    for share in ROUTED_SHARES:
+        k = int(round(share * len(pred)))
+        routed = pred.copy()
+        chosen = np.argsort(-top, kind="stable")[:k]
+        routed[chosen] = target[chosen]
+        rand = [pred.copy() for _ in range(seeds)]
+        for r in rand:
+            pick = rng.choice(len(pred), size=k, replace=False)
+            r[pick] = target[pick]
+        routing[f"{share:.2f}"] = {
+            "pairwise": accuracy(routed), "random_pairwise": float(np.mean([accuracy(r) for r in rand])),
+            "unseen_pairwise": accuracy(routed, is_unseen) if is_unseen.any() else None,
+            "random_unseen_pairwise": (float(np.mean([accuracy(r, is_unseen) for r in rand]))
+                                       if is_unseen.any() else None),
+            "share_of_unseen_routed": float(np.isin(chosen, np.flatnonzero(is_unseen)).sum() / max(is_unseen.sum(), 1)),
+        }
+    out["teacher_fallback"] = routing
+    return out
+
+
 def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
-                 pred_subscores: np.ndarray | None = None, pred_std: np.ndarray | None = None) -> dict[str, Any]:
+                 pred_subscores: np.ndarray | None = None, pred_std: np.ndarray | None = None,
+                 pred_novelty: np.ndarray | None = None) -> dict[str, Any]:
     """The per-split block of the report from predictions, `reward_metrics` output and the split's `EditData`."""
     target = data.reward.numpy()
     group_ids = [s.group_id for s in data.samples]
@@ -177,6 +257,7 @@ def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
                                       if pred_subscores is not None else None),
                uncertainty=(uncertainty_report(pred_subscores, pred_std, data.subscores.numpy(), operations)
                             if pred_subscores is not None and pred_std is not None else None),
+               novelty=novelty_split(pred_novelty, operations) if pred_novelty is not None else None,
                sources=sorted({str(s.meta.get("photo", "")) for s in data.samples}),
                phrasings=sorted({str(s.meta.get("phrasing", "")) for s in data.samples}))
     return out
@@ -215,18 +296,45 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
     train_config = Path(model_dir) / "train_state.json"
     if train_config.is_file():
         report["train_state"] = json.loads(train_config.read_text())
+    pooled_rows: dict[str, list] = defaultdict(list)
     for split in splits:
         data = load_split(data_dir, split=split, teacher=teacher, img_size=model.cfg.input_size,
                           mask_size=mask_target_size(model.cfg.grid), text_encoder=encoder, max_groups=max_groups,
                           progress=progress)
         metrics, preds = evaluate_data(model, data, device=device)
-        report["splits"][split] = split_report(preds.reward, metrics, data, preds.subscores, preds.uncertainty)
+        report["splits"][split] = split_report(preds.reward, metrics, data, preds.subscores, preds.uncertainty,
+                                               preds.novelty)
+        if preds.novelty is not None:
+            pooled_rows["pred"].append(preds.reward)
+            pooled_rows["target"].append(data.reward.numpy())
+            pooled_rows["groups"] += [f"{split}/{s.group_id}" for s in data.samples]
+            pooled_rows["operations"] += [str(s.meta.get("operation", "")) for s in data.samples]
+            pooled_rows["novelty"].append(preds.novelty)
+            pooled_rows["std"].append(preds.uncertainty.mean(1))
+    if pooled_rows:
+        unseen = _excluded_operations(model_dir)
+        report["novelty"] = novelty_summary(
+            np.concatenate(pooled_rows["pred"]), np.concatenate(pooled_rows["target"]), pooled_rows["groups"],
+            pooled_rows["operations"], np.concatenate(pooled_rows["novelty"]), np.concatenate(pooled_rows["std"]),
+            unseen)
+        report["novelty"]["fit"] = dict(model.novelty.record)
     report["summary"] = {split: {k: block.get(k) for k in HEADLINE} for split, block in report["splits"].items()}
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_json, json.dumps(report, indent=2).encode())
     plot_report(report, out_json.with_suffix(".png"))
     return report
+
+
+def _excluded_operations(model_dir: str | Path) -> list[str]:
+    """The operations a run never trained on (`distill --exclude-operations`), from its distill_config.json."""
+    import json
+
+    path = Path(model_dir) / "distill_config.json"
+    if not path.is_file():
+        return []
+    value = json.loads(path.read_text()).get("exclude_operations") or ""
+    return [op.strip() for op in value.split(",") if op.strip()]
 
 
 def plot_report(report: dict[str, Any], path: str | Path) -> None:

@@ -41,6 +41,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from spatialreward.formula import DEFAULT_WEIGHTS, RewardWeights, reward_from_subscores
 from spatialreward.kernels import get_backend, region_attention, roi_align_tokens
 from spatialreward.student import checkpoint
+from spatialreward.student.novelty import NoveltyDetector, load_novelty
 from spatialreward.student.text import MINILM_DIM, MINILM_NAME
 from spatialreward.types import BOX_SCALE, SCORE_MAX
 
@@ -308,8 +309,12 @@ class ScoreHead(nn.Module):
             nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 8),
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.mlp(x)  # [B, 8]
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The first hidden layer ``[B, hidden]``: what the novelty check models (`student.novelty`)."""
+        return self.mlp[:3](x)
+
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.mlp[3:](self.hidden(x) if hidden is None else hidden)  # [B, 8]
         subscores = SCORE_MAX * torch.sigmoid(out[:, :4])  # bounded by construction, never outside 0–25
         lo, hi = self.logvar_range
         logvar = lo + (hi - lo) * torch.sigmoid(out[:, 4:])  # log-variance of subscore/25
@@ -500,7 +505,9 @@ class StudentOutput(NamedTuple):
 
     ``subscores [B, 4]`` in 0–25 (order of `SUBSCORE_NAMES`); ``reward [B]`` by the shared formula;
     ``edit_mask_logits [B, h, w]`` on the (subdivided) token grid; ``presence_logit [B]``; ``subscore_logvar
-    [B, 4]`` (log-variance of subscore/25); ``region_boxes [B, 4]`` the box (0–1000, edited image) RoIAlign used.
+    [B, 4]`` (log-variance of subscore/25); ``region_boxes [B, 4]`` the box (0–1000, edited image) RoIAlign used;
+    ``novelty [B, 2]`` how far the instruction and the evidence lie outside the training distribution (> 1: further
+    than 99 % of in-distribution edits; `spatialreward.student.novelty`), None for a student without a novelty fit.
     """
 
     subscores: torch.Tensor
@@ -509,6 +516,7 @@ class StudentOutput(NamedTuple):
     presence_logit: torch.Tensor
     subscore_logvar: torch.Tensor
     region_boxes: torch.Tensor
+    novelty: torch.Tensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -558,6 +566,8 @@ class Student(nn.Module):
         parts = (12 if cfg.fusion_depth else 11) + (2 if self.quality is not None else 0) + (1 if cfg.pixel_detail else 0)
         self.score_head = ScoreHead(parts * c + 2, cfg.head_dim, (cfg.logvar_min, cfg.logvar_max), cfg.head_dropout)
         self.reward_weights = RewardWeights(**cfg.reward_weights)
+        # Fitted after training on the evidence vectors (`student.novelty`); its buffers are not in state_dict.
+        self.novelty: NoveltyDetector | None = None
         # The ops come from spatialreward.kernels (Triton on CUDA when available, the PyTorch reference otherwise);
         # record which backend this module was built under, as nanoGPT records its attention path.
         self.kernel_backend = get_backend()
@@ -678,9 +688,11 @@ class Student(nn.Module):
                 x = block(x)
             parts.append(block_first_row(self.fusion[-1], x)[:, 0])  # [B, C]: only the instruction row is read
         evidence = torch.cat(parts, dim=1)  # [B, 11C + 2] (+ C with fusion, + 2C with quality maps, + C detail)
-        subscores, logvar = self.score_head(evidence)
+        hidden = self.score_head.hidden(evidence)
+        subscores, logvar = self.score_head(evidence, hidden)
         reward = reward_from_subscores(subscores, self.reward_weights)  # [B]
-        return StudentOutput(subscores, reward, mask_logits, presence_logit, logvar, boxes)
+        novelty = self.novelty(text, hidden) if self.novelty is not None else None  # [B, 2]
+        return StudentOutput(subscores, reward, mask_logits, presence_logit, logvar, boxes, novelty)
 
     def locate_change(
         self, source: ImageEncoding, edited: ImageEncoding, pixels: torch.Tensor | None = None
@@ -722,6 +734,7 @@ class Student(nn.Module):
         student_config, state = checkpoint.read_student_folder(directory, device=str(map_location))
         model = cls(StudentConfig.from_dict(student_config))
         load_state_checked(model, state, source=str(Path(directory) / checkpoint.WEIGHTS_FILE))
+        model.novelty = load_novelty(directory, device=map_location)  # None without a (current) fit
         return model.eval()
 
     def load_pretrained_backbone(self, source: str | Path) -> dict:

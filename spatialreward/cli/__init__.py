@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("spatialreward.cli.pretrain", "pretrain"),
     "distill": ("spatialreward.cli.distill", "distill"),
     "eval": ("spatialreward.cli.evaluate", "evaluate"),
+    "novelty": ("spatialreward.cli.novelty", "novelty"),
     "convert": ("spatialreward.cli.convert", "convert"),
     "serve": ("spatialreward.cli.serve", "serve"),
     "export": ("spatialreward.cli.export", "export_app"),

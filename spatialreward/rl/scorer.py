@@ -131,11 +131,12 @@ class EditScorer:
 
     def __init__(self, model: str | None = None, *, reward_model=None, url: str | None = None,
                  token: str | None = None, backend: str = "torch", device: str = "cpu", batch_size: int = 64,
-                 **client_kwargs):
+                 fallback=None, **client_kwargs):
         if sum(x is not None for x in (model, reward_model, url)) != 1:
             raise ValueError("give exactly one of model= (a student folder), reward_model= (a RewardModel) or url= "
                              "(a running `spatialreward serve`)")
         self.batch_size = batch_size
+        self.fallback = fallback  # a `TeacherFallback`: novel edits go to the teacher (rl/fallback.py)
         self.client = None
         self.rm = reward_model
         if model is not None:
@@ -159,16 +160,29 @@ class EditScorer:
                              "pass one of each per edit")
         sources = share_equal_sources(sources)
         if self.client is not None:
-            return self._from_results(self.client.score(sources, list(editeds), list(instructions), group_ids))
-        return self._score_local(sources, list(editeds), list(instructions))
+            rewards, infos = self._from_results(self.client.score(sources, list(editeds), list(instructions),
+                                                                  group_ids))
+        else:
+            rewards, infos = self._score_local(sources, list(editeds), list(instructions))
+        return self._route(sources, editeds, instructions, rewards, infos)
+
+    def _route(self, sources, editeds, instructions, rewards, infos) -> tuple[np.ndarray, list[dict]]:
+        """Send the edits the student flags as novel to the fallback teacher, when there is one."""
+        if self.fallback is None:
+            return rewards, infos
+        novelty = [info.get("novelty") for info in infos]
+        known = None if all(v is None for v in novelty) else np.array(
+            [np.nan if v is None else float(v) for v in novelty])
+        return self.fallback.apply(sources, editeds, instructions, rewards, infos, known)
 
     async def ascore(self, sources, editeds, instructions, group_ids=None) -> tuple[np.ndarray, list[dict]]:
-        if self.client is not None:
+        if self.client is not None and self.fallback is None:
             sources = share_equal_sources(sources)
             return self._from_results(await self.client.ascore(sources, list(editeds), list(instructions), group_ids))
-        import asyncio
+        import asyncio  # the fallback teacher is blocking work: run the whole call in a thread
 
-        return await asyncio.get_running_loop().run_in_executor(None, self.score, sources, editeds, instructions)
+        return await asyncio.get_running_loop().run_in_executor(None, self.score, sources, editeds, instructions,
+                                                                group_ids)
 
     def _score_local(self, sources: list, editeds: list, instructions: list) -> tuple[np.ndarray, list[dict]]:
         rewards = np.full(len(editeds), np.nan)
@@ -193,13 +207,15 @@ class EditScorer:
             ok = bool(out.ok[i])
             infos.append({"ok": ok, "error": out.errors[i] if not ok else None,
                           "subscores": out.subscores[i].tolist() if ok else None,
-                          "boxes": out.boxes[i].tolist() if ok else None})
+                          "boxes": out.boxes[i].tolist() if ok else None,
+                          "novelty": float(out.novelty[i]) if ok and out.novelty is not None else None})
         return rewards, infos
 
     @staticmethod
     def _from_results(results: list[dict]) -> tuple[np.ndarray, list[dict]]:
         rewards = np.array([r["reward"] if r["ok"] else np.nan for r in results], dtype=np.float64)
         infos = [{"ok": r["ok"], "error": r.get("error"),
-                  "subscores": list(r["subscores"].values()) if r["ok"] else None, "boxes": r.get("boxes")}
+                  "subscores": list(r["subscores"].values()) if r["ok"] else None, "boxes": r.get("boxes"),
+                  "novelty": r.get("novelty")}
                  for r in results]
         return rewards, infos

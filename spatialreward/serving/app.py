@@ -7,7 +7,7 @@
                      or the same request as a binary body, ``Content-Type: application/x-spatialreward-frames``:
                      raw RGB frames in place of base64 images (`frames.py`; no codec, no base64)
                      → {"results": [{"index", "id", "group_id", "ok", "reward", "subscores", "uncertainty",
-                                     "presence", "boxes", "mask_png"?, "error", "error_kind"}], ...}
+                                     "presence", "novelty", "boxes", "mask_png"?, "error", "error_kind"}], ...}
     POST /           the SpatialReward reward-server protocol (pickled dicts, restricted unpickler: protocol.py)
     GET  /ping       upstream's health check: {"status": "ok"}
     GET  /health     worker state, queue depth, model; 503 when the worker is down
@@ -237,13 +237,13 @@ class RewardService:
             if r.ok:
                 row.update(reward=r.reward, subscores=dict(zip(SUBSCORE_NAMES, r.subscores)),
                            uncertainty=dict(zip(SUBSCORE_NAMES, r.uncertainty)), presence=_nan_to_none(r.presence),
-                           boxes=r.boxes, error=None, error_kind=None)
+                           novelty=r.novelty, boxes=r.boxes, error=None, error_kind=None)
                 if want_mask:
                     png = r.mask_png()
                     row["mask_png"] = base64.b64encode(png).decode() if png is not None else None
             else:
-                row.update(reward=None, subscores=None, uncertainty=None, presence=None, boxes=None, error=r.error,
-                           error_kind=r.error_kind)
+                row.update(reward=None, subscores=None, uncertainty=None, presence=None, novelty=None, boxes=None,
+                           error=r.error, error_kind=r.error_kind)
             out.append(row)
         n_ok = sum(r.ok for r in results)
         return {"results": out, "n_ok": n_ok, "n_failed": len(results) - n_ok}

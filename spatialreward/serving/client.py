@@ -187,7 +187,8 @@ class RewardClient:
                 group_id = group_ids[i] if group_ids is not None else None
                 failed[i] = {"index": i + offset, "id": None, "group_id": group_id,
                              "ok": False, "reward": None, "subscores": None, "uncertainty": None, "presence": None,
-                             "boxes": None, "error": f"item {i + offset}: {exc}", "error_kind": "bad_image"}
+                             "novelty": None, "boxes": None, "error": f"item {i + offset}: {exc}",
+                             "error_kind": "bad_image"}
                 continue
             item = {"source_index": k, "edited": edited_values[i], "instruction": instructions[i]}
             if group_ids is not None:

@@ -48,6 +48,7 @@ class ItemResult:
     subscores: list[float] = field(default_factory=list)  # 4 values, 0–25, order of SUBSCORE_NAMES
     uncertainty: list[float] = field(default_factory=list)  # one std per sub-score, points
     presence: float = float("nan")
+    novelty: float | None = None  # > 1: unlike the training edits (None: the model has no novelty fit)
     boxes: list[list[float]] = field(default_factory=list)  # (x1, y1, x2, y2) in 0–1000 on the edited image
     mask: np.ndarray | None = None  # [S, S] bool at the model's input side, when asked for
     error: str | None = None
@@ -239,6 +240,7 @@ class ModelWorker:
         subscores = out.subscores.tolist()
         uncertainty = out.uncertainty.tolist()
         presence = out.presence.tolist()
+        novelty = out.novelty.tolist() if out.novelty is not None else [None] * len(edits)
         masks = out.edit_mask.numpy() if want_mask else None
         results = []
         for i in range(len(edits)):
@@ -247,7 +249,7 @@ class ModelWorker:
                 continue
             results.append(ItemResult(
                 ok=True, reward=reward[i], subscores=subscores[i], uncertainty=uncertainty[i], presence=presence[i],
-                boxes=[[float(v) for v in b] for b in out.boxes[i].tolist()],
+                novelty=novelty[i], boxes=[[float(v) for v in b] for b in out.boxes[i].tolist()],
                 mask=masks[i] if masks is not None else None,
             ))
         return results

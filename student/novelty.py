@@ -1,0 +1,255 @@
+"""Is this edit like the ones the student learned from? A density check on the student's own features.
+
+The predicted sub-score std is calibrated on operations the student trained on and *confidently wrong* on one it
+never saw (README, issue 16: texture held out, its error the largest and its std average). An RL policy walks off
+the training distribution, so the reward must say when it is guessing.
+
+Two views, each a Gaussian (Ledoit-Wolf covariance) fitted over training edits, each scored by its Mahalanobis
+distance:
+
+    instruction   the projected instruction embedding [C]: an instruction unlike any the student was taught
+    evidence      the score head's first hidden layer [H]: an edit whose evidence is unlike the training edits'
+
+Each distance is divided by its ``quantile`` (default 0.99) over calibration edits the fit did not see (by
+default the held-out split: new photos, trained operations), so ``novelty [B, 2]`` is ≤ 1 for that share of
+in-distribution edits and > 1 flags. Both views are small (C = 128, H = 192 for `nano`), so the check is one
+``[B, D] × [D, D]`` matmul per view inside ``score.onnx``. Why these two and not the whole 1,666-wide evidence
+vector, or a low-rank PCA of it: `bench/fidelity/novelty_views.py` measured it (README, issue 16).
+
+File: ``novelty.safetensors`` beside ``model.safetensors`` (tensors, plus the fit's record in the header). It
+names the sha256 of the weights it was fitted on; a student folder whose weights changed since (fine-tuned,
+re-saved) loads without it and logs the fix, since a stale fit would flag the wrong edits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from spatialreward.types import NOVELTY_VIEWS
+
+NOVELTY_FILE = "novelty.safetensors"
+FORMAT_NAME = "spatialreward-novelty"
+FORMAT_VERSION = 1
+VIEWS = NOVELTY_VIEWS
+
+log = logging.getLogger(__name__)
+
+
+class NoveltyDetector(nn.Module):
+    """``(instruction [B, C], evidence [B, H])`` → ``novelty [B, 2]`` fp32, one column per view (> 1: further out
+    than ``quantile`` of in-distribution edits).
+
+    Per view ``v``: ``‖(x − mean_v) · whiten_v‖ / threshold_v``, where ``whiten_v whiten_vᵀ`` is the fitted
+    precision matrix. Buffers are non-persistent: they live in ``novelty.safetensors``, not in the student's
+    weights, so a student with or without a fit has the same ``state_dict``.
+    """
+
+    def __init__(self, dims: tuple[int, ...], record: dict[str, Any] | None = None):
+        super().__init__()
+        if len(dims) != len(VIEWS):
+            raise ValueError(f"dims {dims}: one per view {VIEWS}")
+        self.dims = tuple(int(d) for d in dims)
+        for name, d in zip(VIEWS, self.dims):
+            self.register_buffer(f"{name}_mean", torch.zeros(d), persistent=False)
+            self.register_buffer(f"{name}_whiten", torch.eye(d), persistent=False)
+        self.register_buffer("inv_threshold", torch.ones(len(VIEWS)), persistent=False)
+        self.record: dict[str, Any] = dict(record or {})
+
+    def tensor_names(self) -> list[str]:
+        return [f"{v}_{part}" for v in VIEWS for part in ("mean", "whiten")] + ["inv_threshold"]
+
+    def distances(self, *views: torch.Tensor) -> torch.Tensor:
+        """Uncalibrated Mahalanobis distances ``[B, 2]``."""
+        out = []
+        for name, x in zip(VIEWS, views):
+            mean, whiten = getattr(self, f"{name}_mean").float(), getattr(self, f"{name}_whiten").float()
+            y = (x.float() - mean) @ whiten
+            out.append((y * y).sum(1).sqrt())
+        return torch.stack(out, dim=1)
+
+    def forward(self, instruction: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+        return self.distances(instruction, evidence) * self.inv_threshold.float()
+
+
+def fit_novelty(fit: tuple[torch.Tensor, ...], calibration: tuple[torch.Tensor, ...], *, quantile: float = 0.99,
+                record: dict[str, Any] | None = None) -> NoveltyDetector:
+    """Fit each view's Gaussian on ``fit`` (one ``[N, D_v]`` tensor per view of `VIEWS`) and set its threshold to
+    the ``quantile`` of ``calibration``'s distances (``[M, D_v]`` per view: in-distribution edits the fit did not
+    see)."""
+    from sklearn.covariance import LedoitWolf
+
+    if len(fit) != len(VIEWS) or len(calibration) != len(VIEWS):
+        raise ValueError(f"pass one tensor per view {VIEWS} for fit and calibration")
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"quantile={quantile} must be in [0.5, 1)")
+    n, m = fit[0].shape[0], calibration[0].shape[0]
+    if n < 50 or m < 10:
+        raise ValueError(f"{n} fit and {m} calibration edits: need at least 50 and 10")
+    for name, f, c in zip(VIEWS, fit, calibration):
+        if f.shape[0] != n or c.shape[0] != m or f.shape[1] != c.shape[1]:
+            raise ValueError(f"view {name!r}: fit {tuple(f.shape)} and calibration {tuple(c.shape)} do not line up")
+        if not (torch.isfinite(f).all() and torch.isfinite(c).all()):
+            raise ValueError(f"view {name!r}: non-finite features (the student produced NaN/inf on some edit)")
+    det = NoveltyDetector(tuple(f.shape[1] for f in fit))
+    shrinkage = {}
+    for name, f in zip(VIEWS, fit):
+        lw = LedoitWolf().fit(f.double().numpy())
+        precision = torch.from_numpy(lw.precision_)
+        precision = (precision + precision.T) / 2
+        whiten = torch.linalg.cholesky(precision)  # P = L Lᵀ, so (x − μ)ᵀ P (x − μ) = ‖(x − μ) L‖²
+        getattr(det, f"{name}_mean").copy_(torch.from_numpy(lw.location_).float())
+        getattr(det, f"{name}_whiten").copy_(whiten.float())
+        shrinkage[name] = float(lw.shrinkage_)
+    calib = det.distances(*calibration)  # [M, 2]
+    thresholds = torch.quantile(calib.double(), quantile, dim=0).clamp_min(1e-12)
+    det.inv_threshold.copy_((1.0 / thresholds).float())
+    det.record = {**(record or {}), "views": list(VIEWS), "dims": list(det.dims), "quantile": quantile,
+                  "fit_edits": n, "calibration_edits": m, "shrinkage": shrinkage,
+                  "threshold_distance": dict(zip(VIEWS, thresholds.tolist()))}
+    return det
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The file beside the weights
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def save_novelty(detector: NoveltyDetector, directory: str | Path) -> Path:
+    """Write ``novelty.safetensors`` into a student folder, stamped with the folder's weights hash."""
+    from safetensors.torch import save
+
+    from spatialreward.dataset import atomic_write_bytes
+
+    directory = Path(directory)
+    meta = {**detector.record, "weights_sha256": _weights_sha256(directory)}
+    detector.record = meta
+    tensors = {name: getattr(detector, name).detach().float().cpu().contiguous() for name in detector.tensor_names()}
+    header = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "record": json.dumps(meta, sort_keys=True)}
+    path = directory / NOVELTY_FILE
+    atomic_write_bytes(path, save(tensors, metadata=header))
+    return path
+
+
+def load_novelty(directory: str | Path, device: str | torch.device = "cpu") -> NoveltyDetector | None:
+    """The folder's fit, or None when it has none or when it belongs to other weights (logged, with the fix)."""
+    from safetensors import safe_open
+
+    from spatialreward.student import checkpoint
+
+    directory = Path(directory)
+    path = directory / NOVELTY_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise checkpoint.CheckpointError(f"{path}: unreadable ({exc}); refit with `spatialreward novelty --model "
+                                         f"{directory} --data DATA`") from exc
+    if header.get("format") != FORMAT_NAME:
+        raise checkpoint.CheckpointError(f"{path}: not a {FORMAT_NAME} file (format {header.get('format')!r})")
+    if int(header.get("format_version", -1)) != FORMAT_VERSION:
+        raise checkpoint.CheckpointError(
+            f"{path}: format version {header.get('format_version')}, this package reads {FORMAT_VERSION}; refit "
+            f"with `spatialreward novelty --model {directory} --data DATA`")
+    record = json.loads(header.get("record", "{}"))
+    if record.get("weights_sha256") != _weights_sha256(directory):
+        log.warning("%s was fitted on other weights than %s now holds; novelty is off until you refit: "
+                    "spatialreward novelty --model %s --data DATA", path, checkpoint.WEIGHTS_FILE, directory)
+        return None
+    dims = tuple(int(d) for d in record.get("dims", ()))
+    det = NoveltyDetector(dims, record)
+    if set(tensors) != set(det.tensor_names()):
+        raise checkpoint.CheckpointError(f"{path}: tensors {sorted(tensors)}, expected {det.tensor_names()}")
+    checkpoint.check_finite(tensors, source=str(path))
+    for name, value in tensors.items():
+        buf = getattr(det, name)
+        if tuple(value.shape) != tuple(buf.shape):
+            raise checkpoint.CheckpointError(f"{path}: {name} is {tuple(value.shape)}, expected {tuple(buf.shape)}")
+        buf.copy_(value)
+    return det.to(device)
+
+
+def _weights_sha256(directory: Path) -> str:
+    from spatialreward.student import checkpoint
+
+    config = json.loads((directory / checkpoint.CONFIG_FILE).read_text())
+    return config.get("weights_sha256") or checkpoint.file_sha256(directory / checkpoint.WEIGHTS_FILE)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fitting a student folder on a dataset
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def collect_views(student, data, *, max_groups: int | None = None, groups_per_batch: int = 16,
+                  progress: bool = False) -> tuple[torch.Tensor, ...]:
+    """Both views ``([E, C], [E, H])`` of the edits of ``data`` (an `EditData`): its first ``max_groups`` groups
+    (all by default), whole groups in group order."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(data.group.tolist()):
+        members.setdefault(g, []).append(i)
+    groups = sorted(members)[:max_groups] if max_groups else sorted(members)
+    batches = [[i for g in groups[k:k + groups_per_batch] for i in members[g]]
+               for k in range(0, len(groups), groups_per_batch)]
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+    c = student.cfg.embed_dim
+
+    def grab(_module, args):
+        evidence, hidden = args[0], args[1]
+        captured.append((evidence[:, :c].detach().float().cpu(), hidden.detach().float().cpu()))
+
+    hook = student.score_head.register_forward_pre_hook(grab)
+    device = next(student.parameters()).device
+    was_training = student.training
+    student.eval()
+    try:
+        from rich.progress import track
+
+        for indices in (track(batches, description="novelty features") if progress else batches):
+            batch = data.collate(indices)
+            student(batch["source"].to(device), batch["edited"].to(device), batch["text"].to(device),
+                    source_index=batch["source_index"].to(device))
+    finally:
+        hook.remove()
+        student.train(was_training)
+    return tuple(torch.cat([part[v] for part in captured]) for v in range(len(VIEWS)))
+
+
+def fit_student_folder(model_dir: str | Path, data_dir: str | Path, *, teacher: str = "oracle",
+                       fit_split: str = "train", calibration_split: str = "heldout", fit_groups: int = 800,
+                       calibration_groups: int = 200, quantile: float = 0.99, text_encoder=None,
+                       progress: bool = True, log_fn=print) -> dict[str, Any]:
+    """Fit the novelty check of a student folder on ``data_dir`` and write ``novelty.safetensors`` beside it.
+    ``text_encoder``: the instruction encoder (default: the one the student was trained with). Returns the fit's
+    record (also in the file's header)."""
+    from spatialreward.student.data import load_split, mask_target_size
+    from spatialreward.student.model import Student
+    from spatialreward.student.text import text_encoder_for
+
+    model_dir = Path(model_dir)
+    student = Student.from_pretrained(model_dir)
+    student.novelty = None  # features come from the network alone
+    encoder = text_encoder_for(student.cfg, text_encoder)
+    kw = dict(teacher=teacher, img_size=student.cfg.input_size, mask_size=mask_target_size(student.cfg.grid),
+              text_encoder=encoder, progress=progress)
+    views = {}
+    for role, split, groups in (("fit", fit_split, fit_groups), ("calibration", calibration_split,
+                                                                  calibration_groups)):
+        data = load_split(data_dir, split=split, max_groups=groups, **kw)
+        log_fn(f"novelty: {role} features of {len(data)} edits ({split} split of {data_dir}) …")
+        views[role] = collect_views(student, data, progress=progress)
+    det = fit_novelty(views["fit"], views["calibration"], quantile=quantile,
+                      record={"data": str(data_dir), "teacher": teacher, "fit_split": fit_split,
+                              "calibration_split": calibration_split})
+    path = save_novelty(det, model_dir)
+    log_fn(f"wrote {path} (thresholds {det.record['threshold_distance']})")
+    return {**det.record, "file": str(path)}
