@@ -459,10 +459,11 @@ class Distiller:
             return
         model = self.eval_model()
         record = {"data": str(cfg.data), "teacher": cfg.teacher, "fit_split": cfg.train_split,
-                  "calibration_split": cfg.eval_split}
-        try:
+                  "calibration_split": cfg.eval_split, "excluded_operations": list(cfg.excluded_operations)}
+        try:  # the eval split keeps excluded operations (to measure them): they are not "like training"
             det = fit_novelty(collect_views(model, self.train_data, max_groups=cfg.novelty_fit_groups),
-                              collect_views(model, self.eval_data), record=record)
+                              collect_views(model, self.eval_data, skip_operations=cfg.excluded_operations),
+                              record=record)
         except ValueError as exc:
             self._print(f"novelty check not fitted: {exc}")
             return

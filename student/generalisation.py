@@ -312,7 +312,9 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
             pooled_rows["novelty"].append(preds.novelty)
             pooled_rows["std"].append(preds.uncertainty.mean(1))
     if pooled_rows:
-        unseen = _excluded_operations(model_dir)
+        from spatialreward.student.novelty import run_excluded_operations
+
+        unseen = run_excluded_operations(model_dir)
         report["novelty"] = novelty_summary(
             np.concatenate(pooled_rows["pred"]), np.concatenate(pooled_rows["target"]), pooled_rows["groups"],
             pooled_rows["operations"], np.concatenate(pooled_rows["novelty"]), np.concatenate(pooled_rows["std"]),
@@ -324,17 +326,6 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
     atomic_write_bytes(out_json, json.dumps(report, indent=2).encode())
     plot_report(report, out_json.with_suffix(".png"))
     return report
-
-
-def _excluded_operations(model_dir: str | Path) -> list[str]:
-    """The operations a run never trained on (`distill --exclude-operations`), from its distill_config.json."""
-    import json
-
-    path = Path(model_dir) / "distill_config.json"
-    if not path.is_file():
-        return []
-    value = json.loads(path.read_text()).get("exclude_operations") or ""
-    return [op.strip() for op in value.split(",") if op.strip()]
 
 
 def plot_report(report: dict[str, Any], path: str | Path) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,13 +191,15 @@ def _weights_sha256(directory: Path) -> str:
 
 
 @torch.no_grad()
-def collect_views(student, data, *, max_groups: int | None = None, groups_per_batch: int = 16,
-                  progress: bool = False) -> tuple[torch.Tensor, ...]:
+def collect_views(student, data, *, max_groups: int | None = None, skip_operations: Sequence[str] = (),
+                  groups_per_batch: int = 16, progress: bool = False) -> tuple[torch.Tensor, ...]:
     """Both views ``([E, C], [E, H])`` of the edits of ``data`` (an `EditData`): its first ``max_groups`` groups
-    (all by default), whole groups in group order."""
+    (all by default) whose operation is not in ``skip_operations``, whole groups in group order."""
+    skip = set(skip_operations)
     members: dict[int, list[int]] = {}
     for i, g in enumerate(data.group.tolist()):
-        members.setdefault(g, []).append(i)
+        if str(data.samples[i].meta.get("operation", "")) not in skip:
+            members.setdefault(g, []).append(i)
     groups = sorted(members)[:max_groups] if max_groups else sorted(members)
     batches = [[i for g in groups[k:k + groups_per_batch] for i in members[g]]
                for k in range(0, len(groups), groups_per_batch)]
@@ -236,6 +239,7 @@ def fit_student_folder(model_dir: str | Path, data_dir: str | Path, *, teacher: 
     from spatialreward.student.text import text_encoder_for
 
     model_dir = Path(model_dir)
+    excluded = run_excluded_operations(model_dir)  # what the run never trained on is not "like training"
     student = Student.from_pretrained(model_dir)
     student.novelty = None  # features come from the network alone
     encoder = text_encoder_for(student.cfg, text_encoder)
@@ -244,12 +248,21 @@ def fit_student_folder(model_dir: str | Path, data_dir: str | Path, *, teacher: 
     views = {}
     for role, split, groups in (("fit", fit_split, fit_groups), ("calibration", calibration_split,
                                                                   calibration_groups)):
-        data = load_split(data_dir, split=split, max_groups=groups, **kw)
+        data = load_split(data_dir, split=split, max_groups=groups, exclude_operations=excluded, **kw)
         log_fn(f"novelty: {role} features of {len(data)} edits ({split} split of {data_dir}) …")
         views[role] = collect_views(student, data, progress=progress)
     det = fit_novelty(views["fit"], views["calibration"], quantile=quantile,
                       record={"data": str(data_dir), "teacher": teacher, "fit_split": fit_split,
-                              "calibration_split": calibration_split})
+                              "calibration_split": calibration_split, "excluded_operations": list(excluded)})
     path = save_novelty(det, model_dir)
     log_fn(f"wrote {path} (thresholds {det.record['threshold_distance']})")
     return {**det.record, "file": str(path)}
+
+
+def run_excluded_operations(model_dir: str | Path) -> list[str]:
+    """The operations a training run never saw (`distill --exclude-operations`, from its distill_config.json)."""
+    path = Path(model_dir) / "distill_config.json"
+    if not path.is_file():
+        return []
+    value = json.loads(path.read_text()).get("exclude_operations") or ""
+    return [op.strip() for op in str(value).split(",") if op.strip()]

@@ -347,3 +347,21 @@ def test_novelty_summary_aurocs_and_routing_on_known_numbers():
     assert out["teacher_fallback"]["none"]["pairwise"] == 0.5
     assert out["teacher_fallback"]["0.25"]["unseen_pairwise"] is not None
     assert out["teacher_fallback"]["0.25"]["share_of_unseen_routed"] == pytest.approx(2 / 3)  # 2 of 6 edits routed
+
+
+def test_views_leave_out_the_operations_a_run_never_trained_on(fitted, tmp_path):
+    from spatialreward.student.data import load_split
+    from spatialreward.student.novelty import collect_views, run_excluded_operations
+
+    run, data, _ = fitted
+    student = Student.from_pretrained(run)
+    edits = load_split(data, split="train", teacher="oracle", img_size=48, mask_size=(12, 12),
+                       text_encoder=HashingTextEncoder(), progress=False)
+    first = edits.samples[0].group_id
+    for s in edits.samples:
+        s.meta["operation"] = "texture" if s.group_id == first else "recolour"
+    views = collect_views(student, edits, skip_operations=["texture"])
+    assert views[0].shape == (55, 32) and views[1].shape == (55, 32)  # 12 groups of 5, one left out
+    assert collect_views(student, edits, max_groups=3)[0].shape[0] == 15
+    (tmp_path / "distill_config.json").write_text(json.dumps({"exclude_operations": "texture, move"}))
+    assert run_excluded_operations(tmp_path) == ["texture", "move"] and run_excluded_operations(data) == []
