@@ -91,6 +91,24 @@ def test_table_per_operation_rows_pool_every_split():
     assert rows[operations.index("texture")].split("|")[2] == texture_rows[-1].split("|")[2]
 
 
+def test_table_novelty_prints_the_committed_check():
+    """`table.py --novelty` on the committed held-out-texture report: the AUROC row and the 25 % fallback row are
+    the report's own numbers, and the texture row is the edit-weighted flagged share over its splits."""
+    report = BENCH.parent / "docs" / "results" / "novelty_v3_4k_no_texture_cmp_gen_v3.json"
+    full = json.loads(report.read_text())
+    splits, rows = _table_rows(report, "--novelty")
+    novelty = full["novelty"]
+    assert novelty["unseen_operations"] == ["texture"]
+    auroc = next(r for r in rows if r.startswith("| AUROC unseen vs trained: novelty |"))
+    assert f"{novelty['auroc_unseen_vs_trained']['novelty']:.3f}" in auroc
+    routed = novelty["teacher_fallback"]["0.25"]
+    row = next(r for r in rows if r.startswith("| unseen-operation pairwise, 25%"))
+    assert f"{routed['unseen_pairwise']:.3f} ({routed['random_unseen_pairwise']:.3f})" in row
+    blocks = [s["novelty"]["per_operation"]["texture"] for s in splits.values()]
+    share = sum(b["flagged"] * b["edits"] for b in blocks) / sum(b["edits"] for b in blocks)
+    assert next(r for r in rows if r.startswith("| flagged, texture |")).split("|")[2].strip() == f"{share:.3f}"
+
+
 def test_table_uncertainty_pools_std_and_error_per_operation():
     report = BENCH.parent / "docs" / "results" / "generalisation_v3_4k_no_texture_cmp_gen_v3.json"
     splits, rows = _table_rows(report, "--uncertainty")
@@ -102,12 +120,29 @@ def test_table_uncertainty_pools_std_and_error_per_operation():
     assert rows[-3].startswith("| all: within ±1 sd")
 
 
-def test_ood_probe_auroc_is_the_mann_whitney_statistic():
+def _load_script(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("ood_probe", BENCH / "fidelity" / "ood_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    spec = importlib.util.spec_from_file_location(name, BENCH / "fidelity" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_novelty_views_ppca_is_the_mahalanobis_distance_of_its_model():
+    """On data whose covariance is exactly diagonal with K large and D − K equal variances, probabilistic PCA with
+    K directions is the exact Gaussian: its distance equals the full Mahalanobis distance."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20000, 6)) * np.array([5.0, 3.0, 1.0, 1.0, 1.0, 1.0])
+    ppca = _load_script("novelty_views").PPCA(x, 2)
+    probe = rng.standard_normal((5, 6))
+    cov = np.cov(x, rowvar=False)
+    full = np.einsum("ij,jk,ik->i", probe - x.mean(0), np.linalg.inv(cov), probe - x.mean(0))
+    assert np.allclose(ppca.mahalanobis(probe), full, rtol=0.05)
+
+
+def test_ood_probe_auroc_is_the_mann_whitney_statistic():
+    probe = _load_script("ood_probe")
     assert probe.auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
     assert probe.auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
     assert probe.auroc(np.array([1.0, 3.0]), np.array([2.0, 2.0])) == 0.5  # one above both, one below both

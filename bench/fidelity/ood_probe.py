@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spatialreward.student.generalisation import auroc  # noqa: F401 - the shared Mann-Whitney AUROC
+
 
 def evidence_and_std(model, data, groups_per_batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """``([E, D] score-head inputs, [E] mean predicted sub-score std)`` in data order."""
@@ -45,15 +47,6 @@ def evidence_and_std(model, data, groups_per_batch: int = 16) -> tuple[np.ndarra
     finally:
         hook.remove()
     return feats, std
-
-
-def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """P(a positive scores above a negative), ties half (the Mann-Whitney U statistic, normalised)."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(np.concatenate([positive, negative]))
-    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
-    return float(u / (len(positive) * len(negative)))
 
 
 def main(argv=None) -> int:

@@ -87,6 +87,44 @@ def print_uncertainty(reports: list[dict], names: list[str]) -> None:
     print("\ncells (operation rows): mean predicted std / mean absolute error of the sub-scores, points, all splits")
 
 
+def print_novelty(full: list[dict], names: list[str]) -> None:
+    """The report's novelty block (students with a novelty fit): how well it finds the unseen operation, what the
+    teacher fallback recovers against routing the same share at random, and the flagged share per operation."""
+    def get(report: dict, *keys, fmt="{:.3f}") -> str:
+        node = report.get("novelty") or {}
+        for k in keys:
+            node = (node or {}).get(k) if isinstance(node, dict) else None
+        return "–" if node is None else fmt.format(node)
+
+    rows = [("flagged, trained operations", ("flagged_trained",)), ("flagged, unseen operations", ("flagged_unseen",))]
+    rows += [(f"AUROC unseen vs trained: {k}", ("auroc_unseen_vs_trained", k))
+             for k in ("novelty", "instruction", "evidence", "predicted_std")]
+    print("| | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for label, keys in rows:
+        print(f"| {label} | " + " | ".join(get(r, *keys) for r in full) + " |")
+    shares = [k for k in (full[0].get("novelty") or {}).get("teacher_fallback", {}) if k != "none"]
+    for what, key, rand in (("pairwise", "pairwise", "random_pairwise"),
+                            ("unseen-operation pairwise", "unseen_pairwise", "random_unseen_pairwise")):
+        print(f"| {what}, student alone | " + " | ".join(get(r, "teacher_fallback", "none", key) for r in full)
+              + " |")
+        for share in shares:
+            cells = [f"{get(r, 'teacher_fallback', share, key)} ({get(r, 'teacher_fallback', share, rand)})"
+                     for r in full]
+            print(f"| {what}, {float(share):.0%} most novel to the teacher (at random) | " + " | ".join(cells) + " |")
+    operations = sorted({op for r in full for s in r["splits"].values()
+                         for op in (s.get("novelty") or {}).get("per_operation", {})})
+    for op in operations:
+        cells = []
+        for r in full:
+            blocks = [s["novelty"]["per_operation"][op] for s in r["splits"].values()
+                      if op in (s.get("novelty") or {}).get("per_operation", {})]
+            n = sum(b["edits"] for b in blocks)
+            cells.append("–" if not n else f"{sum(b['flagged'] * b['edits'] for b in blocks) / n:.3f}")
+        print(f"| flagged, {op} | " + " | ".join(cells) + " |")
+    print("\nflagged: share of edits with novelty > 1; routing is simulated over all edits of the set pooled")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("reports", nargs="+", type=Path)
@@ -103,9 +141,16 @@ def main(argv=None) -> int:
     p.add_argument("--uncertainty", action="store_true",
                    help="rows: edit operations, each pooled over every split (mean predicted std / mean absolute "
                         "sub-score error, points), then the calibration over all edits")
+    p.add_argument("--novelty", action="store_true",
+                   help="rows: the novelty check (flagged shares, AUROC for the unseen operation, the simulated "
+                        "teacher fallback, flagged share per operation)")
     args = p.parse_args(argv)
     names = args.names or [r.stem for r in args.reports]
-    reports = [json.loads(r.read_text())["splits"] for r in args.reports]
+    full = [json.loads(r.read_text()) for r in args.reports]
+    reports = [r["splits"] for r in full]
+    if args.novelty:
+        print_novelty(full, names)
+        return 0
     if args.uncertainty:
         print_uncertainty(reports, names)
         return 0
