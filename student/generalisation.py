@@ -338,7 +338,13 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
     from spatialreward.dataset import atomic_write_bytes
 
     splits = list(report["summary"])
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(splits)), 4.2))
+    routing = (report.get("novelty") or {}).get("teacher_fallback")
+    if routing:  # a second panel: pairwise accuracy against the share of edits the teacher judges
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(7, 1.6 * len(splits)) + 4.5, 4.2),
+                                      gridspec_kw={"width_ratios": [max(7, 1.6 * len(splits)), 4.5]})
+        _plot_routing(ax2, routing, report["novelty"].get("unseen_operations") or [])
+    else:
+        fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(splits)), 4.2))
     width = 0.8 / len(HEADLINE)
     for k, metric in enumerate(HEADLINE):
         values = [report["summary"][s][metric] for s in splits]
@@ -356,6 +362,24 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def _plot_routing(ax, routing: dict[str, Any], unseen: list[str]) -> None:
+    """Pairwise accuracy when the most novel share of edits (solid) or a random share (dotted) is judged by the
+    teacher; the unseen operations' own accuracy in a second colour."""
+    shares = [0.0] + [float(k) for k in routing if k != "none"]
+    rows = [routing["none"]] + [routing[k] for k in routing if k != "none"]
+    series = [("pairwise", "random_pairwise", "all edits", "C0")]
+    if unseen and rows[0].get("unseen_pairwise") is not None:
+        series.append(("unseen_pairwise", "random_unseen_pairwise", f"unseen: {', '.join(unseen)}", "C3"))
+    for key, rand, label, colour in series:
+        ax.plot(shares, [r[key] for r in rows], "-o", color=colour, label=f"{label}, most novel")
+        ax.plot(shares, [rows[0][key]] + [r[rand] for r in rows[1:]], ":o", color=colour, label=f"{label}, random")
+    ax.set_xlabel("share of edits judged by the teacher")
+    ax.set_ylabel("pairwise accuracy")
+    ax.set_title("teacher fallback (novelty check)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
 
 
 def report_markdown(report: dict[str, Any]) -> str:
