@@ -266,10 +266,11 @@ def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
 def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json: str | Path, *,
                           splits: Sequence[str] | None = None, teacher: str = "oracle", device: str = "cpu",
                           max_groups: int | None = None, text_encoder=None, progress: bool = True,
-                          title: str | None = None) -> dict[str, Any]:
+                          title: str | None = None, unseen_operations: Sequence[str] | None = None) -> dict[str, Any]:
     """Evaluate the student in ``model_dir`` on each split of ``data_dir`` and write ``out_json`` plus a PNG beside
     it. Default splits: the generalisation splits present, in their canonical order; in a set without any (a
-    training set), its ``heldout`` split."""
+    training set), its ``heldout`` split. ``unseen_operations``: what the novelty block treats as never trained
+    (default: the run's ``--exclude-operations``; name operations its training set did not have, too)."""
     import json
 
     from spatialreward.dataset import atomic_write_bytes, read_samples
@@ -314,7 +315,7 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
     if pooled_rows:
         from spatialreward.student.novelty import run_excluded_operations
 
-        unseen = run_excluded_operations(model_dir)
+        unseen = list(unseen_operations) if unseen_operations is not None else run_excluded_operations(model_dir)
         report["novelty"] = novelty_summary(
             np.concatenate(pooled_rows["pred"]), np.concatenate(pooled_rows["target"]), pooled_rows["groups"],
             pooled_rows["operations"], np.concatenate(pooled_rows["novelty"]), np.concatenate(pooled_rows["std"]),

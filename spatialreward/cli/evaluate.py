@@ -32,6 +32,9 @@ def evaluate(
         help="standard (one split) or generalisation (every split of a `synth --layout generalisation` set: per "
         "kind, hard pairs, per failure family; --out is then a .json path, default MODEL/generalisation.json, "
         "with a .png beside it).")] = "standard",
+    unseen_operations: Annotated[str | None, typer.Option(
+        help="Generalisation report of a student with a novelty fit: comma-separated operations it never trained on "
+        "(default: the run's --exclude-operations).")] = None,
 ) -> None:
     """Within-group pairwise accuracy, Spearman/Kendall, group-advantage correlation, sub-score MAE, mask IoU (over
     all edits and over the edits the teacher boxed), presence accuracy of a student vs the teacher."""
@@ -54,8 +57,10 @@ def evaluate(
         if target.suffix != ".json":
             target = target / "generalisation.json"
         try:
+            unseen = None if unseen_operations is None else [
+                op.strip() for op in unseen_operations.split(",") if op.strip()]
             result = generalisation_report(model, data, target, teacher=teacher, device=device,
-                                           max_groups=max_groups, progress=not json_only)
+                                           max_groups=max_groups, progress=not json_only, unseen_operations=unseen)
         except ValueError as exc:
             raise CLIError(str(exc)) from exc
         if json_only:
