@@ -330,6 +330,9 @@ def test_generalisation_report_measures_the_check(fitted, tmp_path):
     assert set(routing) == {"none", "0.05", "0.10", "0.25"}
     assert all(0.0 <= row["pairwise"] <= 1.0 for row in routing.values())
     assert summary["fit"]["weights_sha256"]
+    named = generalisation_report(copy, data, tmp_path / "gen2.json", text_encoder=HashingTextEncoder(),
+                                  progress=False, unseen_operations=["move", "resize"])
+    assert named["novelty"]["unseen_operations"] == ["move", "resize"]  # an override of the run's own exclusions
 
 
 def test_novelty_summary_aurocs_and_routing_on_known_numbers():
