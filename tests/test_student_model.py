@@ -125,7 +125,7 @@ def test_tokens_path_equals_forward_and_regions_change_the_answer():
     # A shared source given once with an index gives the same answer as the source repeated per edit.
     shared = model(s[:1], e, t, source_index=torch.zeros(3, dtype=torch.long))
     repeated = model(s[:1].expand(3, -1, -1, -1), e, t)
-    for a, b in zip(shared, repeated):
+    for a, b in zip(tensors(shared), tensors(repeated)):
         assert torch.allclose(a, b, atol=1e-6)
 
 
