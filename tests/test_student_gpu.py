@@ -56,6 +56,9 @@ def test_student_triton_equals_reference_fp32(name):
     ref, ref_grads = _run(model, "reference", s, e, t, grad=True)
     tri, tri_grads = _run(model, "triton", s, e, t, grad=True)
     for field, want, got in zip(ref._fields, ref, tri):
+        if want is None:  # novelty: this student has no novelty fit
+            assert got is None, field
+            continue
         assert torch.isfinite(got).all(), field
         torch.testing.assert_close(got, want, atol=2e-4, rtol=2e-4, msg=lambda m: f"{name}.{field}: {m}")
     assert ref_grads.keys() == tri_grads.keys() and ref_grads
