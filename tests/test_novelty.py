@@ -299,6 +299,11 @@ def test_server_answers_carry_novelty_and_a_remote_scorer_routes_on_it(fitted):
     with BackgroundServer(cfg, rm) as srv:
         rows = RewardClient(srv.url).score([src] * 4, edt, texts)
         assert np.allclose([r["novelty"] for r in rows], ref.novelty.numpy(), rtol=1e-5)
+        import httpx
+
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        count = next(line for line in metrics.splitlines() if line.startswith("spatialreward_novelty_count"))
+        assert float(count.split()[-1]) == 4  # a drift monitor: the novelty of every scored edit
         teacher = RecordingTeacher()
         scorer = EditScorer(url=srv.url, fallback=TeacherFallback(teacher, max_share=0.5, threshold=0.0))
         _, infos = scorer.score([src] * 4, edt, texts)

@@ -6,11 +6,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+NOVELTY_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)  # 1.0: the 99th percentile of in-distribution edits
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 
 
 class Metrics:
-    """Requests by route and status, edits by outcome, errors by kind, batch sizes, queue depth, latencies."""
+    """Requests by route and status, edits by outcome, errors by kind, batch sizes, queue depth, latencies, and
+    the novelty of scored edits."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -28,6 +30,9 @@ class Metrics:
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.model_seconds = Histogram("spatialreward_model_seconds", "time in one model call",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        # The policy drifting off what the student learned from: watch the share of edits above 1 per step.
+        self.novelty = Histogram("spatialreward_novelty", "novelty of scored edits (students with a novelty fit)",
+                                 buckets=NOVELTY_BUCKETS, registry=r)
         self.cancelled = Counter("spatialreward_cancelled_requests",
                                  "requests dropped before scoring because the client went away", registry=r)
 

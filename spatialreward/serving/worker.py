@@ -236,6 +236,9 @@ class ModelWorker:
         if self.metrics:
             self.metrics.batch_size.observe(len(edits))
             self.metrics.model_seconds.observe(elapsed)
+            if out.novelty is not None:
+                for value in out.novelty[out.ok].tolist():
+                    self.metrics.novelty.observe(value)
         reward = out.reward.tolist()
         subscores = out.subscores.tolist()
         uncertainty = out.uncertainty.tolist()
