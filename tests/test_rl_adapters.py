@@ -137,6 +137,7 @@ def test_flow_grpo_reward_fn_in_the_edit_trainer_call_shape(where, rm, server, m
     scores, info = fn(images, prompts, metadata, ref_images)
     assert isinstance(scores, list) and len(scores) == n
     assert math.isnan(scores[5]) and not info["ok"][5] and "NaN" in info["errors"][5]
+    assert info["novelty"] == [None] * n and info["scored_by"] == ["student"] * n  # no novelty fit, no fallback
     good = [i for i in range(n) if i != 5]
     expected = reference(rm, [source] * 7, [images[i] for i in good], [INSTRUCTION] * 7)
     assert np.allclose([scores[i] for i in good], expected, atol=1e-5)

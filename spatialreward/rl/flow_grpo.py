@@ -47,6 +47,8 @@ def spatialreward_score(device=None, *, model: str | None = None, url: str | Non
         metas = metadata if isinstance(metadata, (list, tuple)) else [{}] * len(prompts)
         instructions = [(m.get("instruction") if isinstance(m, dict) else None) or p for m, p in zip(metas, prompts)]
         rewards, infos = scorer.score(sources, editeds, instructions)
-        return rewards.tolist(), {"ok": [i["ok"] for i in infos], "errors": [i["error"] for i in infos]}
+        return rewards.tolist(), {"ok": [i["ok"] for i in infos], "errors": [i["error"] for i in infos],
+                                  "novelty": [i.get("novelty") for i in infos],  # None without a novelty fit
+                                  "scored_by": [i.get("scored_by", "student") for i in infos]}
 
     return _fn
