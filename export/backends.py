@@ -107,7 +107,8 @@ class TorchBackend:
         self._text = None  # the torch sentence encoder, loaded on the first embed_text
         self._encode = EncodeGraph(self.student).eval()
         self._score = ScoreGraph(self.student).eval()
-        self.has_novelty = has_novelty(self.student)  # Scores.novelty comes out of score
+        # Scores.novelty comes out of score, one column per view
+        self.novelty_views = tuple(self.student.novelty.views) if has_novelty(self.student) else ()
         if compile:
             # dynamic=False: one graph per batch size (fastest, recompiles per size); True: one over all sizes
             self._encode = torch.compile(self._encode, mode=compile_mode, dynamic=compile_dynamic)
@@ -229,7 +230,8 @@ class OnnxRuntimeBackend:
                                             providers=self.providers)
         self._score = ort.InferenceSession(str(self.directory / graphs["score"]["file"]), so, providers=self.providers)
         self._specs = {g: {k: graphs[g][k] for k in ("inputs", "outputs")} for g in ("encode", "score")}
-        self.has_novelty = NOVELTY_OUTPUT in self._specs["score"]["outputs"]
+        self.novelty_views = (tuple((self.meta.get("novelty") or {}).get("views", ()))
+                              if NOVELTY_OUTPUT in self._specs["score"]["outputs"] else ())
         self._ort_version = ort.__version__
         # text.onnx + tokenizer.json when the export has them (checked against export.json's sha256 now, so a
         # changed file fails at load naming it); older exports embed with the torch encoder on first use.

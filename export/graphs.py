@@ -79,8 +79,8 @@ class ScoreGraph(nn.Module):
 
     Outputs: ``subscores [B, 4]`` 0–25, ``subscore_logvar [B, 4]``, ``reward [B]`` (baked weights), ``mask_logits
     [B, h, w]`` on the (subdivided) token grid, ``presence_logit [B]``, ``region_boxes [B, 4]`` 0–1000, and
-    ``novelty [B, 2]`` (instruction, evidence) when the student has a novelty fit. Always fp32 (an fp16 graph casts its outputs), so every
-    backend hands the runtime the same dtypes.
+    ``novelty [B, V]`` (one column per view) when the student has a novelty fit. Always fp32 (an fp16 graph casts its
+    outputs), so every backend hands the runtime the same dtypes.
     """
 
     def __init__(self, student: nn.Module):

@@ -27,7 +27,7 @@ class Scores(NamedTuple):
 
     ``subscores [B, 4]`` 0–25; ``subscore_logvar [B, 4]`` log-variance of subscore/25; ``reward [B]`` in [0, 1]
     with the weights the backend was built with; ``mask_logits [B, h, w]``; ``presence_logit [B]``;
-    ``region_boxes [B, 4]`` 0–1000 on the edited image; ``novelty [B, 2]`` per view (instruction, evidence; > 1:
+    ``region_boxes [B, 4]`` 0–1000 on the edited image; ``novelty [B, V]`` per view (instruction, evidence, pixels; > 1:
     unlike the training edits) when the student has a novelty fit, else None.
     """
 

@@ -269,7 +269,8 @@ class TensorRTBackend:
         self.text_encoder = export["text_encoder"]["name"]
         self.reward_weights = dict(export["reward_weights"])
         self.max_batch = int(self.meta["batch"]["max"])
-        self.has_novelty = NOVELTY_OUTPUT in export["graphs"]["score"]["outputs"]
+        self.novelty_views = (tuple((export.get("novelty") or {}).get("views", ()))
+                              if NOVELTY_OUTPUT in export["graphs"]["score"]["outputs"] else ())
         self.cuda_graphs = cuda_graphs
         bucket_list = tuple(b for b in buckets if b < self.max_batch) + (self.max_batch,) if cuda_graphs else None
         self._logger = trt.Logger(trt.Logger.WARNING)

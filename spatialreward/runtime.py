@@ -55,8 +55,8 @@ class RewardOutput:
     why and the scores are NaN).
 
     ``novelty [B]``: how far the edit lies outside what the student learned from (`spatialreward.student.novelty`;
-    1.0 = the 99th percentile of in-distribution edits), the larger of ``novelty_parts [B, 2]``: the instruction's
-    and the visual evidence's (`spatialreward.types.NOVELTY_VIEWS`). None when the model has no novelty fit.
+    1.0 = the 99th percentile of in-distribution edits), the larger of ``novelty_parts [B, V]``: one column per view
+    the model has (`RewardModel.novelty_views`, in `spatialreward.types.NOVELTY_VIEWS` order). None when the model has no novelty fit.
     ``novel [B]`` is ``novelty > novelty_threshold``: the edits whose reward is a guess (send them to the teacher,
     `spatialreward.rl.fallback`); all False when there is no fit.
     """
@@ -175,9 +175,14 @@ class RewardModel:
         return student
 
     @property
+    def novelty_views(self) -> tuple[str, ...]:
+        """The columns of ``RewardOutput.novelty_parts`` (empty: the folder has no current novelty fit)."""
+        return tuple(getattr(self.backend, "novelty_views", ()))
+
+    @property
     def has_novelty(self) -> bool:
         """Whether outputs carry ``novelty`` (the folder had a current novelty fit: `spatialreward novelty`)."""
-        return bool(getattr(self.backend, "has_novelty", False))
+        return bool(self.novelty_views)
 
     def describe(self) -> dict[str, Any]:
         """The backend, its device and settings (ONNX Runtime: providers and session options)."""
@@ -408,7 +413,7 @@ class RewardModel:
         min_area = max(1, int(0.002 * out_size[0] * out_size[1]))  # specks below 0.2 % of the image are noise
         boxes = [mask_to_boxes(m.numpy(), min_area=min_area) for m in mask]
         novelty = parts = None
-        if out.novelty is not None:  # [B, 2] per view → the larger one is the edit's novelty
+        if out.novelty is not None:  # [B, V] per view → the larger one is the edit's novelty
             parts = out.novelty.float().cpu().masked_fill(~ok.unsqueeze(1), float("nan"))
             novelty = parts.amax(1)
         return RewardOutput(reward, subscores, mask, boxes, uncertainty, presence, ok, errors, novelty, parts,
@@ -419,7 +424,8 @@ class RewardModel:
         z = torch.zeros(0)
         return RewardOutput(z, torch.zeros(0, 4), torch.zeros(0, h, w, dtype=torch.bool), [], torch.zeros(0, 4), z,
                             torch.zeros(0, dtype=torch.bool), [], z if self.has_novelty else None,
-                            torch.zeros(0, 2) if self.has_novelty else None, self.novelty_threshold)
+                            torch.zeros(0, len(self.novelty_views)) if self.has_novelty else None,
+                            self.novelty_threshold)
 
 
 def _as_uint8_hwc(images: torch.Tensor) -> torch.Tensor:

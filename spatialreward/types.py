@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 SCHEMA_VERSION = 1
 SUBSCORE_NAMES = ("instruction_following", "consistency", "naturalness", "artifacts")
-# What a novelty check compares with the training edits (`RewardOutput.novelty_parts` columns, student.novelty)
-NOVELTY_VIEWS = ("instruction", "evidence")
+# What a novelty check compares with the training edits, in `RewardOutput.novelty_parts` column order
+# (student.novelty; "pixels" only for students with pixel detail)
+NOVELTY_VIEWS = ("instruction", "evidence", "pixels")
 SCORE_MAX = 25.0  # every sub-score is in [0, SCORE_MAX]
 BOX_SCALE = 1000.0  # boxes are in [0, BOX_SCALE] on both axes
 WHOLE_IMAGE = (0.0, 0.0, BOX_SCALE, BOX_SCALE)  # the box of the whole image: the region of a global edit

@@ -28,7 +28,7 @@ from spatialreward.types import BOX_SCALE, SUBSCORE_NAMES
 class Predictions:
     """Per-edit student outputs in data order: rewards ``[E]``, sub-scores ``[E, 4]``, presence probability
     ``[E]``, boolean masks ``[E, S, S]`` at the model's input side (logits upsampled, threshold 0), novelty
-    ``[E, 2]`` per view when the student has a novelty fit."""
+    ``[E, V]`` per view when the student has a novelty fit."""
 
     reward: np.ndarray
     subscores: np.ndarray
@@ -49,7 +49,8 @@ def predict(model, data: EditData, *, device: torch.device | str = "cpu", groups
     uncertainty = np.zeros((n, 4), np.float64)
     presence = np.zeros(n, np.float64)
     masks = np.zeros((n, side, side), bool)
-    novelty = np.zeros((n, 2), np.float64) if getattr(model, "novelty", None) is not None else None
+    novelty = (np.zeros((n, len(model.novelty.views)), np.float64) if getattr(model, "novelty", None) is not None
+               else None)
     sampler = GroupBatchSampler(data.group, groups_per_batch, shuffle=False, drop_last=False)
     for indices in sampler.epoch_batches(0):
         batch = data.collate(indices)

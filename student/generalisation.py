@@ -156,17 +156,15 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float | None:
     return float(u / (len(positive) * len(negative)))
 
 
-def novelty_split(novelty: np.ndarray, operations: Sequence[str]) -> dict[str, Any]:
+def novelty_split(novelty: np.ndarray, operations: Sequence[str], views: Sequence[str]) -> dict[str, Any]:
     """Share of edits the novelty check flags (> 1), overall, per view and per operation."""
-    from spatialreward.types import NOVELTY_VIEWS
-
     top = novelty.max(1)
     operations = np.asarray(operations)
     per_op = {op: {"edits": int((operations == op).sum()), "flagged": float((top[operations == op] > 1).mean()),
                    "median": float(np.median(top[operations == op]))}
               for op in sorted(set(operations.tolist()) - {""})}
     return {"flagged": float((top > 1).mean()),
-            "flagged_by_view": {v: float((novelty[:, k] > 1).mean()) for k, v in enumerate(NOVELTY_VIEWS)},
+            "flagged_by_view": {v: float((novelty[:, k] > 1).mean()) for k, v in enumerate(views)},
             "per_operation": per_op}
 
 
@@ -174,15 +172,15 @@ ROUTED_SHARES = (0.05, 0.1, 0.25)
 
 
 def novelty_summary(pred: np.ndarray, target: np.ndarray, group_ids: Sequence, operations: Sequence[str],
-                    novelty: np.ndarray, std: np.ndarray, unseen: Sequence[str], *, seeds: int = 5) -> dict[str, Any]:
+                    novelty: np.ndarray, std: np.ndarray, unseen: Sequence[str], views: Sequence[str], *,
+                    seeds: int = 5) -> dict[str, Any]:
     """Does the novelty check find the edits the student gets wrong, and does sending them to the teacher pay?
 
     With ``unseen`` operations (what the run excluded): AUROC of novelty, of each view and of the predicted std
     for "unseen vs trained operation", and the flagged shares of both. For every run: the teacher fallback
     simulated over the pooled edits — the top ``share`` by novelty get the teacher's reward — against the same
-    share chosen at random (mean of ``seeds`` draws), pairwise accuracy overall and on the unseen operations."""
-    from spatialreward.types import NOVELTY_VIEWS
-
+    share chosen at random (mean of ``seeds`` draws), pairwise accuracy overall and on the unseen operations.
+    ``views`` names the columns of ``novelty``."""
     operations = np.asarray(operations)
     group_ids = np.asarray(group_ids)
     top = novelty.max(1)
@@ -191,7 +189,7 @@ def novelty_summary(pred: np.ndarray, target: np.ndarray, group_ids: Sequence, o
     if is_unseen.any() and (~is_unseen).any():
         out["auroc_unseen_vs_trained"] = {
             "novelty": auroc(top[is_unseen], top[~is_unseen]),
-            **{v: auroc(novelty[is_unseen, k], novelty[~is_unseen, k]) for k, v in enumerate(NOVELTY_VIEWS)},
+            **{v: auroc(novelty[is_unseen, k], novelty[~is_unseen, k]) for k, v in enumerate(views)},
             "predicted_std": auroc(std[is_unseen], std[~is_unseen]),
         }
         out["flagged_unseen"] = float((top[is_unseen] > 1).mean())
@@ -226,7 +224,7 @@ def novelty_summary(pred: np.ndarray, target: np.ndarray, group_ids: Sequence, o
 
 def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
                  pred_subscores: np.ndarray | None = None, pred_std: np.ndarray | None = None,
-                 pred_novelty: np.ndarray | None = None) -> dict[str, Any]:
+                 pred_novelty: np.ndarray | None = None, novelty_views: Sequence[str] = ()) -> dict[str, Any]:
     """The per-split block of the report from predictions, `reward_metrics` output and the split's `EditData`."""
     target = data.reward.numpy()
     group_ids = [s.group_id for s in data.samples]
@@ -257,7 +255,8 @@ def split_report(pred_reward: np.ndarray, metrics: dict[str, Any], data,
                                       if pred_subscores is not None else None),
                uncertainty=(uncertainty_report(pred_subscores, pred_std, data.subscores.numpy(), operations)
                             if pred_subscores is not None and pred_std is not None else None),
-               novelty=novelty_split(pred_novelty, operations) if pred_novelty is not None else None,
+               novelty=(novelty_split(pred_novelty, operations, novelty_views) if pred_novelty is not None
+                        else None),
                sources=sorted({str(s.meta.get("photo", "")) for s in data.samples}),
                phrasings=sorted({str(s.meta.get("phrasing", "")) for s in data.samples}))
     return out
@@ -303,8 +302,9 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
                           mask_size=mask_target_size(model.cfg.grid), text_encoder=encoder, max_groups=max_groups,
                           progress=progress)
         metrics, preds = evaluate_data(model, data, device=device)
+        views = model.novelty.views if model.novelty is not None else ()
         report["splits"][split] = split_report(preds.reward, metrics, data, preds.subscores, preds.uncertainty,
-                                               preds.novelty)
+                                               preds.novelty, views)
         if preds.novelty is not None:
             pooled_rows["pred"].append(preds.reward)
             pooled_rows["target"].append(data.reward.numpy())
@@ -319,7 +319,7 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
         report["novelty"] = novelty_summary(
             np.concatenate(pooled_rows["pred"]), np.concatenate(pooled_rows["target"]), pooled_rows["groups"],
             pooled_rows["operations"], np.concatenate(pooled_rows["novelty"]), np.concatenate(pooled_rows["std"]),
-            unseen)
+            unseen, model.novelty.views)
         report["novelty"]["fit"] = dict(model.novelty.record)
     report["summary"] = {split: {k: block.get(k) for k in HEADLINE} for split, block in report["splits"].items()}
     out_json = Path(out_json)

@@ -506,8 +506,8 @@ class StudentOutput(NamedTuple):
     ``subscores [B, 4]`` in 0–25 (order of `SUBSCORE_NAMES`); ``reward [B]`` by the shared formula;
     ``edit_mask_logits [B, h, w]`` on the (subdivided) token grid; ``presence_logit [B]``; ``subscore_logvar
     [B, 4]`` (log-variance of subscore/25); ``region_boxes [B, 4]`` the box (0–1000, edited image) RoIAlign used;
-    ``novelty [B, 2]`` how far the instruction and the evidence lie outside the training distribution (> 1: further
-    than 99 % of in-distribution edits; `spatialreward.student.novelty`), None for a student without a novelty fit.
+    ``novelty [B, V]`` how far each view (instruction, evidence, pixels) lies outside the training distribution (> 1:
+    further than 99 % of in-distribution edits; `spatialreward.student.novelty`), None without a novelty fit.
     """
 
     subscores: torch.Tensor
@@ -661,9 +661,11 @@ class Student(nn.Module):
             whole_s = torch.cat([qs[:, :half].mean((2, 3)), qs[:, half:].amax((2, 3))], dim=1)
             quality_parts = [self.quality_region_proj(q_roi.reshape(b, -1)),
                              self.quality_global_proj(torch.cat([whole_e, whole_e - whole_s], dim=1))]
+        detail = None
         if self.detail_proj is not None:
             # Is the fine detail inside the region (or outside it) what the source had? Same grid as the mask.
-            quality_parts.append(self.detail_proj(region_summary(pixels, mask_prob)))
+            detail = region_summary(pixels, mask_prob)  # [B, 3k], also the novelty check's "pixels" view
+            quality_parts.append(self.detail_proj(detail))
         layout = F.adaptive_avg_pool2d(mask_prob.unsqueeze(1), LAYOUT_CELLS).flatten(1)  # [B, 9]
         geometry = self.geometry_proj(torch.cat([boxes / BOX_SCALE, layout], dim=1))  # [B, C]
 
@@ -691,7 +693,10 @@ class Student(nn.Module):
         hidden = self.score_head.hidden(evidence)
         subscores, logvar = self.score_head(evidence, hidden)
         reward = reward_from_subscores(subscores, self.reward_weights)  # [B]
-        novelty = self.novelty(text, hidden) if self.novelty is not None else None  # [B, 2]
+        novelty = None
+        if self.novelty is not None:  # [B, V]: how unlike the training edits, per view
+            views = {"instruction": text, "evidence": hidden, "pixels": detail}
+            novelty = self.novelty(*(views[v] for v in self.novelty.views))
         return StudentOutput(subscores, reward, mask_logits, presence_logit, logvar, boxes, novelty)
 
     def locate_change(

@@ -4,16 +4,18 @@ The predicted sub-score std is calibrated on operations the student trained on a
 never saw (README, issue 16: texture held out, its error the largest and its std average). An RL policy walks off
 the training distribution, so the reward must say when it is guessing.
 
-Two views, each a Gaussian (Ledoit-Wolf covariance) fitted over training edits, each scored by its Mahalanobis
-distance:
+Up to three views, each a Gaussian (Ledoit-Wolf covariance) fitted over training edits, each scored by its
+Mahalanobis distance:
 
     instruction   the projected instruction embedding [C]: an instruction unlike any the student was taught
-    evidence      the score head's first hidden layer [H]: an edit whose evidence is unlike the training edits'
+    evidence      the score head's first hidden layer [H]: an edit whose learned evidence is unlike the training's
+    pixels        the weight-free pixel-detail summary [3k] (students with pixel detail): fine-scale statistics of
+                  the edited image against the source's, inside and outside the region: an unfamiliar artifact
 
 Each distance is divided by its ``quantile`` (default 0.99) over calibration edits the fit did not see (by
-default the held-out split: new photos, trained operations), so ``novelty [B, 2]`` is ≤ 1 for that share of
-in-distribution edits and > 1 flags. Both views are small (C = 128, H = 192 for `nano`), so the check is one
-``[B, D] × [D, D]`` matmul per view inside ``score.onnx``. Why these two and not the whole 1,666-wide evidence
+default the held-out split: new photos, trained operations), so ``novelty [B, V]`` is ≤ 1 for that share of
+in-distribution edits and > 1 flags. The views are small (C = 128, H = 192, 3k = 21 for `nano`), so the check is
+one ``[B, D] × [D, D]`` matmul per view inside ``score.onnx``. Why these and not the whole 1,666-wide evidence
 vector, or a low-rank PCA of it: `bench/fidelity/novelty_views.py` measured it (README, issue 16).
 
 File: ``novelty.safetensors`` beside ``model.safetensors`` (tensors, plus the fit's record in the header). It
@@ -37,82 +39,84 @@ from spatialreward.types import NOVELTY_VIEWS
 NOVELTY_FILE = "novelty.safetensors"
 FORMAT_NAME = "spatialreward-novelty"
 FORMAT_VERSION = 1
-VIEWS = NOVELTY_VIEWS
+VIEWS = NOVELTY_VIEWS  # canonical order; a detector holds the ones its student has
 
 log = logging.getLogger(__name__)
 
 
 class NoveltyDetector(nn.Module):
-    """``(instruction [B, C], evidence [B, H])`` → ``novelty [B, 2]`` fp32, one column per view (> 1: further out
-    than ``quantile`` of in-distribution edits).
+    """One feature tensor per view (`views`, in `VIEWS` order) → ``novelty [B, V]`` fp32, one column per view
+    (> 1: further out than ``quantile`` of in-distribution edits).
 
     Per view ``v``: ``‖(x − mean_v) · whiten_v‖ / threshold_v``, where ``whiten_v whiten_vᵀ`` is the fitted
     precision matrix. Buffers are non-persistent: they live in ``novelty.safetensors``, not in the student's
     weights, so a student with or without a fit has the same ``state_dict``.
     """
 
-    def __init__(self, dims: tuple[int, ...], record: dict[str, Any] | None = None):
+    def __init__(self, dims: dict[str, int], record: dict[str, Any] | None = None):
         super().__init__()
-        if len(dims) != len(VIEWS):
-            raise ValueError(f"dims {dims}: one per view {VIEWS}")
-        self.dims = tuple(int(d) for d in dims)
-        for name, d in zip(VIEWS, self.dims):
+        unknown = [v for v in dims if v not in VIEWS]
+        if unknown or not dims:
+            raise ValueError(f"views {list(dims)}: each must be one of {VIEWS}")
+        self.views = tuple(v for v in VIEWS if v in dims)
+        self.dims = {v: int(dims[v]) for v in self.views}
+        for name, d in self.dims.items():
             self.register_buffer(f"{name}_mean", torch.zeros(d), persistent=False)
             self.register_buffer(f"{name}_whiten", torch.eye(d), persistent=False)
-        self.register_buffer("inv_threshold", torch.ones(len(VIEWS)), persistent=False)
+        self.register_buffer("inv_threshold", torch.ones(len(self.views)), persistent=False)
         self.record: dict[str, Any] = dict(record or {})
 
     def tensor_names(self) -> list[str]:
-        return [f"{v}_{part}" for v in VIEWS for part in ("mean", "whiten")] + ["inv_threshold"]
+        return [f"{v}_{part}" for v in self.views for part in ("mean", "whiten")] + ["inv_threshold"]
 
     def distances(self, *views: torch.Tensor) -> torch.Tensor:
-        """Uncalibrated Mahalanobis distances ``[B, 2]``."""
+        """Uncalibrated Mahalanobis distances ``[B, V]``, one feature tensor per view in `views` order."""
         out = []
-        for name, x in zip(VIEWS, views):
+        for name, x in zip(self.views, views):
             mean, whiten = getattr(self, f"{name}_mean").float(), getattr(self, f"{name}_whiten").float()
             y = (x.float() - mean) @ whiten
             out.append((y * y).sum(1).sqrt())
         return torch.stack(out, dim=1)
 
-    def forward(self, instruction: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
-        return self.distances(instruction, evidence) * self.inv_threshold.float()
+    def forward(self, *views: torch.Tensor) -> torch.Tensor:
+        return self.distances(*views) * self.inv_threshold.float()
 
 
-def fit_novelty(fit: tuple[torch.Tensor, ...], calibration: tuple[torch.Tensor, ...], *, quantile: float = 0.99,
+def fit_novelty(fit: dict[str, torch.Tensor], calibration: dict[str, torch.Tensor], *, quantile: float = 0.99,
                 record: dict[str, Any] | None = None) -> NoveltyDetector:
-    """Fit each view's Gaussian on ``fit`` (one ``[N, D_v]`` tensor per view of `VIEWS`) and set its threshold to
-    the ``quantile`` of ``calibration``'s distances (``[M, D_v]`` per view: in-distribution edits the fit did not
-    see)."""
+    """Fit each view's Gaussian on ``fit`` (view name → ``[N, D_v]``) and set its threshold to the ``quantile`` of
+    ``calibration``'s distances (the same views, ``[M, D_v]``: in-distribution edits the fit did not see)."""
     from sklearn.covariance import LedoitWolf
 
-    if len(fit) != len(VIEWS) or len(calibration) != len(VIEWS):
-        raise ValueError(f"pass one tensor per view {VIEWS} for fit and calibration")
+    if set(fit) != set(calibration):
+        raise ValueError(f"fit views {sorted(fit)} and calibration views {sorted(calibration)} differ")
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"quantile={quantile} must be in [0.5, 1)")
-    n, m = fit[0].shape[0], calibration[0].shape[0]
+    det = NoveltyDetector({v: f.shape[1] for v, f in fit.items()})
+    n, m = next(iter(fit.values())).shape[0], next(iter(calibration.values())).shape[0]
     if n < 50 or m < 10:
         raise ValueError(f"{n} fit and {m} calibration edits: need at least 50 and 10")
-    for name, f, c in zip(VIEWS, fit, calibration):
+    for name in det.views:
+        f, c = fit[name], calibration[name]
         if f.shape[0] != n or c.shape[0] != m or f.shape[1] != c.shape[1]:
             raise ValueError(f"view {name!r}: fit {tuple(f.shape)} and calibration {tuple(c.shape)} do not line up")
         if not (torch.isfinite(f).all() and torch.isfinite(c).all()):
             raise ValueError(f"view {name!r}: non-finite features (the student produced NaN/inf on some edit)")
-    det = NoveltyDetector(tuple(f.shape[1] for f in fit))
     shrinkage = {}
-    for name, f in zip(VIEWS, fit):
-        lw = LedoitWolf().fit(f.double().numpy())
+    for name in det.views:
+        lw = LedoitWolf().fit(fit[name].double().numpy())
         precision = torch.from_numpy(lw.precision_)
         precision = (precision + precision.T) / 2
         whiten = torch.linalg.cholesky(precision)  # P = L Lᵀ, so (x − μ)ᵀ P (x − μ) = ‖(x − μ) L‖²
         getattr(det, f"{name}_mean").copy_(torch.from_numpy(lw.location_).float())
         getattr(det, f"{name}_whiten").copy_(whiten.float())
         shrinkage[name] = float(lw.shrinkage_)
-    calib = det.distances(*calibration)  # [M, 2]
+    calib = det.distances(*(calibration[v] for v in det.views))  # [M, V]
     thresholds = torch.quantile(calib.double(), quantile, dim=0).clamp_min(1e-12)
     det.inv_threshold.copy_((1.0 / thresholds).float())
-    det.record = {**(record or {}), "views": list(VIEWS), "dims": list(det.dims), "quantile": quantile,
+    det.record = {**(record or {}), "views": list(det.views), "dims": dict(det.dims), "quantile": quantile,
                   "fit_edits": n, "calibration_edits": m, "shrinkage": shrinkage,
-                  "threshold_distance": dict(zip(VIEWS, thresholds.tolist()))}
+                  "threshold_distance": dict(zip(det.views, thresholds.tolist()))}
     return det
 
 
@@ -165,7 +169,10 @@ def load_novelty(directory: str | Path, device: str | torch.device = "cpu") -> N
         log.warning("%s was fitted on other weights than %s now holds; novelty is off until you refit: "
                     "spatialreward novelty --model %s --data DATA", path, checkpoint.WEIGHTS_FILE, directory)
         return None
-    dims = tuple(int(d) for d in record.get("dims", ()))
+    dims = record.get("dims")
+    if not isinstance(dims, dict):
+        raise checkpoint.CheckpointError(f"{path}: no per-view dims in its record; refit with `spatialreward novelty "
+                                         f"--model {directory} --data DATA`")
     det = NoveltyDetector(dims, record)
     if set(tensors) != set(det.tensor_names()):
         raise checkpoint.CheckpointError(f"{path}: tensors {sorted(tensors)}, expected {det.tensor_names()}")
@@ -190,11 +197,16 @@ def _weights_sha256(directory: Path) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def student_views(student) -> tuple[str, ...]:
+    """The views a student offers: pixels only with pixel detail (`StudentConfig.pixel_detail`)."""
+    return tuple(v for v in VIEWS if v != "pixels" or getattr(student, "detail_proj", None) is not None)
+
+
 @torch.no_grad()
 def collect_views(student, data, *, max_groups: int | None = None, skip_operations: Sequence[str] = (),
-                  groups_per_batch: int = 16, progress: bool = False) -> tuple[torch.Tensor, ...]:
-    """Both views ``([E, C], [E, H])`` of the edits of ``data`` (an `EditData`): its first ``max_groups`` groups
-    (all by default) whose operation is not in ``skip_operations``, whole groups in group order."""
+                  groups_per_batch: int = 16, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Every view of `student_views` (name → ``[E, D_v]``) for the edits of ``data`` (an `EditData`): its first
+    ``max_groups`` groups (all by default) whose operation is not in ``skip_operations``, whole groups in order."""
     skip = set(skip_operations)
     members: dict[int, list[int]] = {}
     for i, g in enumerate(data.group.tolist()):
@@ -203,14 +215,18 @@ def collect_views(student, data, *, max_groups: int | None = None, skip_operatio
     groups = sorted(members)[:max_groups] if max_groups else sorted(members)
     batches = [[i for g in groups[k:k + groups_per_batch] for i in members[g]]
                for k in range(0, len(groups), groups_per_batch)]
-    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+    names = student_views(student)
+    captured: dict[str, list[torch.Tensor]] = {v: [] for v in names}
     c = student.cfg.embed_dim
 
-    def grab(_module, args):
-        evidence, hidden = args[0], args[1]
-        captured.append((evidence[:, :c].detach().float().cpu(), hidden.detach().float().cpu()))
+    def grab_head(_module, args):
+        captured["instruction"].append(args[0][:, :c].detach().float().cpu())
+        captured["evidence"].append(args[1].detach().float().cpu())
 
-    hook = student.score_head.register_forward_pre_hook(grab)
+    hooks = [student.score_head.register_forward_pre_hook(grab_head)]
+    if "pixels" in names:
+        hooks.append(student.detail_proj.register_forward_pre_hook(
+            lambda _m, args: captured["pixels"].append(args[0].detach().float().cpu())))
     device = next(student.parameters()).device
     was_training = student.training
     student.eval()
@@ -222,9 +238,10 @@ def collect_views(student, data, *, max_groups: int | None = None, skip_operatio
             student(batch["source"].to(device), batch["edited"].to(device), batch["text"].to(device),
                     source_index=batch["source_index"].to(device))
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         student.train(was_training)
-    return tuple(torch.cat([part[v] for part in captured]) for v in range(len(VIEWS)))
+    return {v: torch.cat(parts) for v, parts in captured.items()}
 
 
 def fit_student_folder(model_dir: str | Path, data_dir: str | Path, *, teacher: str = "oracle",

@@ -27,10 +27,11 @@ from tests.fixtures.students import HashingTextEncoder, make_fake_dataset, rando
 torch.set_num_threads(2)
 
 
-def _gaussian(n: int, dims: tuple[int, int], *, shift: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def _gaussian(n: int, dims: tuple[int, int], *, shift: float = 0.0, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     scales = [torch.linspace(0.1, 3.0, d) for d in dims]  # unequal variances: the metric must whiten them
-    return tuple(torch.randn(n, d, generator=g) * s + shift for d, s in zip(dims, scales))
+    return {v: torch.randn(n, d, generator=g) * s + shift
+            for v, d, s in zip(("instruction", "evidence"), dims, scales)}
 
 
 def test_fit_calibrates_to_the_quantile_and_flags_a_shift():
@@ -38,15 +39,15 @@ def test_fit_calibrates_to_the_quantile_and_flags_a_shift():
     off the training distribution (along its narrowest direction, where a plain distance would not see it) do."""
     dims = (16, 24)
     det = fit_novelty(_gaussian(4000, dims, seed=0), _gaussian(2000, dims, seed=1), quantile=0.99)
-    fresh = det(*_gaussian(4000, dims, seed=2))
+    fresh = det(*_gaussian(4000, dims, seed=2).values())
     assert fresh.shape == (4000, 2)
     assert 0.003 <= (fresh > 1).float().mean().item() <= 0.02
-    inst, evid = _gaussian(500, dims, seed=3)
+    inst, evid = _gaussian(500, dims, seed=3).values()
     evid[:, 0] += 2.0  # 20 sd along the narrowest evidence direction, 0.67 sd of the widest
     moved = det(inst, evid)
     assert (moved[:, 1] > 1).float().mean().item() > 0.95
     assert (moved[:, 0] > 1).float().mean().item() < 0.05  # the instruction view did not move
-    assert det.record["fit_edits"] == 4000 and det.record["dims"] == [16, 24]
+    assert det.record["fit_edits"] == 4000 and det.record["dims"] == {"instruction": 16, "evidence": 24}
 
 
 def test_fit_rejects_what_it_cannot_use():
@@ -56,11 +57,15 @@ def test_fit_rejects_what_it_cannot_use():
     with pytest.raises(ValueError, match="quantile"):
         fit_novelty(_gaussian(100, dims), _gaussian(20, dims), quantile=1.0)
     bad = _gaussian(100, dims)
-    bad[1][3, 2] = float("nan")
+    bad["evidence"][3, 2] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         fit_novelty(bad, _gaussian(20, dims))
     with pytest.raises(ValueError, match="line up"):
         fit_novelty(_gaussian(100, dims), _gaussian(20, (4, 5)))
+    with pytest.raises(ValueError, match="differ"):
+        fit_novelty(_gaussian(100, dims), {"instruction": _gaussian(20, dims)["instruction"]})
+    with pytest.raises(ValueError, match="one of"):
+        NoveltyDetector({"colour": 3})
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +161,7 @@ def test_onnx_export_carries_novelty_with_parity(fitted, tmp_path):
     out = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "onnx"), max_batch=16), log=lambda *_: None)
     meta = json.loads((out / "export.json").read_text())
     assert list(meta["graphs"]["score"]["outputs"])[-1] == "novelty"
-    assert meta["novelty"]["views"] == ["instruction", "evidence"]
+    assert meta["novelty"]["views"] == ["instruction", "evidence"]  # no pixel detail in this toy: no pixels view
     assert check_export(out) == []
     samples = read_samples(data, split="heldout")
     args = ([data / s.source for s in samples], [data / s.edited for s in samples], [s.instruction for s in samples])
@@ -349,7 +354,7 @@ def test_novelty_summary_aurocs_and_routing_on_known_numbers():
     ops = ["add", "add", "add", "texture", "texture", "texture"]
     novelty = np.array([[0.2, 0.1], [0.3, 0.2], [0.1, 0.4], [3.0, 0.5], [0.2, 2.0], [0.1, 4.0]])
     std = np.ones(6)
-    out = novelty_summary(pred, target, groups, ops, novelty, std, ["texture"])
+    out = novelty_summary(pred, target, groups, ops, novelty, std, ["texture"], ("instruction", "evidence"))
     assert out["auroc_unseen_vs_trained"]["novelty"] == 1.0 and out["auroc_unseen_vs_trained"]["predicted_std"] == 0.5
     assert out["flagged_unseen"] == 1.0 and out["flagged_trained"] == 0.0
     assert out["teacher_fallback"]["none"]["pairwise"] == 0.5
@@ -369,7 +374,30 @@ def test_views_leave_out_the_operations_a_run_never_trained_on(fitted, tmp_path)
     for s in edits.samples:
         s.meta["operation"] = "texture" if s.group_id == first else "recolour"
     views = collect_views(student, edits, skip_operations=["texture"])
-    assert views[0].shape == (55, 32) and views[1].shape == (55, 32)  # 12 groups of 5, one left out
-    assert collect_views(student, edits, max_groups=3)[0].shape[0] == 15
+    assert {v: t.shape for v, t in views.items()} == {"instruction": (55, 32), "evidence": (55, 32)}  # 1 of 12 out
+    assert collect_views(student, edits, max_groups=3)["instruction"].shape[0] == 15
     (tmp_path / "distill_config.json").write_text(json.dumps({"exclude_operations": "texture, move"}))
     assert run_excluded_operations(tmp_path) == ["texture", "move"] and run_excluded_operations(data) == []
+
+
+
+def test_a_pixel_detail_student_adds_the_pixels_view_on_every_backend(tmp_path):
+    """With pixel detail, the weight-free detail summary is a third view: fitted, exported, and ONNX Runtime
+    matches torch on all three columns."""
+    from spatialreward.export.onnx_export import ExportConfig, export_onnx
+    from spatialreward.dataset import read_samples
+
+    data = make_fake_dataset(tmp_path / "data", groups=16, size=96)
+    run = save_toy_student(tmp_path / "run", pixel_stats=True, pixel_detail=True, quality_scale=2, quality_dim=0)
+    record = fit_student_folder(run, data, text_encoder=HashingTextEncoder(), progress=False, log_fn=lambda *_: None)
+    assert record["views"] == ["instruction", "evidence", "pixels"]
+    assert record["dims"]["pixels"] == Student.from_pretrained(run).detail_proj.fc1.in_features  # the 3k summary
+    rm = RewardModel.from_pretrained(run, text_encoder=HashingTextEncoder())
+    assert rm.novelty_views == ("instruction", "evidence", "pixels")
+    samples = read_samples(data, split="heldout")
+    args = ([data / s.source for s in samples], [data / s.edited for s in samples], [s.instruction for s in samples])
+    ref = rm.score(*args)
+    assert ref.novelty_parts.shape == (20, 3) and torch.isfinite(ref.novelty_parts).all()
+    out = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "onnx"), max_batch=16), log=lambda *_: None)
+    got = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder()).score(*args)
+    assert (got.novelty_parts - ref.novelty_parts).abs().max().item() <= 1e-3 * ref.novelty_parts.abs().max().item()

@@ -9,7 +9,12 @@ further out than an edit of a trained one", and the flagged shares of both. Cand
     evidence_pca_K    its top-K principal directions + one shared residual variance (probabilistic PCA)
     instruction       the projected instruction (the evidence's first C values)
     hidden            the score head's first hidden layer
-    shipped           max(instruction, hidden), each calibrated: what the student ships
+    pixels            the weight-free pixel-detail summary (students with pixel detail)
+    shipped           max(instruction, hidden, pixels), each calibrated: what the student ships
+
+Besides the unseen operation, each view's AUROC for the held-out failure families is reported: edits of kind
+``artifacts`` / ``over_edit`` in the set's ``heldout_failures`` split against every edit of its
+``in_distribution`` split.
 
     python bench/fidelity/novelty_views.py --model runs/cmp/nano_v3_4k_no_texture --train data/cmp_v3_4k \
         --data data/cmp_gen_v3 --unseen texture --out docs/results/novelty_views_v3_no_texture.json
@@ -27,15 +32,17 @@ import torch
 
 
 def features(model, data, skip=()) -> dict[str, np.ndarray]:
-    """Evidence ``[E, D]`` and hidden ``[E, H]`` of every edit of ``data`` outside ``skip`` operations, plus their
-    operations, in data order."""
+    """Evidence ``[E, D]``, hidden ``[E, H]`` and the pixel-detail summary ``[E, 3k]`` of every edit of ``data``
+    outside ``skip`` operations, plus their operations, kinds and splits, in data order (needs pixel detail)."""
     from spatialreward.student.data import GroupBatchSampler
 
     grabbed: list[tuple[torch.Tensor, torch.Tensor]] = []
+    detail: list[torch.Tensor] = []
     hook = model.score_head.register_forward_pre_hook(lambda _m, a: grabbed.append((a[0].float(), a[1].float())))
+    hook2 = model.detail_proj.register_forward_pre_hook(lambda _m, a: detail.append(a[0].float()))
     keep = [i for i, s in enumerate(data.samples) if str(s.meta.get("operation", "")) not in set(skip)]
     keep_set = set(keep)
-    ev, hid, order = [], [], []
+    ev, hid, pix, order = [], [], [], []
     model.eval()
     try:
         with torch.no_grad():
@@ -45,14 +52,20 @@ def features(model, data, skip=()) -> dict[str, np.ndarray]:
                     continue
                 batch = data.collate(indices)
                 grabbed.clear()
+                detail.clear()
                 model(batch["source"], batch["edited"], batch["text"], source_index=batch["source_index"])
                 ev.append(grabbed[0][0].numpy())
                 hid.append(grabbed[0][1].numpy())
+                pix.append(detail[0].numpy())
                 order += indices
     finally:
         hook.remove()
-    ops = np.array([str(data.samples[i].meta.get("operation", "")) for i in order])
-    return {"evidence": np.concatenate(ev), "hidden": np.concatenate(hid), "operations": ops}
+        hook2.remove()
+    meta = [data.samples[i].meta for i in order]
+    return {"evidence": np.concatenate(ev), "hidden": np.concatenate(hid), "pixels": np.concatenate(pix),
+            "operations": np.array([str(m.get("operation", "")) for m in meta]),
+            "kinds": np.array([str(m.get("kind", "")) for m in meta]),
+            "split": np.array([str(data.samples[i].split) for i in order])}
 
 
 class PPCA:
@@ -101,16 +114,18 @@ def main(argv=None) -> int:
                    args.unseen)
     parts = [features(model, load_split(args.data, split=split, **kw))
              for split in dict.fromkeys(str(s.split) for s in read_samples(args.data))]
-    test = {k: np.concatenate([part[k] for part in parts]) for k in ("evidence", "hidden", "operations")}
+    test = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
     unseen = np.isin(test["operations"], args.unseen)
+    new_failure = (test["split"] == "heldout_failures") & np.isin(test["kinds"], ["artifacts", "over_edit"])
+    in_dist = test["split"] == "in_distribution"
 
     def view(name: str, f: dict) -> np.ndarray:
         if name == "instruction":
             return f["evidence"][:, :c]
-        return f["hidden"] if name == "hidden" else f["evidence"]
+        return f["evidence"] if name == "evidence_full" else f[name]
 
     scores: dict[str, np.ndarray] = {}
-    for name in ("evidence_full", "instruction", "hidden"):
+    for name in ("evidence_full", "instruction", "hidden", "pixels"):
         density = LedoitWolf().fit(view(name, fit))
         threshold = np.quantile(density.mahalanobis(view(name, cal)), 0.99)
         scores[name] = density.mahalanobis(view(name, test)) / threshold
@@ -118,10 +133,14 @@ def main(argv=None) -> int:
         density = PPCA(fit["evidence"], k)
         threshold = np.quantile(density.mahalanobis(cal["evidence"]), 0.99)
         scores[f"evidence_pca_{k}"] = density.mahalanobis(test["evidence"]) / threshold
-    scores["shipped"] = np.maximum(scores["instruction"], scores["hidden"])
+    scores["shipped"] = np.maximum.reduce([scores["instruction"], scores["hidden"], scores["pixels"]])
     rows = {name: {"auroc_unseen_vs_trained": auroc(s[unseen], s[~unseen]),
                    "flagged_unseen": float((s[unseen] > 1).mean()), "flagged_trained": float((s[~unseen] > 1).mean()),
-                   "dim": int(view(name, fit).shape[1]) if name in ("evidence_full", "instruction", "hidden") else None}
+                   "auroc_heldout_failures": (auroc(s[new_failure & ~unseen], s[in_dist & ~unseen])
+                                              if new_failure.any() and in_dist.any() else None),
+                   "flagged_heldout_failures": float((s[new_failure] > 1).mean()) if new_failure.any() else None,
+                   "dim": (int(view(name, fit).shape[1])
+                           if name in ("evidence_full", "instruction", "hidden", "pixels") else None)}
             for name, s in scores.items()}
     command = "python bench/fidelity/novelty_views.py " + " ".join(sys.argv[1:] if argv is None else argv)
     result = {"benchmark": "novelty_views", "command": command, "model": str(args.model), "train": str(args.train),
@@ -132,7 +151,7 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, row in rows.items():
         print(f"{name:18s} AUROC {row['auroc_unseen_vs_trained']:.3f}  flagged unseen {row['flagged_unseen']:.3f}"
-              f"  trained {row['flagged_trained']:.3f}")
+              f"  trained {row['flagged_trained']:.3f}  held-out failures AUROC {row['auroc_heldout_failures']}")
     return 0
 
 
