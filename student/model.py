@@ -733,13 +733,15 @@ class Student(nn.Module):
         return checkpoint.write_student_folder(directory, self.state_dict(), asdict(self.cfg))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> Student:
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu", *,
+                        novelty: bool = True) -> Student:
         """Load a directory written by `save_pretrained`; refuses torn saves, non-finite values and missing,
-        unexpected or mis-shaped weights."""
+        unexpected or mis-shaped weights. ``novelty``: also attach the folder's novelty fit, if it has a current
+        one (False: the network alone, e.g. to refit it)."""
         student_config, state = checkpoint.read_student_folder(directory, device=str(map_location))
         model = cls(StudentConfig.from_dict(student_config))
         load_state_checked(model, state, source=str(Path(directory) / checkpoint.WEIGHTS_FILE))
-        model.novelty = load_novelty(directory, device=map_location)  # None without a (current) fit
+        model.novelty = load_novelty(directory, device=map_location) if novelty else None
         return model.eval()
 
     def load_pretrained_backbone(self, source: str | Path) -> dict:

@@ -38,7 +38,7 @@ from spatialreward.types import NOVELTY_VIEWS
 
 NOVELTY_FILE = "novelty.safetensors"
 FORMAT_NAME = "spatialreward-novelty"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: views named per detector (1: two fixed views)
 VIEWS = NOVELTY_VIEWS  # canonical order; a detector holds the ones its student has
 
 log = logging.getLogger(__name__)
@@ -257,8 +257,7 @@ def fit_student_folder(model_dir: str | Path, data_dir: str | Path, *, teacher: 
 
     model_dir = Path(model_dir)
     excluded = run_excluded_operations(model_dir)  # what the run never trained on is not "like training"
-    student = Student.from_pretrained(model_dir)
-    student.novelty = None  # features come from the network alone
+    student = Student.from_pretrained(model_dir, novelty=False)  # the network alone (an old fit must not block this)
     encoder = text_encoder_for(student.cfg, text_encoder)
     kw = dict(teacher=teacher, img_size=student.cfg.input_size, mask_size=mask_target_size(student.cfg.grid),
               text_encoder=encoder, progress=progress)

@@ -401,3 +401,20 @@ def test_a_pixel_detail_student_adds_the_pixels_view_on_every_backend(tmp_path):
     out = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "onnx"), max_batch=16), log=lambda *_: None)
     got = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder()).score(*args)
     assert (got.novelty_parts - ref.novelty_parts).abs().max().item() <= 1e-3 * ref.novelty_parts.abs().max().item()
+
+
+def test_an_old_format_fit_names_the_refit_and_does_not_block_it(fitted, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    run, data, _ = fitted
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    save_file({"x": torch.zeros(1)}, str(copy / NOVELTY_FILE),
+              metadata={"format": "spatialreward-novelty", "format_version": "1", "record": "{}"})
+    with pytest.raises(checkpoint.CheckpointError, match="refit"):
+        Student.from_pretrained(copy)
+    assert Student.from_pretrained(copy, novelty=False).novelty is None
+    fit_student_folder(copy, data, text_encoder=HashingTextEncoder(), progress=False, log_fn=lambda *_: None)
+    assert Student.from_pretrained(copy).novelty is not None
