@@ -246,11 +246,12 @@ def collect_views(student, data, *, max_groups: int | None = None, skip_operatio
 
 def fit_student_folder(model_dir: str | Path, data_dir: str | Path, *, teacher: str = "oracle",
                        fit_split: str = "train", calibration_split: str = "heldout", fit_groups: int = 800,
-                       calibration_groups: int = 200, quantile: float = 0.99, text_encoder=None,
-                       progress: bool = True, log_fn=print) -> dict[str, Any]:
+                       calibration_groups: int = 200, quantile: float = 0.99, views: Sequence[str] | None = None,
+                       text_encoder=None, progress: bool = True, log_fn=print) -> dict[str, Any]:
     """Fit the novelty check of a student folder on ``data_dir`` and write ``novelty.safetensors`` beside it.
-    ``text_encoder``: the instruction encoder (default: the one the student was trained with). Returns the fit's
-    record (also in the file's header)."""
+    ``views``: a subset of `student_views` to model (default: all it has). ``text_encoder``: the instruction
+    encoder (default: the one the student was trained with). Returns the fit's record (also in the file's
+    header)."""
     from spatialreward.student.data import load_split, mask_target_size
     from spatialreward.student.model import Student
     from spatialreward.student.text import text_encoder_for
@@ -258,16 +259,20 @@ def fit_student_folder(model_dir: str | Path, data_dir: str | Path, *, teacher: 
     model_dir = Path(model_dir)
     excluded = run_excluded_operations(model_dir)  # what the run never trained on is not "like training"
     student = Student.from_pretrained(model_dir, novelty=False)  # the network alone (an old fit must not block this)
+    offered = student_views(student)
+    chosen = tuple(offered if views is None else views)
+    if not chosen or any(v not in offered for v in chosen):
+        raise ValueError(f"views {list(chosen)}: this student offers {list(offered)}")
     encoder = text_encoder_for(student.cfg, text_encoder)
     kw = dict(teacher=teacher, img_size=student.cfg.input_size, mask_size=mask_target_size(student.cfg.grid),
               text_encoder=encoder, progress=progress)
-    views = {}
+    features = {}
     for role, split, groups in (("fit", fit_split, fit_groups), ("calibration", calibration_split,
                                                                   calibration_groups)):
         data = load_split(data_dir, split=split, max_groups=groups, exclude_operations=excluded, **kw)
         log_fn(f"novelty: {role} features of {len(data)} edits ({split} split of {data_dir}) …")
-        views[role] = collect_views(student, data, progress=progress)
-    det = fit_novelty(views["fit"], views["calibration"], quantile=quantile,
+        features[role] = {v: t for v, t in collect_views(student, data, progress=progress).items() if v in chosen}
+    det = fit_novelty(features["fit"], features["calibration"], quantile=quantile,
                       record={"data": str(data_dir), "teacher": teacher, "fit_split": fit_split,
                               "calibration_split": calibration_split, "excluded_operations": list(excluded)})
     path = save_novelty(det, model_dir)

@@ -401,6 +401,11 @@ def test_a_pixel_detail_student_adds_the_pixels_view_on_every_backend(tmp_path):
     out = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "onnx"), max_batch=16), log=lambda *_: None)
     got = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder()).score(*args)
     assert (got.novelty_parts - ref.novelty_parts).abs().max().item() <= 1e-3 * ref.novelty_parts.abs().max().item()
+    fit_student_folder(run, data, views=["instruction", "pixels"], text_encoder=HashingTextEncoder(), progress=False,
+                       log_fn=lambda *_: None)  # a chosen subset
+    assert RewardModel.from_pretrained(run, text_encoder=HashingTextEncoder()).novelty_views == ("instruction", "pixels")
+    with pytest.raises(ValueError, match="offers"):
+        fit_student_folder(run, data, views=["colour"], text_encoder=HashingTextEncoder(), progress=False)
 
 
 def test_an_old_format_fit_names_the_refit_and_does_not_block_it(fitted, tmp_path):

@@ -25,6 +25,9 @@ def novelty(
     fit_groups: Annotated[int, typer.Option(help="Groups of --fit-split to fit on (first N).")] = 800,
     calibration_groups: Annotated[int, typer.Option(help="Groups of --calibration-split (first N).")] = 200,
     quantile: Annotated[float, typer.Option(help="Share of calibration edits at or below novelty 1.")] = 0.99,
+    views: Annotated[str | None, typer.Option(
+        help="Comma-separated subset of instruction, evidence, pixels to model (default: every view the student "
+        "has; README issue 16 measures each).")] = None,
 ) -> None:
     """Fit a Gaussian to the student's instruction and evidence features over training edits and write
     MODEL/novelty.safetensors: then every backend's RewardOutput carries `novelty` (> 1: unlike training)."""
@@ -36,7 +39,8 @@ def novelty(
         raise CLIError(f"--data {data}: no samples.jsonl")
     try:
         fit_student_folder(model, data, teacher=teacher, fit_split=fit_split, calibration_split=calibration_split,
-                           fit_groups=fit_groups, calibration_groups=calibration_groups, quantile=quantile)
+                           fit_groups=fit_groups, calibration_groups=calibration_groups, quantile=quantile,
+                           views=None if views is None else [v.strip() for v in views.split(",") if v.strip()])
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print("exports made before this fit have no novelty output: re-run `spatialreward export onnx`")
