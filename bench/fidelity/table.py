@@ -98,7 +98,7 @@ def print_novelty(full: list[dict], names: list[str]) -> None:
 
     rows = [("flagged, trained operations", ("flagged_trained",)), ("flagged, unseen operations", ("flagged_unseen",))]
     rows += [(f"AUROC unseen vs trained: {k}", ("auroc_unseen_vs_trained", k))
-             for k in ("novelty", "instruction", "evidence", "predicted_std")]
+             for k in ("novelty", "instruction", "evidence", "pixels", "predicted_std")]
     print("| | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * len(names))
     for label, keys in rows:
