@@ -158,22 +158,27 @@ def load_novelty(directory: str | Path, device: str | torch.device = "cpu") -> N
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise checkpoint.CheckpointError(f"{path}: unreadable ({exc}); refit with `spatialreward novelty --model "
                                          f"{directory} --data DATA`") from exc
+    if not isinstance(header, dict):
+        header = {}
     if header.get("format") != FORMAT_NAME:
         raise checkpoint.CheckpointError(f"{path}: not a {FORMAT_NAME} file (format {header.get('format')!r})")
-    if int(header.get("format_version", -1)) != FORMAT_VERSION:
-        raise checkpoint.CheckpointError(
-            f"{path}: format version {header.get('format_version')}, this package reads {FORMAT_VERSION}; refit "
-            f"with `spatialreward novelty --model {directory} --data DATA`")
-    record = json.loads(header.get("record", "{}"))
+    refit = f"refit with `spatialreward novelty --model {directory} --data DATA`"
+    if header.get("format_version") != str(FORMAT_VERSION):
+        raise checkpoint.CheckpointError(f"{path}: format version {header.get('format_version')!r}, this package "
+                                         f"reads {FORMAT_VERSION}; {refit}")
+    try:
+        record = json.loads(header.get("record", "{}"))
+    except ValueError as exc:
+        raise checkpoint.CheckpointError(f"{path}: its record is not JSON ({exc}); {refit}") from exc
     if record.get("weights_sha256") != _weights_sha256(directory):
         log.warning("%s was fitted on other weights than %s now holds; novelty is off until you refit: "
                     "spatialreward novelty --model %s --data DATA", path, checkpoint.WEIGHTS_FILE, directory)
         return None
     dims = record.get("dims")
-    if not isinstance(dims, dict):
-        raise checkpoint.CheckpointError(f"{path}: no per-view dims in its record; refit with `spatialreward novelty "
-                                         f"--model {directory} --data DATA`")
-    det = NoveltyDetector(dims, record)
+    try:
+        det = NoveltyDetector(dict(dims), record)
+    except (TypeError, ValueError) as exc:
+        raise checkpoint.CheckpointError(f"{path}: its record names no usable views ({exc}); {refit}") from exc
     if set(tensors) != set(det.tensor_names()):
         raise checkpoint.CheckpointError(f"{path}: tensors {sorted(tensors)}, expected {det.tensor_names()}")
     checkpoint.check_finite(tensors, source=str(path))

@@ -421,5 +421,13 @@ def test_an_old_format_fit_names_the_refit_and_does_not_block_it(fitted, tmp_pat
     with pytest.raises(checkpoint.CheckpointError, match="refit"):
         Student.from_pretrained(copy)
     assert Student.from_pretrained(copy, novelty=False).novelty is None
+    for meta in ({"format": "spatialreward-novelty", "format_version": "two", "record": "{}"},
+                 {"format": "spatialreward-novelty", "format_version": "2", "record": "{not json"},
+                 {"format": "spatialreward-novelty", "format_version": "2",
+                  "record": json.dumps({"dims": {"colour": 3}, "weights_sha256": json.loads(
+                      (copy / "config.json").read_text())["weights_sha256"]})}):
+        save_file({"x": torch.zeros(1)}, str(copy / NOVELTY_FILE), metadata=meta)
+        with pytest.raises(checkpoint.CheckpointError, match="refit"):
+            Student.from_pretrained(copy)
     fit_student_folder(copy, data, text_encoder=HashingTextEncoder(), progress=False, log_fn=lambda *_: None)
     assert Student.from_pretrained(copy).novelty is not None
