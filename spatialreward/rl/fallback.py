@@ -34,7 +34,8 @@ class TeacherFallback:
 
     Args:
         teacher: anything with ``judge_batch(samples, root) -> list[Judgement]`` (`spatialreward.teacher.Teacher`).
-        max_share: most edits of one call that go to the teacher (the teacher costs seconds per edit).
+        max_share: most edits of one call that go to the teacher, floor(max_share · edits) (the teacher costs
+            seconds per edit; score whole batches: a call of one edit sends none unless max_share is 1).
         threshold: novelty above which an edit is sent (1.0: further out than 99 % of in-distribution edits).
     """
 
