@@ -398,7 +398,10 @@ def test_a_pixel_detail_student_adds_the_pixels_view_on_every_backend(tmp_path):
     args = ([data / s.source for s in samples], [data / s.edited for s in samples], [s.instruction for s in samples])
     ref = rm.score(*args)
     assert ref.novelty_parts.shape == (20, 3) and torch.isfinite(ref.novelty_parts).all()
+    from spatialreward.export.trt_check import check_export
+
     out = export_onnx(ExportConfig(model=str(run), out=str(tmp_path / "onnx"), max_batch=16), log=lambda *_: None)
+    assert check_export(out) == []
     got = RewardModel.from_pretrained(out, backend="onnxruntime", text_encoder=HashingTextEncoder()).score(*args)
     assert (got.novelty_parts - ref.novelty_parts).abs().max().item() <= 1e-3 * ref.novelty_parts.abs().max().item()
     fit_student_folder(run, data, views=["instruction", "pixels"], text_encoder=HashingTextEncoder(), progress=False,
