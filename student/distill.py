@@ -39,6 +39,11 @@ from spatialreward.student.run_folder import CURVES_FILE, DATA_REPORT_FILE, DIST
 from spatialreward.student.text import text_encoder_for
 
 
+def parse_operations(text: str) -> tuple[str, ...]:
+    """``exclude_operations`` as written (``"texture, move"``) → its operation names."""
+    return tuple(op.strip() for op in str(text).split(",") if op.strip())
+
+
 @dataclass
 class DistillConfig:
     """Parameters of `spatialreward distill`.
@@ -129,7 +134,7 @@ class DistillConfig:
 
     @property
     def excluded_operations(self) -> tuple[str, ...]:
-        return tuple(op.strip() for op in self.exclude_operations.split(",") if op.strip())
+        return parse_operations(self.exclude_operations)
 
     def __post_init__(self) -> None:
         from spatialreward.synth.operations import OPERATIONS
@@ -452,17 +457,16 @@ class Distiller:
     def _fit_novelty(self) -> None:
         """Fit the novelty check of the final student (`student.novelty`) on the loaded train groups, calibrated on
         the eval split, and write it beside the weights. Too little data skips it with a note, never the run."""
-        from spatialreward.student.novelty import collect_views, fit_novelty, save_novelty
+        from spatialreward.student.novelty import fit_student, save_novelty
 
         cfg = self.cfg
         if cfg.novelty_fit_groups <= 0 or self.eval_data is None:
             return
-        model = self.eval_model()
         record = {"data": str(cfg.data), "teacher": cfg.teacher, "fit_split": cfg.train_split,
-                  "calibration_split": cfg.eval_split, "excluded_operations": list(cfg.excluded_operations)}
+                  "calibration_split": cfg.eval_split}
         try:  # the eval split keeps excluded operations (to measure them): they are not "like training"
-            det = fit_novelty(collect_views(model, self.train_data, max_groups=cfg.novelty_fit_groups),
-                              collect_views(model, self.eval_data, skip_operations=cfg.excluded_operations),
+            det = fit_student(self.eval_model(), self.train_data, self.eval_data,
+                              fit_groups=cfg.novelty_fit_groups, skip_operations=cfg.excluded_operations,
                               record=record)
         except ValueError as exc:
             self._print(f"novelty check not fitted: {exc}")

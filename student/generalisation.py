@@ -297,12 +297,12 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
     if train_config.is_file():
         report["train_state"] = json.loads(train_config.read_text())
     pooled_rows: dict[str, list] = defaultdict(list)
+    views = model.novelty.views if model.novelty is not None else ()
     for split in splits:
         data = load_split(data_dir, split=split, teacher=teacher, img_size=model.cfg.input_size,
                           mask_size=mask_target_size(model.cfg.grid), text_encoder=encoder, max_groups=max_groups,
                           progress=progress)
         metrics, preds = evaluate_data(model, data, device=device)
-        views = model.novelty.views if model.novelty is not None else ()
         report["splits"][split] = split_report(preds.reward, metrics, data, preds.subscores, preds.uncertainty,
                                                preds.novelty, views)
         if preds.novelty is not None:
@@ -319,7 +319,7 @@ def generalisation_report(model_dir: str | Path, data_dir: str | Path, out_json:
         report["novelty"] = novelty_summary(
             np.concatenate(pooled_rows["pred"]), np.concatenate(pooled_rows["target"]), pooled_rows["groups"],
             pooled_rows["operations"], np.concatenate(pooled_rows["novelty"]), np.concatenate(pooled_rows["std"]),
-            unseen, model.novelty.views)
+            unseen, views)
         report["novelty"]["fit"] = dict(model.novelty.record)
     report["summary"] = {split: {k: block.get(k) for k in HEADLINE} for split, block in report["splits"].items()}
     out_json = Path(out_json)

@@ -249,6 +249,33 @@ def collect_views(student, data, *, max_groups: int | None = None, skip_operatio
     return {v: torch.cat(parts) for v, parts in captured.items()}
 
 
+def chosen_views(student, views: Sequence[str] | None) -> tuple[str, ...]:
+    """``views`` (default: every view of `student_views`), refused unless the student offers each."""
+    offered = student_views(student)
+    chosen = tuple(offered if views is None else views)
+    if not chosen or any(v not in offered for v in chosen):
+        raise ValueError(f"views {list(chosen)}: this student offers {list(offered)}")
+    return chosen
+
+
+def fit_student(student, fit_data, calibration_data, *, fit_groups: int | None = None,
+                skip_operations: Sequence[str] = (), views: Sequence[str] | None = None, quantile: float = 0.99,
+                record: dict[str, Any] | None = None, progress: bool = False) -> NoveltyDetector:
+    """The novelty check of ``student`` from two `EditData`: its first ``fit_groups`` groups of ``fit_data`` fit,
+    ``calibration_data`` sets the thresholds; edits of ``skip_operations`` (what the run never trained on) are in
+    neither. ``views``: a subset of `student_views` (default: all it has). Distill and `fit_student_folder` both
+    fit through here."""
+    chosen = chosen_views(student, views)
+
+    def features(data, max_groups):
+        found = collect_views(student, data, max_groups=max_groups, skip_operations=skip_operations,
+                              progress=progress)
+        return {v: t for v, t in found.items() if v in chosen}
+
+    return fit_novelty(features(fit_data, fit_groups), features(calibration_data, None), quantile=quantile,
+                       record={**(record or {}), "excluded_operations": list(skip_operations)})
+
+
 def fit_student_folder(model_dir: str | Path, data_dir: str | Path, *, teacher: str = "oracle",
                        fit_split: str = "train", calibration_split: str = "heldout", fit_groups: int = 800,
                        calibration_groups: int = 200, quantile: float = 0.99, views: Sequence[str] | None = None,
@@ -264,22 +291,17 @@ def fit_student_folder(model_dir: str | Path, data_dir: str | Path, *, teacher: 
     model_dir = Path(model_dir)
     excluded = run_excluded_operations(model_dir)  # what the run never trained on is not "like training"
     student = Student.from_pretrained(model_dir, novelty=False)  # the network alone (an old fit must not block this)
-    offered = student_views(student)
-    chosen = tuple(offered if views is None else views)
-    if not chosen or any(v not in offered for v in chosen):
-        raise ValueError(f"views {list(chosen)}: this student offers {list(offered)}")
-    encoder = text_encoder_for(student.cfg, text_encoder)
+    chosen_views(student, views)  # before any data is read
     kw = dict(teacher=teacher, img_size=student.cfg.input_size, mask_size=mask_target_size(student.cfg.grid),
-              text_encoder=encoder, progress=progress)
-    features = {}
-    for role, split, groups in (("fit", fit_split, fit_groups), ("calibration", calibration_split,
-                                                                  calibration_groups)):
-        data = load_split(data_dir, split=split, max_groups=groups, exclude_operations=excluded, **kw)
-        log_fn(f"novelty: {role} features of {len(data)} edits ({split} split of {data_dir}) …")
-        features[role] = {v: t for v, t in collect_views(student, data, progress=progress).items() if v in chosen}
-    det = fit_novelty(features["fit"], features["calibration"], quantile=quantile,
-                      record={"data": str(data_dir), "teacher": teacher, "fit_split": fit_split,
-                              "calibration_split": calibration_split, "excluded_operations": list(excluded)})
+              text_encoder=text_encoder_for(student.cfg, text_encoder), progress=progress,
+              exclude_operations=excluded)
+    fit = load_split(data_dir, split=fit_split, max_groups=fit_groups, **kw)
+    calibration = load_split(data_dir, split=calibration_split, max_groups=calibration_groups, **kw)
+    log_fn(f"novelty: features of {len(fit)} fit edits ({fit_split} split of {data_dir}) and {len(calibration)} "
+           f"calibration edits ({calibration_split}) …")
+    det = fit_student(student, fit, calibration, skip_operations=excluded, views=views, quantile=quantile,
+                      progress=progress, record={"data": str(data_dir), "teacher": teacher, "fit_split": fit_split,
+                                                 "calibration_split": calibration_split})
     path = save_novelty(det, model_dir)
     log_fn(f"wrote {path} (thresholds {det.record['threshold_distance']})")
     return {**det.record, "file": str(path)}
@@ -287,8 +309,10 @@ def fit_student_folder(model_dir: str | Path, data_dir: str | Path, *, teacher: 
 
 def run_excluded_operations(model_dir: str | Path) -> list[str]:
     """The operations a training run never saw (`distill --exclude-operations`, from its distill_config.json)."""
-    path = Path(model_dir) / "distill_config.json"
+    from spatialreward.student.distill import parse_operations
+    from spatialreward.student.run_folder import DISTILL_CONFIG_FILE
+
+    path = Path(model_dir) / DISTILL_CONFIG_FILE
     if not path.is_file():
         return []
-    value = json.loads(path.read_text()).get("exclude_operations") or ""
-    return [op.strip() for op in str(value).split(",") if op.strip()]
+    return list(parse_operations(json.loads(path.read_text()).get("exclude_operations") or ""))

@@ -35,6 +35,11 @@ from rich.markup import escape
 _PLAIN = (str, int, float, bool, Path)
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """A comma-separated option (``--views instruction,pixels``) as its non-empty, stripped items."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def _json_object(text: str) -> dict:
     """Parse a ``dict`` field's flag: a JSON object such as ``'{"w_if": 0.7, "w_cons": 0.3}'``."""
     try:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from spatialreward.cli._errors import CLIError
+from spatialreward.cli._options import comma_list
 
 EVAL_EXAMPLES = """
 Examples:
@@ -57,8 +58,7 @@ def evaluate(
         if target.suffix != ".json":
             target = target / "generalisation.json"
         try:
-            unseen = None if unseen_operations is None else [
-                op.strip() for op in unseen_operations.split(",") if op.strip()]
+            unseen = None if unseen_operations is None else comma_list(unseen_operations)
             result = generalisation_report(model, data, target, teacher=teacher, device=device,
                                            max_groups=max_groups, progress=not json_only, unseen_operations=unseen)
         except ValueError as exc:

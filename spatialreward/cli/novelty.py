@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from spatialreward.cli._errors import CLIError
+from spatialreward.cli._options import comma_list
 
 
 def novelty(
@@ -40,7 +41,7 @@ def novelty(
     try:
         fit_student_folder(model, data, teacher=teacher, fit_split=fit_split, calibration_split=calibration_split,
                            fit_groups=fit_groups, calibration_groups=calibration_groups, quantile=quantile,
-                           views=None if views is None else [v.strip() for v in views.split(",") if v.strip()])
+                           views=None if views is None else comma_list(views))
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print("exports made before this fit have no novelty output: re-run `spatialreward export onnx`")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from spatialreward.cli._errors import CLIError
+from spatialreward.cli._options import comma_list
 
 SYNTH_EXAMPLES = """
 Examples:
@@ -54,12 +55,9 @@ def synth(
     from spatialreward.synth import SynthConfig, generate_dataset
     from spatialreward.synth.failures import DEFAULT_HELDOUT_FAMILIES
 
-    def names(text: str) -> tuple[str, ...]:
-        return tuple(n.strip() for n in text.split(",") if n.strip())
-
-    options = dict(recipe=recipe, layout=layout, procedural_fraction=procedural_fraction,
-                   heldout_families=DEFAULT_HELDOUT_FAMILIES if heldout_families is None else names(heldout_families),
-                   heldout_phrasing=heldout_phrasing, heldout_scene_styles=names(heldout_scene_styles))
+    families = DEFAULT_HELDOUT_FAMILIES if heldout_families is None else comma_list(heldout_families)
+    options = dict(recipe=recipe, layout=layout, procedural_fraction=procedural_fraction, heldout_families=families,
+                   heldout_phrasing=heldout_phrasing, heldout_scene_styles=comma_list(heldout_scene_styles))
     try:
         SynthConfig(groups=groups, seed=seed, candidates=candidates, size=size, heldout_fraction=heldout_fraction,
                     **options)
