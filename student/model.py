@@ -279,6 +279,85 @@ class RegionCrossAttention(nn.Module):
         return x + self.mlp(self.norm_mlp(x))
 
 
+def _folded_linear(norm: nn.LayerNorm, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """``linear(norm(x))`` as ``W'·x̂ + b'`` on the affine-free normalised ``x̂``, with ``W' = W·diag(γ)`` and
+    ``b' = W·β + b``.
+
+    Two paths that normalise the same rows then differ only in their folded weights, so one LayerNorm and one
+    matmul with both paths' outputs side by side serve both (`attend_regions`)."""
+    return linear.weight * norm.weight, linear.weight @ norm.bias + linear.bias
+
+
+def _stacked_mlp(paths: tuple[RegionCrossAttention, ...], x: torch.Tensor) -> torch.Tensor:
+    """``x + path.mlp(path.norm_mlp(x))`` for each path at once: ``x [P, ..., C]`` → ``[P, ..., C]``, one batched
+    matmul per layer with the paths' weights stacked (each path's timm `Mlp`: fc1, GELU, fc2; dropout is 0)."""
+    p, c = x.shape[0], x.shape[-1]
+    rows = x.reshape(p, -1, c)  # [P, R, C]
+
+    def stacked(get):  # [P, 1, *] or [P, *, *]: one parameter of every path
+        return torch.stack([get(a) for a in paths])
+
+    h = F.layer_norm(rows, (c,), eps=paths[0].norm_mlp.eps)
+    h = h * stacked(lambda a: a.norm_mlp.weight)[:, None] + stacked(lambda a: a.norm_mlp.bias)[:, None]
+    h = h @ stacked(lambda a: a.mlp.fc1.weight).transpose(1, 2) + stacked(lambda a: a.mlp.fc1.bias)[:, None]
+    h = paths[0].mlp.act(h)
+    h = h @ stacked(lambda a: a.mlp.fc2.weight).transpose(1, 2) + stacked(lambda a: a.mlp.fc2.bias)[:, None]
+    return (rows + h).reshape(x.shape)
+
+
+def attend_regions(
+    paths: tuple[RegionCrossAttention, RegionCrossAttention],
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    key_weights: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(paths[0](queries, keys, key_weights[0]), paths[1](queries, keys, key_weights[1]))`` in one pass.
+
+    The inside and outside paths read the same queries and keys and differ only in weights and key weights, so
+    each step runs once for both: one LayerNorm of the queries and one of the keys (the paths' affines folded into
+    their projections), one matmul for both paths' q (and one for k, v), one `region_attention` call over the
+    paths stacked on the batch axis, one batched matmul per projection / MLP layer. The same function of the same
+    parameters (tested to 1e-5), with about half the operators: the score graph is many small ops, and on a CPU
+    their count, not their arithmetic, sets its cost.
+    """
+    a, o = paths
+    if a.num_heads != o.num_heads or a.pooled_mlp != o.pooled_mlp:
+        raise ValueError("attend_regions needs two paths of the same shape (heads, cross_mlp)")
+    b, lq, c = queries.shape
+    lk, h = keys.shape[1], a.num_heads
+    (wq_a, bq_a), (wq_o, bq_o) = _folded_linear(a.norm_q, a.q), _folded_linear(o.norm_q, o.q)
+    (wkv_a, bkv_a), (wkv_o, bkv_o) = _folded_linear(a.norm_kv, a.kv), _folded_linear(o.norm_kv, o.kv)
+    q = F.linear(F.layer_norm(queries, (c,), eps=a.norm_q.eps), torch.cat([wq_a, wq_o]), torch.cat([bq_a, bq_o]))
+    kv = F.linear(F.layer_norm(keys, (c,), eps=a.norm_kv.eps), torch.cat([wkv_a, wkv_o]), torch.cat([bkv_a, bkv_o]))
+    q = q.view(b, lq, 2, h, c // h).permute(2, 0, 3, 1, 4).reshape(2 * b, h, lq, c // h)  # [2B, H, Lq, D]
+    kv = kv.view(b, lk, 2, 2, h, c // h).permute(3, 2, 0, 4, 1, 5).reshape(2, 2 * b, h, lk, c // h)
+    weights = torch.cat(key_weights, dim=0)  # [2B, Lk]: the inside path's rows, then the outside path's
+    out = region_attention(q, kv[0], kv[1], weights).transpose(1, 2).reshape(2, b, lq, c)  # [P, B, Lq, C]
+    proj_w = torch.stack([a.proj.weight, o.proj.weight]).transpose(1, 2)[:, None]  # [P, 1, C, C]
+    proj_b = torch.stack([a.proj.bias, o.proj.bias])[:, None, None]  # [P, 1, 1, C]
+    weights = weights.view(2, b, lk)
+    if not a.pooled_mlp:
+        x = queries + out @ proj_w + proj_b  # [P, B, Lq, C]
+        x = _stacked_mlp(paths, x)
+        pooled = torch.stack([x[:, :, 0], _weighted_mean_paths(x[:, :, 1:], weights)], dim=2)  # [P, B, 2, C]
+        return pooled[0], pooled[1]
+    # As `RegionCrossAttention`'s pooled mode: pool, then project the two pooled rows (pooling commutes with proj).
+    share = weights.sum(-1, keepdim=True)
+    share = torch.stack([torch.ones_like(share), share / (share + 1e-6)], dim=2)  # [P, B, 2, 1]
+    rows = torch.stack([queries[:, 0].expand(2, b, c), _weighted_mean_paths(queries[:, 1:], weights)], dim=2)
+    pooled_out = torch.stack([out[:, :, 0], _weighted_mean_paths(out[:, :, 1:], weights)], dim=2)  # [P, B, 2, C]
+    x = rows + pooled_out @ proj_w + share * proj_b
+    x = _stacked_mlp(paths, x)
+    return x[0], x[1]
+
+
+def _weighted_mean_paths(tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """`weighted_mean` per path as one matmul: tokens ``[B, N, C]`` (shared) or ``[P, B, N, C]``, weights
+    ``[P, B, N]`` → ``[P, B, C]``."""
+    sums = (weights.unsqueeze(-2) @ tokens).squeeze(-2)  # [P, B, C]
+    return sums / (weights.sum(-1, keepdim=True) + 1e-6)
+
+
 def block_first_row(block: Block, x: torch.Tensor) -> torch.Tensor:
     """``block(x)[:, :1]`` of a timm `Block` in eval, computing only row 0's query, projection and MLP.
 
@@ -292,7 +371,8 @@ def block_first_row(block: Block, x: torch.Tensor) -> torch.Tensor:
     q = F.linear(h[:, :1], weight[:c], None if bias is None else bias[:c]).view(b, 1, heads, c // heads)
     kv = F.linear(h, weight[c:], None if bias is None else bias[c:]).view(b, n, 2, heads, c // heads)
     q, k, v = attn.q_norm(q.transpose(1, 2)), attn.k_norm(kv[:, :, 0].transpose(1, 2)), kv[:, :, 1].transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v)  # [B, H, 1, D]
+    # One query row: plain matmul-softmax-matmul (SDPA exports as a dozen nodes for the same three steps).
+    out = ((q * (c // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1) @ v  # [B, H, 1, D]
     out = attn.proj(attn.norm(out.transpose(1, 2).reshape(b, 1, c)))
     y = x[:, :1] + block.drop_path1(block.ls1(out))
     return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
@@ -350,21 +430,21 @@ def region_summary(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
 def mask_bounding_box(mask: torch.Tensor) -> torch.Tensor:
     """Bounding box of a boolean ``[B, h, w]`` mask in 0–1000, as ``[B, 4]``; an empty mask gives the whole image.
 
-    Pure tensor ops (no branches on values), so it traces to ONNX.
+    Pure arithmetic on the mask's row and column occupancy (no branches on values, no constant tensors), so it
+    traces to a short ONNX graph and captures in a CUDA graph: the first occupied column is ``w − max(occ · (w −
+    j))`` and the last one ``max(occ · (j + 1))``, both exact in float for any grid a student has.
     """
     b, h, w = mask.shape
-    cols = mask.any(dim=1)  # [B, w]
-    rows = mask.any(dim=2)  # [B, h]
-    xs = torch.arange(w, device=mask.device, dtype=torch.float32).expand(b, w)
-    ys = torch.arange(h, device=mask.device, dtype=torch.float32).expand(b, h)
-    x1 = torch.where(cols, xs, torch.full_like(xs, w)).amin(1)
-    x2 = torch.where(cols, xs + 1, torch.zeros_like(xs)).amax(1)
-    y1 = torch.where(rows, ys, torch.full_like(ys, h)).amin(1)
-    y2 = torch.where(rows, ys + 1, torch.zeros_like(ys)).amax(1)
-    box = torch.stack([x1 / w, y1 / h, x2 / w, y2 / h], dim=1) * BOX_SCALE  # [B, 4]
-    zero = torch.zeros_like(x1)  # built on the device: a CPU constant would block CUDA-graph capture
-    whole = torch.stack([zero, zero, zero + BOX_SCALE, zero + BOX_SCALE], dim=1)
-    return torch.where(cols.any(1, keepdim=True), box, whole)
+    cols = mask.any(dim=1).to(torch.float32)  # [B, w]: 1 where the column has a mask cell
+    rows = mask.any(dim=2).to(torch.float32)  # [B, h]
+    up_x = torch.arange(1, w + 1, device=mask.device, dtype=torch.float32)  # j + 1
+    up_y = torch.arange(1, h + 1, device=mask.device, dtype=torch.float32)
+    x1 = w - (cols * (w + 1 - up_x)).amax(1)  # w when the mask is empty
+    y1 = h - (rows * (h + 1 - up_y)).amax(1)
+    x2, y2 = (cols * up_x).amax(1), (rows * up_y).amax(1)  # 0 when empty
+    found = cols.amax(1)  # 1 if the mask has any cell, else 0: then the box becomes the whole image
+    box = torch.stack([found * x1 / w, found * y1 / h, (x2 + (1 - found) * w) / w, (y2 + (1 - found) * h) / h], dim=1)
+    return box * BOX_SCALE  # [B, 4]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -677,8 +757,8 @@ class Student(nn.Module):
             inside_w = torch.where(inside_w >= cfg.region_floor, inside_w, 0.0)
             outside_w = torch.where(outside_w >= cfg.region_floor, outside_w, 0.0)
         queries = torch.cat([text.unsqueeze(1), e], dim=1)  # [B, 1+N, C]
-        inside = self.attend_inside(queries, s, inside_w)  # [B, 2, C]: instruction row, region-pooled tokens
-        outside = self.attend_outside(queries, s, outside_w)
+        # [B, 2, C] each: the instruction row and the region-pooled token rows, both paths in one pass
+        inside, outside = attend_regions((self.attend_inside, self.attend_outside), queries, s, (inside_w, outside_w))
         parts = [
             text, change.mean(1), change.amax(1), roi, text * roi, geometry, text * geometry,
             inside[:, 0], inside[:, 1], outside[:, 0], outside[:, 1],

@@ -104,6 +104,20 @@ def test_mask_bounding_box_hand_cases():
     assert box[1].tolist() == [0.0, 0.0, 1000.0, 1000.0]  # empty → whole image
 
 
+def test_mask_bounding_box_matches_the_occupied_cells_on_random_masks():
+    g = torch.Generator().manual_seed(0)
+    for h, w in [(28, 28), (7, 12), (1, 5)]:
+        masks = torch.rand(64, h, w, generator=g) > torch.rand(64, 1, 1, generator=g) ** 0.05  # sparse to full
+        masks[0] = False
+        for mask, box in zip(masks, mask_bounding_box(masks)):
+            if not mask.any():
+                assert box.tolist() == [0.0, 0.0, 1000.0, 1000.0]
+                continue
+            ys, xs = mask.nonzero(as_tuple=True)
+            want = [xs.min() / w, ys.min() / h, (xs.max() + 1) / w, (ys.max() + 1) / h]
+            assert torch.allclose(box, torch.tensor(want) * 1000.0, atol=1e-4), (h, w, box, want)
+
+
 def test_tokens_path_equals_forward_and_regions_change_the_answer():
     model = toy_student().eval()
     s, e, t = inputs(model.cfg)
@@ -230,13 +244,19 @@ def test_forward_exports_without_value_dependent_control_flow():
 def test_region_floor_zeroes_small_weights_of_both_paths(floor):
     """Weights under `region_floor` reach the attention kernel as exact zeros (so it can skip those keys); without a
     floor the soft weights pass through unchanged and are never 0."""
+    from spatialreward.student import model as model_module
+
     model = toy_student(region_floor=floor).eval()
     seen = {}
-    for name in ("attend_inside", "attend_outside"):
-        module = getattr(model, name)
-        module.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[2].detach()))
+    both = model_module.attend_regions
+
+    def spy(paths, queries, keys, key_weights):
+        seen["attend_inside"], seen["attend_outside"] = (w.detach() for w in key_weights)
+        return both(paths, queries, keys, key_weights)
+
     s, e, t = inputs(model.cfg, b=3)
-    with torch.no_grad():
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model_module, "attend_regions", spy)
         model(s, e, t)
     inside, outside = seen["attend_inside"], seen["attend_outside"]
     if floor == 0.0:
@@ -389,6 +409,34 @@ def test_pooled_cross_mlp_runs_the_mlp_on_the_two_pooled_rows():
     assert a.shape == b.shape == (2, 2, 32)
     with torch.no_grad():  # an empty region: the pooled row is 0, so the output is the MLP's response to 0
         assert torch.allclose(b[1, 1], pooled_mode.mlp(pooled_mode.norm_mlp(torch.zeros(1, 32)))[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("cross_mlp", ["pooled", "tokens"])
+def test_attend_regions_is_the_two_paths_run_apart(cross_mlp):
+    """Both paths in one pass (`attend_regions`) give each path's own output and the same gradients, including
+    for an empty region on either side."""
+    from spatialreward.student.model import RegionCrossAttention, attend_regions
+
+    torch.manual_seed(0)
+    paths = tuple(RegionCrossAttention(32, 4, pooled_mlp=cross_mlp == "pooled") for _ in range(2))
+    for module in paths:
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.3)  # non-trivial LayerNorm affines: folding them must be exact
+    queries, keys = torch.randn(3, 6, 32, requires_grad=True), torch.randn(3, 5, 32)
+    inside = torch.rand(3, 5)
+    inside[1] = 0.0  # an empty region
+    outside = 1.0 - inside
+    outside[2] = 0.0
+    apart = (paths[0](queries, keys, inside), paths[1](queries, keys, outside))
+    grads_apart = torch.autograd.grad(sum((o * o).sum() for o in apart), [queries, *paths[0].parameters()])
+    together = attend_regions(paths, queries, keys, (inside, outside))
+    grads_together = torch.autograd.grad(sum((o * o).sum() for o in together), [queries, *paths[0].parameters()])
+    for a, b in zip(apart, together):
+        assert a.shape == b.shape == (3, 2, 32) and torch.allclose(a, b, atol=1e-5)
+    for a, b in zip(grads_apart, grads_together):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="same shape"):
+        attend_regions((paths[0], RegionCrossAttention(32, 2)), queries, keys, (inside, outside))
 
 
 def test_light_decoder_options_validate_and_train():
