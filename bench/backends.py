@@ -11,6 +11,7 @@ row of every case once), so all rows see the same machine load; p50 / p99 are ov
     python bench/backends.py                        # nano, batches 1 8 32, CPU: eager, compile, onnxruntime
     python bench/backends.py --quick                # fewer repeats (the committed CPU run)
     python bench/backends.py --device cuda --batches 1 8 64 256   # + ORT CUDA / TensorRT where installed
+    python bench/backends.py --score-variants fusion_depth=0 cross_heads=2   # what a lighter decoder would buy
 
 Results: ``bench/results/backends_<device>.json`` (machine, versions, load, rows, ratios, targets) and a PNG beside it.
 """
@@ -49,10 +50,60 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="folder for JSON + PNG")
     p.add_argument("--fp16-parity", action="store_true",
                    help="also export fp16 and record its max deviation from fp32 (ONNX Runtime on --device)")
+    p.add_argument("--score-variants", nargs="*", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="decoder variants of --preset (StudentConfig overrides, e.g. fusion_depth=0): each is exported "
+                        "with random weights and its ONNX Runtime stages and group rows are timed in the same "
+                        "interleaved loop, so its S / E and group ratio sit next to the preset's")
     args = p.parse_args(argv)
+    args.score_variants = [parse_variant(v, p) for v in args.score_variants]
     if args.quick:
         args.repeats, args.warmup = 7, 2
     return args
+
+
+def parse_variant(text: str, parser: argparse.ArgumentParser) -> dict:
+    """``"fusion_depth=0,cross_heads=2"`` → StudentConfig overrides with int / float / bool / str values."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--score-variants {text!r}: {item!r} is not KEY=VALUE")
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = {"true": True, "false": False}.get(value.lower(), value)
+    if not out:
+        parser.error(f"--score-variants {text!r}: give at least one KEY=VALUE")
+    return out
+
+
+def variant_name(overrides: dict) -> str:
+    return "onnxruntime cpu, " + ",".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def make_variant_backends(args, work: Path, log=print) -> dict:
+    """ONNX Runtime backends of random-weight --preset students with each of --score-variants' overrides."""
+    import torch
+
+    from spatialreward.export.backends import OnnxRuntimeBackend
+    from spatialreward.export.onnx_export import ExportConfig, export_onnx
+    from spatialreward.student.model import Student
+    from spatialreward.student.presets import preset_config
+
+    found = {}
+    for i, overrides in enumerate(args.score_variants):
+        torch.manual_seed(0)
+        run = work / f"variant_{i}"
+        Student(preset_config(args.preset, **overrides)).save_pretrained(run)
+        onnx_dir = export_onnx(ExportConfig(model=str(run), out=str(work / f"variant_{i}_onnx"), max_batch=512),
+                               log=log)
+        found[variant_name(overrides)] = OnnxRuntimeBackend(onnx_dir, device=args.device,
+                                                            intra_op_threads=args.threads)
+    return found
 
 
 def make_backends(args, work: Path, log=print) -> dict:
@@ -153,6 +204,7 @@ def run(args, log=print) -> dict:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
         backends = make_backends(args, Path(tmp), log=log)
+        variants = make_variant_backends(args, Path(tmp), log=log) if args.score_variants else {}
         any_backend = next(iter(backends.values()))
         side = any_backend.image_size
         text_dim = (any_backend.student.cfg.text_dim if hasattr(any_backend, "student")
@@ -161,6 +213,11 @@ def run(args, log=print) -> dict:
         rows = []
         calls = {(kind, b, name): make_calls(be, b, side, text_dim, args.device, kind == "group")
                  for kind, b in cases for name, be in backends.items()}
+        if args.group:  # variants: the group's plain and group rows only
+            calls.update({(kind, args.group, name): make_calls(be, args.group, side, text_dim, args.device,
+                                                               kind == "group")
+                          for kind in ("plain", "group") for name, be in variants.items()})
+        backends = {**backends, **variants}
         if args.group:  # each stage alone at the group's batch, for every backend that runs the two graphs
             calls.update({(stage, args.group, name): make_stage_call(be, stage, args.group, side, text_dim,
                                                                      args.device)
@@ -193,7 +250,20 @@ def run(args, log=print) -> dict:
             log(f"{kind:5s} b={b:<4d} {name:28s} {1e3 * p50 / b:8.3f} ms/edit  p99 {1e3 * p99 / b:8.3f}  "
                 f"{b / p50:9.1f} edits/s  x{(eager / p50) if eager else float('nan'):.2f} vs eager")
         describe = {name: be.describe() for name, be in backends.items()}
-    return {"rows": rows, "stages": _stages(rows, args), "backends": describe, "checks": _checks(rows, args)}
+    return {"rows": rows, "stages": _stages(rows, args), "backends": describe,
+            "checks": _checks(rows, args, _paired_group_ratios(times, args.group))}
+
+
+def _paired_group_ratios(times: dict, group: int) -> dict:
+    """Per backend, the median over repeats of plain / group time *within one repeat* (the two rows run moments
+    apart), a second estimate of the group ratio that a slow drift of the machine's speed moves less than the
+    ratio of two medians."""
+    out = {}
+    for (kind, b, name), plain in times.items():
+        grouped = times.get(("group", b, name))
+        if kind == "plain" and b == group and grouped:
+            out[name] = statistics.median(p / g for p, g in zip(plain, grouped))
+    return out
 
 
 def _stages(rows: list[dict], args) -> dict:
@@ -235,20 +305,27 @@ def fp16_parity(args, log=print) -> dict:
                 "mask_agreement": ((a.mask_logits > 0) == (b.mask_logits > 0)).float().mean().item()}
 
 
-def _checks(rows: list[dict], args) -> dict:
-    """The issue's CPU targets, computed from this run's rows (None where the row was not measured)."""
-    def row(backend_prefix, case, b):
-        return next((r for r in rows if r["backend"].startswith(backend_prefix) and r["case"] == case
-                     and r["batch"] == b), None)
+def _checks(rows: list[dict], args, paired: dict | None = None) -> dict:
+    """The issue's CPU targets, computed from this run's rows (None where the row was not measured). The group
+    checks also carry ``paired``: the same ratio as the median of per-repeat ratios (`_paired_group_ratios`)."""
+    def row(backend_prefix, case, b):  # the preset's own rows, never a --score-variants one
+        return next((r for r in rows if r["backend"].startswith(backend_prefix) and "=" not in r["backend"]
+                     and r["case"] == case and r["batch"] == b), None)
 
     out = {}
     for b, key in ((1, "ort_vs_eager_batch1"), (32, "ort_vs_eager_batch32")):
         r = row("onnxruntime", "plain", b)
         out[key] = {"measured": r["speedup_vs_torch_eager"] if r else None, "target": TARGETS[key]}
-    for prefix in ("torch eager", "onnxruntime"):
+    for prefix in ("torch eager", "onnxruntime", *map(variant_name, args.score_variants)):
         plain, group = row(prefix, "plain", args.group), row(prefix, "group", args.group)
+        if "=" in prefix:  # a variant's own rows
+            plain, group = (next((r for r in rows if r["backend"] == prefix and r["case"] == case), None)
+                            for case in ("plain", "group"))
         value = plain["p50_ms_per_edit"] / group["p50_ms_per_edit"] if plain and group else None
-        out[f"group_vs_plain_per_edit ({prefix})"] = {"measured": value, "target": TARGETS["group_vs_plain_per_edit"]}
+        out[f"group_vs_plain_per_edit ({prefix})"] = {
+            "measured": value, "target": TARGETS["group_vs_plain_per_edit"],
+            "paired": (paired or {}).get(plain["backend"]) if plain else None,
+        }
     for v in out.values():
         v["met"] = None if v["measured"] is None else bool(v["measured"] >= v["target"])
     return out
@@ -302,12 +379,14 @@ def main(argv=None) -> int:
         "versions": {"spatialreward": spatialreward.__version__, "torch": torch.__version__, "python":
                      platform.python_version()},
         "config": {"preset": args.model or args.preset, "batches": args.batches, "group": args.group,
-                   "repeats": args.repeats, "warmup": args.warmup, "device": args.device},
+                   "repeats": args.repeats, "warmup": args.warmup, "device": args.device,
+                   "score_variants": args.score_variants},
         "seconds": round(time.time() - t0, 1),
         **result,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "backends_cpu" if device == "cpu" else "backends_" + device.lower().replace(" ", "-")
+    stem += "_score_variants" if args.score_variants else ""  # the plain run's file stays the reference
     path = args.out / f"{stem}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -315,8 +394,9 @@ def main(argv=None) -> int:
     plot(result, args.out / f"{stem}.png")
     print(f"wrote {path} and {stem}.png in {result['seconds']}s")
     for key, check in result["checks"].items():
+        paired = f", per-repeat median {check['paired']:.2f}" if check.get("paired") else ""
         print(f"  {key}: {check['measured'] if check['measured'] is None else round(check['measured'], 2)} "
-              f"(target >= {check['target']}, met: {check['met']})")
+              f"(target >= {check['target']}, met: {check['met']}{paired})")
     return 0
 
 

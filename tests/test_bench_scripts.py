@@ -5,6 +5,7 @@ Their numbers are not checked (timings are not tests); their output files are.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -120,10 +122,10 @@ def test_table_uncertainty_pools_std_and_error_per_operation():
     assert rows[-3].startswith("| all: within ±1 sd")
 
 
-def _load_script(name: str):
+def _load_script(name: str, folder: Path = BENCH / "fidelity"):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, BENCH / "fidelity" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -141,6 +143,15 @@ def test_novelty_views_ppca_is_the_mahalanobis_distance_of_its_model():
     assert np.allclose(ppca.mahalanobis(probe), full, rtol=0.05)
 
 
+def test_backends_bench_reads_score_variants():
+    bench = _load_script("backends", BENCH)
+    parser = argparse.ArgumentParser()
+    assert bench.parse_variant("fusion_depth=0,cross_mlp=tokens,region_floor=0.1,pixel_detail=false", parser) == {
+        "fusion_depth": 0, "cross_mlp": "tokens", "region_floor": 0.1, "pixel_detail": False}
+    with pytest.raises(SystemExit):
+        bench.parse_variant("fusion_depth", parser)
+
+
 def test_ood_probe_auroc_is_the_mann_whitney_statistic():
     probe = _load_script("ood_probe")
     assert probe.auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
@@ -152,11 +163,19 @@ def test_ood_probe_auroc_is_the_mann_whitney_statistic():
 def test_backends_bench_times_both_stages_and_predicts_the_group_ratio(tmp_path):
     """Eager and ONNX Runtime, one tiny batch and a group of 2: plain/group rows, each stage alone, its S / E."""
     rows = _run("backends.py", "--batches", "2", "--group", "2", "--repeats", "1", "--warmup", "0",
-                "--backends", "eager", "onnxruntime", tmp_path=tmp_path)
+                "--backends", "eager", "onnxruntime", "--score-variants", "fusion_depth=0", tmp_path=tmp_path)
     cases = {(r["case"], r["backend"]) for r in rows}
+    variant = "onnxruntime cpu, fusion_depth=0"
     assert {(c, b) for c in ("plain", "group", "encode", "score") for b in ("torch eager", "onnxruntime cpu")} <= cases
+    assert {(c, variant) for c in ("plain", "group", "encode", "score")} <= cases  # a variant: the group's rows only
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert set(result["stages"]) == {"torch eager", "onnxruntime cpu", variant}
     for stage in result["stages"].values():
         r = stage["score_over_encode"]
         assert r > 0 and abs(stage["predicted_group_vs_plain"] - (2 + r) / (1.5 + r)) < 1e-12
-    assert (tmp_path / "backends_cpu.png").stat().st_size > 0
+    assert result["config"]["score_variants"] == [{"fusion_depth": 0}]
+    checks = result["checks"]
+    assert f"group_vs_plain_per_edit ({variant})" in checks
+    for prefix in ("torch eager", "onnxruntime", variant):  # the per-repeat estimate of the same ratio
+        assert checks[f"group_vs_plain_per_edit ({prefix})"]["paired"] > 0
+    assert (tmp_path / "backends_cpu_score_variants.png").stat().st_size > 0  # a variants run keeps its own file
