@@ -10,7 +10,8 @@ Read top to bottom, nanoGPT-style:
     ChangeFeatures       per-token comparison of the streams                                [B, N, C]
     SegmentationHead     edit-mask logits on the token grid (optionally u×u cells a token)  [B, g·u, g·u]
     RegionCrossAttention edited tokens + instruction token attend to source tokens, weighted by the region mask
-                         (inside path) or its complement (outside path); `spatialreward.kernels.region_attention`
+                         (inside path) or its complement (outside path); `spatialreward.kernels.region_attention`;
+                         `attend_regions` runs both paths as one pass
     ScoreHead            4 sub-scores bounded to 0–25, each with a log-variance
     StudentConfig        every knob, with help text
     Student              forward(), encode_images()/forward_tokens() for cached sources, from_pretrained, ...
