@@ -295,7 +295,7 @@ def _stacked_mlp(paths: tuple[RegionCrossAttention, ...], x: torch.Tensor) -> to
     p, c = x.shape[0], x.shape[-1]
     rows = x.reshape(p, -1, c)  # [P, R, C]
 
-    def stacked(get):  # [P, 1, *] or [P, *, *]: one parameter of every path
+    def stacked(get):  # [P, *shape]: one parameter of every path
         return torch.stack([get(a) for a in paths])
 
     h = F.layer_norm(rows, (c,), eps=paths[0].norm_mlp.eps)
@@ -318,8 +318,8 @@ def attend_regions(
     each step runs once for both: one LayerNorm of the queries and one of the keys (the paths' affines folded into
     their projections), one matmul for both paths' q (and one for k, v), one `region_attention` call over the
     paths stacked on the batch axis, one batched matmul per projection / MLP layer. The same function of the same
-    parameters (tested to 1e-5), with about half the operators: the score graph is many small ops, and on a CPU
-    their count, not their arithmetic, sets its cost.
+    parameters (tested to 1e-5) with about half the operators: the exported score graph is many small ops, each
+    with a fixed cost on a CPU (`README`, speed on the CPU box).
     """
     a, o = paths
     if a.num_heads != o.num_heads or a.pooled_mlp != o.pooled_mlp:
