@@ -308,9 +308,9 @@ def fp16_parity(args, log=print) -> dict:
 def _checks(rows: list[dict], args, paired: dict | None = None) -> dict:
     """The issue's CPU targets, computed from this run's rows (None where the row was not measured). The group
     checks also carry ``paired``: the same ratio as the median of per-repeat ratios (`_paired_group_ratios`)."""
-    def row(backend_prefix, case, b):  # the preset's own rows, never a --score-variants one
-        return next((r for r in rows if r["backend"].startswith(backend_prefix) and "=" not in r["backend"]
-                     and r["case"] == case and r["batch"] == b), None)
+    def row(backend, case, b):  # by full name, or the preset's own by prefix ("onnxruntime" → "onnxruntime cpu")
+        return next((r for r in rows if r["case"] == case and r["batch"] == b and (
+            r["backend"] == backend or r["backend"].startswith(backend + " ") and "=" not in r["backend"])), None)
 
     out = {}
     for b, key in ((1, "ort_vs_eager_batch1"), (32, "ort_vs_eager_batch32")):
@@ -318,9 +318,6 @@ def _checks(rows: list[dict], args, paired: dict | None = None) -> dict:
         out[key] = {"measured": r["speedup_vs_torch_eager"] if r else None, "target": TARGETS[key]}
     for prefix in ("torch eager", "onnxruntime", *map(variant_name, args.score_variants)):
         plain, group = row(prefix, "plain", args.group), row(prefix, "group", args.group)
-        if "=" in prefix:  # a variant's own rows
-            plain, group = (next((r for r in rows if r["backend"] == prefix and r["case"] == case), None)
-                            for case in ("plain", "group"))
         value = plain["p50_ms_per_edit"] / group["p50_ms_per_edit"] if plain and group else None
         out[f"group_vs_plain_per_edit ({prefix})"] = {
             "measured": value, "target": TARGETS["group_vs_plain_per_edit"],

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from spatialreward.export.graphs import NOVELTY_OUTPUT, EncodeGraph, ScoreGraph, has_novelty
+from spatialreward.export.graphs import EncodeGraph, ScoreGraph, exported_novelty_views, has_novelty
 from spatialreward.export.protocol import EmbedsText, Encoding, Scores
 
 BackendName = Literal["torch", "onnxruntime", "tensorrt", "auto"]
@@ -230,8 +230,7 @@ class OnnxRuntimeBackend:
                                             providers=self.providers)
         self._score = ort.InferenceSession(str(self.directory / graphs["score"]["file"]), so, providers=self.providers)
         self._specs = {g: {k: graphs[g][k] for k in ("inputs", "outputs")} for g in ("encode", "score")}
-        self.novelty_views = (tuple((self.meta.get("novelty") or {}).get("views", ()))
-                              if NOVELTY_OUTPUT in self._specs["score"]["outputs"] else ())
+        self.novelty_views = exported_novelty_views(self.meta)
         self._ort_version = ort.__version__
         # text.onnx + tokenizer.json when the export has them (checked against export.json's sha256 now, so a
         # changed file fails at load naming it); older exports embed with the torch encoder on first use.

@@ -52,6 +52,13 @@ def has_novelty(student: nn.Module) -> bool:
     return getattr(student, "novelty", None) is not None
 
 
+def exported_novelty_views(meta: dict) -> tuple[str, ...]:
+    """The columns of an export's ``novelty`` output, from its ``export.json`` (empty: the graph has none)."""
+    if NOVELTY_OUTPUT not in meta["graphs"]["score"]["outputs"]:
+        return ()
+    return tuple((meta.get("novelty") or {}).get("views", ()))
+
+
 def student_parts(student: nn.Module) -> tuple[bool, bool]:
     """``(pixel_stats, quality)``: which optional encoding tensors ``student`` has."""
     return student.pixel_stats is not None, getattr(student, "quality", None) is not None

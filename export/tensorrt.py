@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from spatialreward.export.graphs import NOVELTY_OUTPUT
+from spatialreward.export.graphs import exported_novelty_views
 from spatialreward.export.protocol import Encoding, Scores
 
 ENGINE_FILE = "engine.json"
@@ -269,8 +269,7 @@ class TensorRTBackend:
         self.text_encoder = export["text_encoder"]["name"]
         self.reward_weights = dict(export["reward_weights"])
         self.max_batch = int(self.meta["batch"]["max"])
-        self.novelty_views = (tuple((export.get("novelty") or {}).get("views", ()))
-                              if NOVELTY_OUTPUT in export["graphs"]["score"]["outputs"] else ())
+        self.novelty_views = exported_novelty_views(export)
         self.cuda_graphs = cuda_graphs
         bucket_list = tuple(b for b in buckets if b < self.max_batch) + (self.max_batch,) if cuda_graphs else None
         self._logger = trt.Logger(trt.Logger.WARNING)

@@ -56,7 +56,8 @@ class RewardOutput:
 
     ``novelty [B]``: how far the edit lies outside what the student learned from (`spatialreward.student.novelty`;
     1.0 = the 99th percentile of in-distribution edits), the larger of ``novelty_parts [B, V]``: one column per view
-    the model has (`RewardModel.novelty_views`, in `spatialreward.types.NOVELTY_VIEWS` order). None when the model has no novelty fit.
+    the model has (`RewardModel.novelty_views`, in `spatialreward.types.NOVELTY_VIEWS` order). None when the model
+    has no novelty fit.
     ``novel [B]`` is ``novelty > novelty_threshold``: the edits whose reward is a guess (send them to the teacher,
     `spatialreward.rl.fallback`); all False when there is no fit.
     """

@@ -247,6 +247,9 @@ class RegionCrossAttention(nn.Module):
     empty region yields exact zeros, i.e. the path contributes only its bias. ``pooled_mlp`` runs the MLP on the
     two returned rows instead of on all ``1 + N`` query rows before pooling: the same shape of evidence for ~1/25
     of the MLP's cost, the part of a group's scoring that the cached source encoding cannot save.
+
+    ``forward`` runs one path alone and is the plain reference; the student runs its inside and outside paths
+    together through `attend_regions`, which is tested against it.
     """
 
     def __init__(self, dim: int, num_heads: int, pooled_mlp: bool = False):
