@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +108,8 @@ class EditData(torch.utils.data.Dataset):
     ):
         self.samples = samples
         self.judgements = judgements
-        self.images = images
+        self.images: torch.Tensor | None = images
+        self.prepared: tuple | None = None  # set by `prepare`
         self.source_index = source_index
         self.edited_index = edited_index
         self.text = text
@@ -131,6 +132,44 @@ class EditData(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def prepare(self, prepare_images: Callable[[torch.Tensor], Any], levels: int, *, chunk: int = 256,
+                progress: bool = True) -> None:
+        """Replace the uint8 images with their weight-free part, computed once (`Student.prepare_images`).
+
+        ``prepare_images`` maps images in 0–1 to a ``(backbone, pixels)`` named tuple; `collate` then returns that
+        tuple for ``source`` and ``edited``. The backbone input (an average of uint8 pixels) is stored exactly as
+        integer multiples of ``1 / levels`` in int16 (``levels = 255 · pool²``: half the bytes of the uint8 images
+        at a 2× pool, an eighth of fp32), checked on every chunk; the pixel statistics in fp32.
+        """
+        if self.images is None:
+            return
+        rows = range(0, len(self.images), chunk)
+        if progress:
+            from rich.progress import track
+
+            rows = track(rows, description="preparing images (weight-free part, once)")
+        backbone, pixels, kind = [], [], None
+        with torch.no_grad():
+            for start in rows:
+                out = prepare_images(self.images[start:start + chunk].float().div_(255.0))
+                units = torch.round(out.backbone * levels)
+                err = float((units / levels - out.backbone).abs().max()) if units.numel() else 0.0
+                if err > 1e-6 or levels * 1.0 > torch.iinfo(torch.int16).max:
+                    raise ValueError(f"the backbone input is not a multiple of 1/{levels} (off by {err:.2g}); "
+                                     "train without --prepare-images")
+                backbone.append(units.to(torch.int16))
+                pixels.append(out.pixels.float())
+                kind = type(out)
+        self.prepared = (kind, torch.cat(backbone), torch.cat(pixels), float(levels))
+        self.images = None  # the 0–1 images are no longer needed: collate serves the prepared rows
+
+    def _image_rows(self, rows: torch.Tensor) -> Any:
+        """Images ``[n, 3, S, S]`` float 0–1 at ``rows``, or their prepared form after `prepare`."""
+        if self.prepared is None:
+            return self.images[rows].float().div_(255.0)
+        kind, backbone, pixels, levels = self.prepared
+        return kind(backbone[rows].float().div_(levels), pixels[rows])
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.collate([i])
 
@@ -149,9 +188,9 @@ class EditData(torch.utils.data.Dataset):
         _, groups = torch.unique(self.group[idx], return_inverse=True)
         return {
             "index": idx,
-            "source": self.images[unique_sources].float().div_(255.0),  # [U, 3, S, S]
+            "source": self._image_rows(unique_sources),  # [U, 3, S, S]
             "source_index": source_index,  # [B] rows of `source`
-            "edited": self.images[self.edited_index[idx]].float().div_(255.0),  # [B, 3, S, S]
+            "edited": self._image_rows(self.edited_index[idx]),  # [B, 3, S, S]
             "text": self.text[self.text_index[idx]],  # [B, D]
             "subscores": self.subscores[idx],
             "reward": self.reward[idx],

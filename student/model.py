@@ -191,6 +191,34 @@ class ImageEncoding(NamedTuple):
         return ImageEncoding(self.tokens[index], self.pixels[index], self.quality[index])
 
 
+class PreparedImages(NamedTuple):
+    """The weight-free part of `Student.encode_images`: the backbone's (pooled) input ``backbone [B, 3, s, s]`` in 0–1
+    and the `PixelStats` ``pixels [B, k, gh·u, gw·u]``. Training images never change, so the distiller computes it
+    once per image (`EditData.prepare`) instead of at every step, where it was about a fifth of a `nano` step on
+    the CPU. Only students without a learned full-resolution part have one (`Student.prepare_images`)."""
+
+    backbone: torch.Tensor
+    pixels: torch.Tensor
+
+    def select(self, index) -> PreparedImages:
+        return PreparedImages(self.backbone[index], self.pixels[index])
+
+    def to(self, *args, **kwargs) -> PreparedImages:
+        return PreparedImages(*(t.to(*args, **kwargs) for t in self))
+
+
+def _rows(images: torch.Tensor | PreparedImages) -> int:
+    return (images.backbone if isinstance(images, PreparedImages) else images).shape[0]
+
+
+def _cat_rows(a: torch.Tensor | PreparedImages, b: torch.Tensor | PreparedImages) -> torch.Tensor | PreparedImages:
+    if isinstance(a, PreparedImages) != isinstance(b, PreparedImages):
+        raise TypeError("source and edited must both be images or both be PreparedImages")
+    if isinstance(a, PreparedImages):
+        return PreparedImages(*(torch.cat(pair, dim=0) for pair in zip(a, b)))
+    return torch.cat([a, b], dim=0)
+
+
 class ChangeFeatures(nn.Module):
     """Per-token comparison of the streams, ``[e, s, e − s, |e − s|] → C``, then a little spatial context.
 
@@ -658,36 +686,66 @@ class Student(nn.Module):
 
     # -- the forward pass --------------------------------------------------------------------------------------
 
-    def encode_images(self, images: torch.Tensor) -> ImageEncoding:
-        """The per-image part of ``[B, 3, S, S]`` images in 0–1 (``S = cfg.input_size``): backbone tokens, pixel
-        statistics and the quality map. Cache a shared source's encoding here (`RewardModel.set_group`)."""
+    @property
+    def can_prepare(self) -> bool:
+        """Whether all that the student reads of an image at full resolution is weight-free (no learned quality
+        map), so `prepare_images` can be computed once per image."""
+        return self.quality is None
+
+    @property
+    def prepare_levels(self) -> int:
+        """The backbone input of `prepare_images` on uint8 images is a multiple of ``1 / prepare_levels`` (an
+        average of ``pool²`` pixels of ``k / 255``): what lets `EditData.prepare` store it exactly in int16."""
+        return 255 * max(1, self.cfg.quality_scale) ** 2
+
+    def prepare_images(self, images: torch.Tensor) -> PreparedImages:
+        """The weight-free part of `encode_images` for ``[B, 3, S, S]`` images in 0–1: the backbone's input (pooled
+        to ``img_size``) and the pixel statistics."""
+        if not self.can_prepare:
+            raise ValueError("this student has a learned quality map over the full-resolution image "
+                             "(quality_dim > 0): its image encoding has no weight-free part to prepare")
+        cfg, b = self.cfg, images.shape[0]
+        scale = max(1, cfg.quality_scale)
+        backbone = F.avg_pool2d(images, scale) if scale > 1 else images
+        pixels = (self.pixel_stats(images) if self.pixel_stats is not None
+                  else images.new_zeros(b, 0, *cfg.mask_size))
+        return PreparedImages(backbone, pixels)
+
+    def encode_images(self, images: torch.Tensor | PreparedImages) -> ImageEncoding:
+        """The per-image part of ``[B, 3, S, S]`` images in 0–1 (``S = cfg.input_size``), or of their
+        `prepare_images`: backbone tokens, pixel statistics and the quality map. Cache a shared source's encoding
+        here (`RewardModel.set_group`)."""
+        if isinstance(images, PreparedImages) or self.can_prepare:
+            prepared = images if isinstance(images, PreparedImages) else self.prepare_images(images)
+            tokens = self.encoder(prepared.backbone)  # [B, P+N, C]
+            quality = tokens.new_zeros(tokens.shape[0], 0, *self.cfg.quality_grid)
+            return ImageEncoding(tokens, prepared.pixels, quality)
         cfg, b = self.cfg, images.shape[0]
         scale = max(1, cfg.quality_scale)
         tokens = self.encoder(F.avg_pool2d(images, scale) if scale > 1 else images)  # [B, P+N, C]
         pixels = (self.pixel_stats(images) if self.pixel_stats is not None
                   else images.new_zeros(b, 0, *cfg.mask_size))
-        quality = self.quality(images) if self.quality is not None else images.new_zeros(b, 0, *cfg.quality_grid)
-        return ImageEncoding(tokens, pixels, quality)
+        return ImageEncoding(tokens, pixels, self.quality(images))
 
     def forward(
         self,
-        source: torch.Tensor,
-        edited: torch.Tensor,
+        source: torch.Tensor | PreparedImages,
+        edited: torch.Tensor | PreparedImages,
         text_embedding: torch.Tensor,
         region_boxes: torch.Tensor | None = None,
         region_mask: torch.Tensor | None = None,
         source_index: torch.Tensor | None = None,
     ) -> StudentOutput:
-        """Score ``B`` edits. Images ``[B, 3, S, S]`` float in 0–1 (``S = cfg.input_size``); ``text_embedding
-        [B, text_dim]``.
+        """Score ``B`` edits. Images ``[B, 3, S, S]`` float in 0–1 (``S = cfg.input_size``), or both streams'
+        `PreparedImages`; ``text_embedding [B, text_dim]``.
 
         ``region_boxes [B, 4]`` (0–1000) and ``region_mask [B, gh, gw]`` (token-cell coverage in [0, 1]) replace the
         predicted region for RoIAlign and the cross-attention (teacher forcing during distillation). With
         ``source_index [B]``, ``source`` holds each distinct source once (``[U, 3, S, S]``, a GRPO group's shared
         photo) and edit ``i`` is compared with ``source[source_index[i]]``: same result, fewer backbone passes.
         """
-        u = source.shape[0]
-        enc = self.encode_images(torch.cat([source, edited], dim=0))  # one batched pass: [U+B, P+N, C]
+        u = _rows(source)
+        enc = self.encode_images(_cat_rows(source, edited))  # one batched pass: [U+B, P+N, C]
         src = enc.select(slice(0, u))
         if source_index is not None:
             src = src.select(source_index)

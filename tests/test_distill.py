@@ -125,6 +125,41 @@ def test_resume_takes_the_same_next_step(fake_data, tmp_path):
         Distiller(cfg, text_encoder=enc, student_config=toy_config())  # never silently overwrite a run
 
 
+def test_prepared_images_train_like_decoded_ones(fake_data, tmp_path):
+    # The weight-free part (pooling, pixel statistics) computed once at start-up: the same losses and gradients
+    # (lr 1e-12 keeps the weights equal, so each step compares one forward and backward), from a smaller store.
+    enc = HashingTextEncoder()
+    runs, steps = {}, {}
+    for prepare in (False, True):
+        cfg = quick_cfg(fake_data, tmp_path / f"run_{prepare}", max_steps=4, prepare_images=prepare, lr=1e-12)
+        runs[prepare] = d = Distiller(cfg, text_encoder=enc, student_config=toy_config())
+        steps[prepare] = [d.train_step() for _ in range(4)]  # teacher-forced and predicted-region steps both
+    plain, prepared = runs[False], runs[True]
+    assert plain.train_data.prepared is None and plain.train_data.images is not None
+    kind, backbone, pixels, levels = prepared.train_data.prepared
+    assert prepared.train_data.images is None and backbone.dtype == torch.int16 and levels == 255 * 4
+    assert backbone.shape[-1] == 48 and pixels.shape[1] == 7  # 96-px input pooled 2×; 3 colours + 4 energies
+    for a, b in zip(steps[False], steps[True]):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5) for k in a), (a, b)
+    # the stored rows are the model's own preparation of the decoded images, to float rounding
+    rows = [0, 1, 2]
+    ref, got = plain.train_data.collate(rows), prepared.train_data.collate(rows)
+    expect = plain.model.prepare_images(ref["edited"])
+    assert (got["edited"].backbone - expect.backbone).abs().max() <= 1e-6
+    assert torch.equal(got["edited"].pixels, expect.pixels)
+    # evaluation and the novelty fit read the prepared rows through the same collate and forward
+    out = prepared.model(got["source"], got["edited"], got["text"], source_index=got["source_index"])
+    want = plain.model(ref["source"], ref["edited"], ref["text"], source_index=ref["source_index"])
+    assert torch.allclose(out.reward, want.reward, atol=1e-5)
+
+
+def test_a_student_with_a_learned_full_resolution_part_has_nothing_to_prepare():
+    student = Student(toy_config(quality_dim=4))
+    assert not student.can_prepare
+    with pytest.raises(ValueError, match="quality map"):
+        student.prepare_images(torch.rand(1, 3, 96, 96))
+
+
 def test_training_writes_a_loadable_student(fake_data, tmp_path):
     cfg = quick_cfg(fake_data, tmp_path / "run", tensorboard=True, eval_every_steps=2)
     out = Distiller(cfg, text_encoder=HashingTextEncoder(), student_config=toy_config()).train()
