@@ -179,3 +179,16 @@ def test_backends_bench_times_both_stages_and_predicts_the_group_ratio(tmp_path)
     for prefix in ("torch eager", "onnxruntime", variant):  # the per-repeat estimate of the same ratio
         assert checks[f"group_vs_plain_per_edit ({prefix})"]["paired"] > 0
     assert (tmp_path / "backends_cpu_score_variants.png").stat().st_size > 0  # a variants run keeps its own file
+
+
+def test_train_step_bench_times_both_trainers(tmp_path):
+    from tests.fixtures.students import make_fake_dataset
+
+    data = make_fake_dataset(tmp_path / "data", groups=12, size=64)
+    out = tmp_path / "out"
+    out.mkdir()
+    rows = _run("train_step.py", "--data", str(data), "--steps", "1", "--repeats", "1", "--warmup", "0",
+                "--threads", "1", tmp_path=out)
+    assert set(rows) == {"per step", "prepared once"} and all(r["p50_ms"] > 0 for r in rows.values())
+    # the prepared store: int16 at half the side (2 bytes × ¼) plus 7 fp32 statistics per 8×8 cell
+    assert rows["prepared once"]["image_store_bytes"] < rows["per step"]["image_store_bytes"]
