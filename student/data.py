@@ -88,7 +88,7 @@ class SkipReport:
 class EditData(torch.utils.data.Dataset):
     """A preloaded split. ``self[i]`` is one edit; `collate` builds a batch from a list of indices.
 
-    Tensors: ``images uint8 [M, 3, S, S]``; per edit ``source_index``/``edited_index`` into it, ``text_index`` into
+    Tensors: ``images uint8 [M, 3, S, S]`` (or, after `prepare`, ``prepared``: their weight-free part); per edit ``source_index``/``edited_index`` into it, ``text_index`` into
     ``text [U, D]``, ``subscores [E, 4]``, ``reward [E]``, ``masks uint8 [E, h, w]`` (teacher boxes rasterised on a
     grid 4× finer than the tokens), ``boxes [E, 4]`` (union box, 0–1000), ``group [E]`` (group number).
     """
@@ -143,6 +143,8 @@ class EditData(torch.utils.data.Dataset):
         """
         if self.images is None:
             return
+        if levels > torch.iinfo(torch.int16).max:
+            raise ValueError(f"levels={levels} does not fit int16; train without --prepare-images")
         rows = range(0, len(self.images), chunk)
         if progress:
             from rich.progress import track
@@ -154,14 +156,14 @@ class EditData(torch.utils.data.Dataset):
                 out = prepare_images(self.images[start:start + chunk].float().div_(255.0))
                 units = torch.round(out.backbone * levels)
                 err = float((units / levels - out.backbone).abs().max()) if units.numel() else 0.0
-                if err > 1e-6 or levels * 1.0 > torch.iinfo(torch.int16).max:
+                if err > 1e-6:
                     raise ValueError(f"the backbone input is not a multiple of 1/{levels} (off by {err:.2g}); "
                                      "train without --prepare-images")
                 backbone.append(units.to(torch.int16))
                 pixels.append(out.pixels.float())
                 kind = type(out)
         self.prepared = (kind, torch.cat(backbone), torch.cat(pixels), float(levels))
-        self.images = None  # the 0–1 images are no longer needed: collate serves the prepared rows
+        self.images = None  # the uint8 images are no longer needed: collate serves the prepared rows
 
     def _image_rows(self, rows: torch.Tensor) -> Any:
         """Images ``[n, 3, S, S]`` float 0–1 at ``rows``, or their prepared form after `prepare`."""

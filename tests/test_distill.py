@@ -153,6 +153,18 @@ def test_prepared_images_train_like_decoded_ones(fake_data, tmp_path):
     assert torch.allclose(out.reward, want.reward, atol=1e-5)
 
 
+def test_prepare_refuses_a_backbone_input_it_cannot_store_exactly(fake_data):
+    from spatialreward.student.model import PreparedImages
+
+    data = load_split(fake_data, split="train", teacher="oracle", img_size=48, mask_size=(12, 12),
+                      text_encoder=HashingTextEncoder(), progress=False)
+    with pytest.raises(ValueError, match="not a multiple of 1/255.*without --prepare-images"):
+        data.prepare(lambda x: PreparedImages(x.sqrt(), x[:, :1]), 255, progress=False)
+    with pytest.raises(ValueError, match="does not fit int16"):
+        data.prepare(lambda x: PreparedImages(x, x[:, :1]), 255 * 16 * 16, progress=False)
+    assert data.images is not None and data.prepared is None  # nothing half-replaced
+
+
 def test_a_student_with_a_learned_full_resolution_part_has_nothing_to_prepare():
     student = Student(toy_config(quality_dim=4))
     assert not student.can_prepare
