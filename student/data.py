@@ -88,9 +88,10 @@ class SkipReport:
 class EditData(torch.utils.data.Dataset):
     """A preloaded split. ``self[i]`` is one edit; `collate` builds a batch from a list of indices.
 
-    Tensors: ``images uint8 [M, 3, S, S]`` (or, after `prepare`, ``prepared``: their weight-free part); per edit ``source_index``/``edited_index`` into it, ``text_index`` into
-    ``text [U, D]``, ``subscores [E, 4]``, ``reward [E]``, ``masks uint8 [E, h, w]`` (teacher boxes rasterised on a
-    grid 4× finer than the tokens), ``boxes [E, 4]`` (union box, 0–1000), ``group [E]`` (group number).
+    Tensors: ``images uint8 [M, 3, S, S]`` (after `prepare`: None, and ``prepared`` holds their weight-free part);
+    per edit ``source_index``/``edited_index`` into it, ``text_index`` into ``text [U, D]``, ``subscores [E, 4]``,
+    ``reward [E]``, ``masks uint8 [E, h, w]`` (teacher boxes rasterised on a grid 4× finer than the tokens),
+    ``boxes [E, 4]`` (union box, 0–1000), ``group [E]`` (group number).
     """
 
     def __init__(

@@ -49,7 +49,8 @@ class DistillConfig:
     """Parameters of `spatialreward distill`.
 
     Data: ``data``, ``teacher``, ``train_split``, ``eval_split``, ``max_train_groups``, ``max_eval_groups``,
-    ``workers``, ``prepare_images``. Model: ``preset``, ``img_size``, ``pretrained``. Budget: ``max_steps``, ``max_minutes``.
+    ``workers``, ``prepare_images``. Model: ``preset``, ``img_size``, ``pretrained``. Budget: ``max_steps``,
+    ``max_minutes``.
     Optimisation: ``groups_per_batch``, ``lr``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio``,
     ``grad_clip``, ``amp``, ``ema_decay``, ``seed``, ``num_threads``. Losses: ``subscore_loss``, ``ranking_loss``,
     ``ranking_temperature``, ``w_*``, ``teacher_forcing``. Output: ``out``, ``eval_every_minutes``,

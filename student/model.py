@@ -200,9 +200,6 @@ class PreparedImages(NamedTuple):
     backbone: torch.Tensor
     pixels: torch.Tensor
 
-    def select(self, index) -> PreparedImages:
-        return PreparedImages(self.backbone[index], self.pixels[index])
-
     def to(self, *args, **kwargs) -> PreparedImages:
         return PreparedImages(*(t.to(*args, **kwargs) for t in self))
 
@@ -704,28 +701,28 @@ class Student(nn.Module):
         if not self.can_prepare:
             raise ValueError("this student has a learned quality map over the full-resolution image "
                              "(quality_dim > 0): its image encoding has no weight-free part to prepare")
-        cfg, b = self.cfg, images.shape[0]
-        scale = max(1, cfg.quality_scale)
+        return self._weight_free_part(images)
+
+    def _weight_free_part(self, images: torch.Tensor) -> PreparedImages:
+        cfg, scale = self.cfg, max(1, self.cfg.quality_scale)
         backbone = F.avg_pool2d(images, scale) if scale > 1 else images
         pixels = (self.pixel_stats(images) if self.pixel_stats is not None
-                  else images.new_zeros(b, 0, *cfg.mask_size))
+                  else images.new_zeros(images.shape[0], 0, *cfg.mask_size))
         return PreparedImages(backbone, pixels)
 
     def encode_images(self, images: torch.Tensor | PreparedImages) -> ImageEncoding:
         """The per-image part of ``[B, 3, S, S]`` images in 0–1 (``S = cfg.input_size``), or of their
         `prepare_images`: backbone tokens, pixel statistics and the quality map. Cache a shared source's encoding
         here (`RewardModel.set_group`)."""
-        if isinstance(images, PreparedImages) or self.can_prepare:
-            prepared = images if isinstance(images, PreparedImages) else self.prepare_images(images)
-            tokens = self.encoder(prepared.backbone)  # [B, P+N, C]
+        prepared = images if isinstance(images, PreparedImages) else self._weight_free_part(images)
+        tokens = self.encoder(prepared.backbone)  # [B, P+N, C]
+        if self.quality is None:
             quality = tokens.new_zeros(tokens.shape[0], 0, *self.cfg.quality_grid)
-            return ImageEncoding(tokens, prepared.pixels, quality)
-        cfg, b = self.cfg, images.shape[0]
-        scale = max(1, cfg.quality_scale)
-        tokens = self.encoder(F.avg_pool2d(images, scale) if scale > 1 else images)  # [B, P+N, C]
-        pixels = (self.pixel_stats(images) if self.pixel_stats is not None
-                  else images.new_zeros(b, 0, *cfg.mask_size))
-        return ImageEncoding(tokens, pixels, self.quality(images))
+        elif isinstance(images, PreparedImages):
+            raise ValueError("this student's quality map needs the full-resolution images, not PreparedImages")
+        else:
+            quality = self.quality(images)
+        return ImageEncoding(tokens, prepared.pixels, quality)
 
     def forward(
         self,
